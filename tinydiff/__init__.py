@@ -1,0 +1,5 @@
+"""tinydiff: diffusion models from scratch in NumPy, written to be read."""
+from .engine import Tensor, concat, no_grad, stack, tensor, where
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "tensor", "no_grad", "concat", "stack", "where"]
