@@ -1,0 +1,223 @@
+"""The layers of a diffusion UNet or MLP, each composed from the engine's primitives.
+
+    Linear     y = x W^T + b                               weight (out, in), bias (out,)
+    Embedding  y = W[labels]                               weight (num_embeddings, dim)
+    GroupNorm  y = (x - mean_g) / sqrt(var_g + eps) * gamma + beta     weight, bias (C,)
+    SiLU       y = x * sigmoid(x)
+    Dropout    y = x * mask / (1 - p),  mask ~ Bernoulli(1 - p), only while training
+    Upsample   nearest neighbour, each pixel copied into an s x s block
+    timestep_embedding(t, dim): sinusoidal features of the diffusion step t
+
+Parameter names, shapes and default initialisation are PyTorch's, so a state dict
+moves between the two unchanged. Layers with parameters take ``rng`` (a
+``numpy.random.Generator``; ``None`` means a fresh, unseeded ``np.random.default_rng()``)
+and ``dtype`` (float32 by default). Inputs may be ndarrays or Tensors; they are cast
+to the layer's dtype (see ``to_tensor``).
+
+References: Wu & He 2018, "Group Normalization" (Eq. 1-3); Elfwing et al. 2018 (SiLU);
+Srivastava et al. 2014 (dropout); Vaswani et al. 2017 Sec. 3.5 and Ho et al. 2020
+Appendix B (sinusoidal timestep embedding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import Tensor
+from .module import Module, Parameter, check_dtype, check_positive_int, check_rng, to_tensor, uniform_parameter
+
+
+# ---------------------------------------------------------------------- Linear
+class Linear(Module):
+    """y = x W^T + b for x: [..., in_features] -> y: [..., out_features].
+
+    weight: (out_features, in_features), bias: (out_features,), both U(-1/sqrt(in), 1/sqrt(in)).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None, dtype=np.float32):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        rng, dtype = check_rng(rng), check_dtype(dtype)
+        self.weight = uniform_parameter((out_features, in_features), in_features, rng, dtype)
+        self.bias = uniform_parameter((out_features,), in_features, rng, dtype) if bias else None
+
+    def forward(self, x) -> Tensor:
+        x = to_tensor(x, self.weight.dtype)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear expected input [..., {self.in_features}], got shape {x.shape}")
+        lead = x.shape[:-1]
+        # flatten leading axes so that the product (and its backward) is ONE 2-D GEMM
+        y = x.reshape(-1, self.in_features) @ self.weight.T          # [N, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+# ---------------------------------------------------------------------- Embedding
+class Embedding(Module):
+    """y = W[labels]: labels int [*S] -> y [*S, embedding_dim]. weight ~ N(0, 1) like PyTorch."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, rng=None, dtype=np.float32):
+        super().__init__()
+        self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
+        rng, dtype = check_rng(rng), check_dtype(dtype)
+        self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
+
+    def forward(self, labels) -> Tensor:
+        labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"Embedding labels must be an integer array, got dtype {labels.dtype}")
+        if labels.size and (labels.min() < 0 or labels.max() >= self.num_embeddings):
+            raise ValueError(f"Embedding labels must lie in [0, {self.num_embeddings}), "
+                             f"got values in [{labels.min()}, {labels.max()}]")
+        return self.weight[labels]      # integer-array indexing; backward scatters with np.add.at
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+# ---------------------------------------------------------------------- GroupNorm
+def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Group Normalization (Wu & He 2018, Eq. 1-3), composed from primitives.
+
+    x: [B, C, *S] is split into ``num_groups`` groups of C/G channels; over each group
+    (its channels and all positions S):  x_hat = (x - mu) / sqrt(sigma^2 + eps), with the
+    biased variance sigma^2 = mean((x - mu)^2) as in PyTorch. Then y = x_hat * gamma_c + beta_c
+    with weight = gamma: (C,), bias = beta: (C,). Returns [B, C, *S].
+    """
+    B, C = x.shape[:2]
+    g = x.reshape(B, num_groups, -1)                            # [B, G, C/G * prod(S)]
+    mu = g.mean(axis=-1, keepdims=True)                         # [B, G, 1]
+    centred = g - mu
+    var = (centred * centred).mean(axis=-1, keepdims=True)     # [B, G, 1]
+    y = (centred * (var + eps) ** -0.5).reshape(x.shape)        # x_hat: [B, C, *S]
+    per_channel = (1, C) + (1,) * (x.ndim - 2)                  # gamma, beta broadcast over B and S
+    if weight is not None:
+        y = y * weight.reshape(per_channel)
+    if bias is not None:
+        y = y + bias.reshape(per_channel)
+    return y
+
+
+class GroupNorm(Module):
+    """GroupNorm(num_groups, num_channels): x [B, C, *S] -> same shape; weight 1, bias 0.
+
+    ``rng`` is unused (the initialisation is deterministic); it is accepted so every
+    layer with parameters is built the same way.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 rng=None, dtype=np.float32):
+        super().__init__()
+        self.num_groups = check_positive_int(num_groups, "num_groups")
+        self.num_channels = check_positive_int(num_channels, "num_channels")
+        if num_channels % num_groups:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        check_rng(rng)
+        self.eps = float(eps)
+        dtype = check_dtype(dtype)
+        self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
+
+    def forward(self, x) -> Tensor:
+        x = to_tensor(x, self.weight.dtype if self.weight is not None else None)
+        if x.ndim < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...], got shape {x.shape}")
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
+
+
+# ---------------------------------------------------------------------- parameter-free layers
+class SiLU(Module):
+    """y = x * sigmoid(x) (the engine's fused ``silu`` primitive)."""
+
+    def forward(self, x) -> Tensor:
+        return to_tensor(x).silu()
+
+
+class Dropout(Module):
+    """While training: y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p) drawn from ``rng``;
+    in eval mode (``model.eval()``) y = x. The 1/(1-p) keeps E[y] = x.
+
+    The mask is drawn with ``rng.random(shape, dtype=float32)`` whatever the input dtype,
+    so the same seed gives the same mask in float32 and float64.
+    """
+
+    def __init__(self, p: float = 0.5, *, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout probability p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+        self.rng = check_rng(rng)
+
+    def forward(self, x) -> Tensor:
+        x = to_tensor(x)
+        if not self.training or self.p == 0.0:
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        scale = 0.0 if self.p == 1.0 else 1.0 / (1.0 - self.p)
+        return x * (keep * np.asarray(scale, dtype=x.dtype))   # mask already scaled, in x's dtype
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def upsample_nearest(x: Tensor, scale: int = 2) -> Tensor:
+    """Nearest-neighbour upsampling: x [B, C, H, W] -> [B, C, s*H, s*W], y[.., i, j] = x[.., i//s, j//s].
+
+    Composed: adding zeros of shape (1, 1, 1, s, 1, s) to x viewed as [B, C, H, 1, W, 1]
+    broadcasts each pixel into an s x s block; in backward the engine's unbroadcast sums
+    the block's gradients back onto the pixel, which is the exact adjoint.
+    """
+    B, C, H, W = x.shape
+    block = np.zeros((1, 1, 1, scale, 1, scale), dtype=x.dtype)
+    return (x.reshape(B, C, H, 1, W, 1) + block).reshape(B, C, H * scale, W * scale)
+
+
+class Upsample(Module):
+    """Nearest-neighbour upsampling by an integer ``scale_factor`` (2 in the DDPM UNet)."""
+
+    def __init__(self, scale_factor: int = 2):
+        super().__init__()
+        self.scale_factor = check_positive_int(scale_factor, "scale_factor")
+
+    def forward(self, x) -> Tensor:
+        x = to_tensor(x)
+        if x.ndim != 4:
+            raise ValueError(f"Upsample expected input [B, C, H, W], got shape {x.shape}")
+        return upsample_nearest(x, self.scale_factor)
+
+    def extra_repr(self):
+        return f"scale_factor={self.scale_factor}, mode='nearest'"
+
+
+# ---------------------------------------------------------------------- timestep embedding
+def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=np.float32) -> np.ndarray:
+    """Sinusoidal embedding of the diffusion step (Vaswani et al. 2017 Sec. 3.5; Ho et al. 2020 App. B).
+
+    t: [B] (integer steps; real values work too) -> [B, dim] laid out as
+        emb[:, i]         = sin(t * f_i)      i = 0 .. dim/2 - 1   (first half: sines)
+        emb[:, dim/2 + i] = cos(t * f_i)                           (second half: cosines)
+    with frequencies f_i = exp(-ln(max_period) * i / (dim/2)), from 1 down to ~1/max_period.
+
+    The angles are formed in float64 (t * f_i reaches ~1000 radians, where float32 has
+    lost ~1e-4 of phase) on this small [B, dim] array, and the result cast to ``dtype``.
+    Returns an ndarray: there is nothing to differentiate.
+    """
+    t = np.asarray(t.data if isinstance(t, Tensor) else t)
+    if t.ndim != 1 or t.dtype.kind not in "iuf":
+        raise ValueError(f"t must be a 1-D array of timesteps [B], got shape {t.shape} dtype {t.dtype}")
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 2 or dim % 2:
+        raise ValueError(f"dim must be an even integer >= 2, got {dim!r}")
+    half = dim // 2
+    freqs = np.exp(-np.log(max_period) * np.arange(half, dtype=np.float64) / half)   # [dim/2]
+    angles = t.astype(np.float64)[:, None] * freqs[None, :]                          # [B, dim/2]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(check_dtype(dtype))

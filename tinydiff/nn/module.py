@@ -1,0 +1,272 @@
+"""``Module``: the container every layer and model is built from, as in ``torch.nn``.
+
+A module owns **parameters** (``Parameter``: a ``Tensor`` that requires grad) and
+**submodules**, both found by looking at its attributes, so that::
+
+    class Block(Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = GroupNorm(8, 64)            # -> "norm.weight", "norm.bias"
+            self.layers = ModuleList([Linear(64, 64), Linear(64, 64)])   # -> "layers.0.weight", ...
+
+names every parameter exactly as PyTorch would ("blocks.1.norm.bias"), so a
+``state_dict`` maps one to one onto the same model written in PyTorch. Like PyTorch,
+a module lists its own parameters first (in the order they were assigned), then
+each child's. Modules kept in a plain Python list would be invisible to that search,
+so assigning one raises a TypeError pointing to ``ModuleList``.
+
+Also here: the helpers every layer uses to validate ``rng``/``dtype``, to draw the
+default initialisation, and to turn ndarray inputs into Tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that is a learnable weight of a Module (always ``requires_grad=True``)."""
+
+    __slots__ = ()
+
+    def __init__(self, data: np.ndarray):
+        super().__init__(data, requires_grad=True)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+# ---------------------------------------------------------------------- helpers for layers
+def check_rng(rng) -> np.random.Generator:
+    """``rng`` if it is a Generator; ``None`` gives a fresh, unseeded ``np.random.default_rng()``."""
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
+    return rng
+
+
+def check_dtype(dtype) -> np.dtype:
+    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else TypeError."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind != "f":
+        raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype!r}")
+    return dt
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def uniform_parameter(shape, fan_in: int, rng: np.random.Generator, dtype) -> Parameter:
+    """PyTorch's default for Linear and Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    (``kaiming_uniform_(w, a=sqrt(5))`` has bound gain*sqrt(3/fan_in) with
+    gain = sqrt(2/(1+a^2)) = sqrt(1/3), which is exactly 1/sqrt(fan_in).)
+    """
+    bound = 1.0 / np.sqrt(fan_in)
+    return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
+
+
+def to_tensor(x, dtype=None) -> Tensor:
+    """A Tensor view of ``x`` (Tensor, ndarray or list), cast to ``dtype`` if given.
+
+    Layers pass their parameter dtype, so a float64 array fed to a float32 model is
+    cast at the door instead of silently turning every later op into float64
+    (PyTorch raises in that case). A Tensor is cast with ``astype``, which keeps its
+    gradient path; an array of the right dtype is used as is, without a copy.
+    """
+    if isinstance(x, Tensor):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    if isinstance(x, np.ndarray):
+        return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
+    return Tensor(np.asarray(x, dtype=np.float32 if dtype is None else dtype))
+
+
+# ---------------------------------------------------------------------- Module
+class Module:
+    """Base class of layers and models. Subclasses set attributes in ``__init__`` and
+    define ``forward``; calling the module calls ``forward``."""
+
+    training = True         # class default, so a subclass that forgets super().__init__() still works
+
+    def __init__(self):
+        self.training = True
+
+    def __setattr__(self, name, value):
+        if isinstance(value, (list, tuple)) and any(isinstance(v, (Module, Parameter)) for v in value):
+            raise TypeError(f"attribute {name!r} is a plain {type(value).__name__} of modules/parameters, "
+                            f"whose parameters would not be found; use ModuleList({name}) instead")
+        object.__setattr__(self, name, value)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------------ discovery
+    def named_children(self):
+        """(name, module) for each direct submodule, in attribute order."""
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Module)]
+
+    def _own_parameters(self):
+        return [(k, v) for k, v in vars(self).items() if isinstance(v, Parameter)]
+
+    def named_modules(self, prefix: str = ""):
+        """(dotted name, module) for this module ("" for itself) and every descendant."""
+        out = [(prefix, self)]
+        for name, child in self.named_children():
+            out += child.named_modules(f"{prefix}.{name}" if prefix else name)
+        return out
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return [m for _, m in self.named_children()]
+
+    def _all_named_parameters(self):
+        """Every (dotted name, parameter); a parameter shared by two modules appears twice."""
+        return [(f"{prefix}.{name}" if prefix else name, p)
+                for prefix, module in self.named_modules() for name, p in module._own_parameters()]
+
+    def named_parameters(self):
+        """(dotted name, Parameter) pairs, e.g. ("blocks.1.norm.bias", p); shared ones listed once."""
+        seen, out = set(), []
+        for name, p in self._all_named_parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((name, p))
+        return out
+
+    def parameters(self):
+        """All parameters, each once, in ``named_parameters`` order (a list)."""
+        return [p for _, p in self.named_parameters()]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """{dotted name: copy of the parameter's array}; saving it with np.savez is a checkpoint."""
+        return {name: p.data.copy() for name, p in self._all_named_parameters()}
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays into the parameters (in place, cast to each parameter's dtype).
+
+        Checks everything before changing anything: keys the model has but the dict
+        lacks (missing), keys the dict has but the model lacks (unexpected), and shape
+        mismatches are all listed in one ValueError. With ``strict=False`` missing and
+        unexpected keys are allowed (shape mismatches never are). Returns
+        ``(missing, unexpected)`` as PyTorch does.
+        """
+        own = dict(self._all_named_parameters())
+        keys = list(state_dict.keys())
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in keys if k not in own]
+        values = {k: np.asarray(state_dict[k]) for k in keys if k in own}
+        mismatched = [f"{k}: checkpoint {v.shape} vs model {own[k].shape}"
+                      for k, v in values.items() if v.shape != own[k].shape]
+        problems = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+        if problems:
+            raise ValueError(f"load_state_dict for {type(self).__name__} failed, nothing was loaded:\n  "
+                             + "\n  ".join(problems))
+        for k, v in values.items():
+            own[k].data[...] = v
+        return missing, unexpected
+
+    # ------------------------------------------------------------------ modes and housekeeping
+    def train(self, mode: bool = True) -> "Module":
+        """Set ``training`` on this module and every descendant (Dropout reads it)."""
+        for m in self.modules():
+            m.training = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget accumulated gradients (``p.grad = None``, PyTorch's default)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype) -> "Module":
+        """Cast every parameter to ``dtype`` in place, e.g. ``model.astype(np.float64)``
+        before a gradient check. Gradients are dropped. Returns the module."""
+        dtype = check_dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None
+        return self
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters()))
+
+    # ------------------------------------------------------------------ printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self.named_children()]
+        if not lines:                                   # a leaf layer: everything on one line
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = ([self.extra_repr()] if self.extra_repr() else []) + lines
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules whose parameters are named "0.weight", "1.bias", ..."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        object.__setattr__(self, "_items", [])      # a plain list on purpose: named_children reads it
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> "ModuleList":
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
+        self._items.append(module)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def named_children(self):
+        return [(str(i), m) for i, m in enumerate(self._items)] + super().named_children()
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            items = self._items[index]
+            return Sequential(*items) if isinstance(self, Sequential) else ModuleList(items)
+        return self._items[index]
+
+    def __len__(self):
+        return len(self._items)
+
+    def __iter__(self):
+        return iter(self._items)
+
+
+class Sequential(ModuleList):
+    """Modules applied one after another: ``Sequential(Linear(2, 64), SiLU(), Linear(64, 2))``."""
+
+    def __init__(self, *modules: Module):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for module in self._items:
+            x = module(x)
+        return x

@@ -1,0 +1,298 @@
+"""Optimizers and training helpers: SGD, Adam, AdamW, gradient clipping, EMA, warm-up.
+
+Each update is PyTorch's, written out on NumPy arrays; it works in place on
+``p.data`` (a float32 parameter stays float32: every scalar here is a Python float)
+and is vectorised over each parameter array.
+
+    SGD    (momentum mu, weight decay wd):  g <- g + wd p;  b <- mu b + g;  p <- p - lr b
+    Adam   (Kingma & Ba 2015, Algorithm 1):  g <- g + wd p
+           m <- b1 m + (1-b1) g,   v <- b2 v + (1-b2) g^2
+           p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m/(1-b1^t),  v_hat = v/(1-b2^t)
+    AdamW  (Loshchilov & Hutter 2019, Algorithm 2): p <- p (1 - lr wd), then Adam with wd = 0
+    EMA of the weights (used for sampling in DDPM, Ho et al. 2020 App. B):  s <- d s + (1-d) p
+    linear warm-up of the learning rate (DDPM: 5000 steps)
+
+``state_dict()`` of each returns a flat dict of arrays and scalars (e.g. ``"lr"``,
+``"state.0.exp_avg"``, ``"state.0.step"``), so a checkpoint can store it with np.savez.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from .engine import Tensor
+from .nn.module import Module
+
+
+def _param_list(params, who: str) -> list:
+    if isinstance(params, Module):
+        raise TypeError(f"{who} takes an iterable of parameters, got a Module; pass model.parameters()")
+    params = list(params)
+    if not params or not all(isinstance(p, Tensor) for p in params):
+        raise TypeError(f"{who} needs a non-empty iterable of Tensors, got {[type(p).__name__ for p in params]}")
+    return params
+
+
+def _check_flat_state(state_dict, expected: dict, who: str) -> None:
+    """Raise one ValueError listing missing / unexpected keys and shape mismatches.
+    ``expected`` maps each allowed key to its shape (None for a scalar)."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict.keys() if k not in expected]
+    mismatched = [f"{k}: got {np.shape(state_dict[k])} vs expected {shape}" for k, shape in expected.items()
+                  if k in state_dict and shape is not None and np.shape(state_dict[k]) != shape]
+    problems = [f"{label}: {', '.join(keys)}" for label, keys in
+                (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if keys]
+    if problems:
+        raise ValueError(f"{who}.load_state_dict failed, nothing was loaded:\n  " + "\n  ".join(problems))
+
+
+class Optimizer:
+    """Base class: holds the parameters, ``lr``, the hyperparameters named in
+    ``hyperparameters`` and a per-parameter state dict created at its first update."""
+
+    hyperparameters: tuple = ("lr",)
+    state_names: tuple = ()          # per-parameter arrays (besides the integer "step")
+
+    def __init__(self, params, lr: float):
+        self.params = _param_list(params, type(self).__name__)
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr!r}")
+        self.lr = float(lr)
+        self.state = [{} for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """One update of every parameter that has a gradient (others are skipped)."""
+        for p, state in zip(self.params, self.state):
+            if p.grad is None:
+                continue
+            if p.grad.shape != p.shape:
+                raise ValueError(f"gradient shape {p.grad.shape} differs from parameter shape {p.shape}")
+            if not state:
+                state.update(step=0, **{name: np.zeros_like(p.data) for name in self.state_names})
+            state["step"] += 1
+            self._update(p.data, p.grad, state)
+
+    def _update(self, p: np.ndarray, g: np.ndarray, state: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        out = {name: float(getattr(self, name)) for name in self.hyperparameters}
+        for i, state in enumerate(self.state):
+            for name, value in state.items():
+                out[f"state.{i}.{name}"] = value if name == "step" else value.copy()
+        return out
+
+    def load_state_dict(self, state_dict) -> None:
+        expected = {name: None for name in self.hyperparameters}
+        stored = {int(k.split(".")[1]) for k in state_dict.keys()
+                  if k.startswith("state.") and k.split(".")[1].isdigit()}
+        for i in sorted(stored):
+            if i < len(self.params):
+                expected[f"state.{i}.step"] = None
+                expected.update({f"state.{i}.{n}": self.params[i].shape for n in self.state_names})
+        _check_flat_state(state_dict, expected, type(self).__name__)
+        for name in self.hyperparameters:
+            setattr(self, name, float(state_dict[name]))
+        self.state = [{} for _ in self.params]
+        for i in stored:
+            self.state[i] = {"step": int(state_dict[f"state.{i}.step"]),
+                             **{n: np.array(state_dict[f"state.{i}.{n}"], dtype=self.params[i].dtype)
+                                for n in self.state_names}}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (heavy-ball) momentum and L2 weight decay,
+    as ``torch.optim.SGD`` with dampening=0, nesterov=False. The first momentum buffer is g."""
+
+    hyperparameters = ("lr", "momentum", "weight_decay")
+    state_names = ("momentum_buffer",)
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
+
+    def _update(self, p, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = state["momentum_buffer"]
+            if state["step"] == 1:
+                buf[...] = g                        # PyTorch starts the buffer at g, not (1-mu) g
+            else:
+                buf *= self.momentum
+                buf += g
+            g = buf
+        p -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015, Algorithm 1) with bias correction, as ``torch.optim.Adam``;
+    ``weight_decay`` adds wd*p to the gradient (L2, coupled with the adaptive scaling)."""
+
+    hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    state_names = ("exp_avg", "exp_avg_sq")
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def _update(self, p, g, state):
+        b1, b2, t = self.beta1, self.beta2, state["step"]
+        if self.decoupled:
+            p *= 1.0 - self.lr * self.weight_decay           # AdamW: decay the weights directly
+        elif self.weight_decay:
+            g = g + self.weight_decay * p                     # Adam: L2 term in the gradient
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g                                   # m_t = b1 m_{t-1} + (1 - b1) g
+        v *= b2
+        v += (1.0 - b2) * (g * g)                             # v_t = b2 v_{t-1} + (1 - b2) g^2
+        bias1, bias2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        # p -= lr * m_hat / (sqrt(v_hat) + eps), in PyTorch's order of operations:
+        denom = np.sqrt(v)
+        denom /= math.sqrt(bias2)
+        denom += self.eps
+        p -= (self.lr / bias1) * (m / denom)
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter 2019): decoupled weight decay p <- p (1 - lr wd) before
+    the Adam step, as ``torch.optim.AdamW`` (default weight_decay 1e-2)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+def clip_grad_norm(params, max_norm: float, eps: float = 1e-6) -> float:
+    """Rescale gradients in place so their global 2-norm is at most ``max_norm``.
+
+    total = sqrt(sum_p ||g_p||^2); if total > max_norm every g_p is multiplied by
+    max_norm / (total + eps), as ``torch.nn.utils.clip_grad_norm_``. Returns ``total``
+    (the norm before clipping). Parameters without a gradient are skipped.
+    """
+    grads = [p.grad for p in _param_list(params, "clip_grad_norm") if p.grad is not None]
+    total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+    scale = float(max_norm) / (total + eps)
+    if scale < 1.0:
+        for g in grads:
+            g *= scale
+    return total
+
+
+class EMA:
+    """Exponential moving average of parameters:  s <- decay * s + (1 - decay) * p after each step.
+
+    ``EMA(model, decay)`` (or a list of parameters) copies the current weights as the
+    first average. Call ``update()`` after every ``optimizer.step()``; sample with the
+    averaged weights via ``copy_to(model)`` or, keeping the training weights,
+    ``with ema.average_parameters(model): ...``. ``state_dict()`` is
+    {"decay", "num_updates", "shadow.<parameter name>"}.
+    """
+
+    def __init__(self, model_or_params, decay: float = 0.9999):
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
+        if isinstance(model_or_params, Module):
+            named = model_or_params.named_parameters()
+        else:
+            named = list(enumerate(_param_list(model_or_params, "EMA")))
+        self.names = [str(name) for name, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = [p.data.copy() for p in self.params]
+        self.decay = float(decay)
+        self.num_updates = 0
+
+    def update(self) -> None:
+        d = self.decay
+        for s, p in zip(self.shadow, self.params):
+            s *= d
+            s += (1.0 - d) * p.data
+        self.num_updates += 1
+
+    def _targets(self, target) -> list:
+        params = self.params if target is None else (
+            target.parameters() if isinstance(target, Module) else _param_list(target, "EMA.copy_to"))
+        if len(params) != len(self.shadow) or any(p.shape != s.shape for p, s in zip(params, self.shadow)):
+            raise ValueError(f"EMA target has parameters {[p.shape for p in params]}, "
+                             f"expected {[s.shape for s in self.shadow]}")
+        return params
+
+    def copy_to(self, target=None) -> None:
+        """Write the averages into ``target`` (a Module or parameter list; default: the tracked ones)."""
+        for p, s in zip(self._targets(target), self.shadow):
+            p.data[...] = s
+
+    @contextlib.contextmanager
+    def average_parameters(self, target=None):
+        """Within the block ``target`` holds the averaged weights; afterwards its own return."""
+        params = self._targets(target)
+        saved = [p.data.copy() for p in params]
+        self.copy_to(params)
+        try:
+            yield
+        finally:
+            for p, keep in zip(params, saved):
+                p.data[...] = keep
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates,
+                **{f"shadow.{n}": s.copy() for n, s in zip(self.names, self.shadow)}}
+
+    def load_state_dict(self, state_dict) -> None:
+        expected = {"decay": None, "num_updates": None,
+                    **{f"shadow.{n}": s.shape for n, s in zip(self.names, self.shadow)}}
+        _check_flat_state(state_dict, expected, "EMA")
+        self.decay, self.num_updates = float(state_dict["decay"]), int(state_dict["num_updates"])
+        for n, s in zip(self.names, self.shadow):
+            s[...] = state_dict[f"shadow.{n}"]
+
+
+def linear_warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
+    """lr for update ``step`` (0-based): base_lr * min(1, (step + 1) / warmup_steps).
+
+    The first update uses base_lr / warmup_steps, update warmup_steps - 1 onwards the
+    full base_lr (DDPM warms up linearly over 5000 steps). warmup_steps = 0: no warm-up.
+    """
+    if warmup_steps <= 0:
+        return float(base_lr)
+    return float(base_lr) * min(1.0, (step + 1) / warmup_steps)
+
+
+class LinearWarmup:
+    """Sets ``optimizer.lr`` from ``linear_warmup_lr``. Like a PyTorch scheduler: the lr for
+    the first update is set at construction; call ``step()`` after each ``optimizer.step()``."""
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int):
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        self.optimizer, self.warmup_steps = optimizer, int(warmup_steps)
+        self.base_lr, self.step_count = optimizer.lr, 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, step: int) -> float:
+        return linear_warmup_lr(step, self.base_lr, self.warmup_steps)
+
+    def step(self) -> None:
+        self.step_count += 1
+        self.optimizer.lr = self.lr_at(self.step_count)
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "step": self.step_count}
+
+    def load_state_dict(self, state_dict) -> None:
+        _check_flat_state(state_dict, {"base_lr": None, "warmup_steps": None, "step": None}, "LinearWarmup")
+        self.base_lr, self.warmup_steps = float(state_dict["base_lr"]), int(state_dict["warmup_steps"])
+        self.step_count = int(state_dict["step"])
+        self.optimizer.lr = self.lr_at(self.step_count)
