@@ -190,7 +190,8 @@ class Tensor:
 
     def __mul__(self, other):
         a, b = self, self._lift(other)
-        return Tensor.from_op(a.data * b.data, (a, b), lambda g: (g * b.data, g * a.data))
+        return Tensor.from_op(a.data * b.data, (a, b), lambda g: (g * b.data if a.requires_grad else None,
+                                                                 g * a.data if b.requires_grad else None))
 
     def __truediv__(self, other):
         a, b = self, self._lift(other)
@@ -211,8 +212,9 @@ class Tensor:
         if b.ndim == 1:                                     # (..., n, k) @ (k,): as a column
             return (a @ b.reshape(-1, 1)).reshape(a.shape[:-1])
 
-        def backward(g):                                    # g: (..., n, m)
-            return g @ np.swapaxes(b.data, -1, -2), np.swapaxes(a.data, -1, -2) @ g
+        def backward(g):                                    # g: (..., n, m); skip unneeded GEMMs
+            return (g @ np.swapaxes(b.data, -1, -2) if a.requires_grad else None,
+                    np.swapaxes(a.data, -1, -2) @ g if b.requires_grad else None)
 
         return Tensor.from_op(a.data @ b.data, (a, b), backward)
 

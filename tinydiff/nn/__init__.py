@@ -7,13 +7,13 @@
 """
 from .attention import SelfAttention2d, attention
 from .conv import Conv2d, col2im, conv2d, conv_output_size, im2col
-from .layers import (Dropout, Embedding, GroupNorm, Linear, SiLU, Upsample, group_norm, timestep_embedding,
-                     upsample_nearest)
+from .layers import (Dropout, Embedding, GroupNorm, Linear, SiLU, SinusoidalEmbedding, linear, Upsample, group_norm,
+                     timestep_embedding, upsample_nearest)
 from .module import Module, ModuleList, Parameter, Sequential, to_tensor
 
 __all__ = [
     "Module", "Parameter", "ModuleList", "Sequential", "to_tensor",
-    "Linear", "Embedding", "GroupNorm", "group_norm", "SiLU", "Dropout", "Upsample", "upsample_nearest",
-    "timestep_embedding", "Conv2d", "conv2d", "im2col", "col2im", "conv_output_size",
+    "Linear", "linear", "Embedding", "GroupNorm", "group_norm", "SiLU", "Dropout", "Upsample", "upsample_nearest",
+    "timestep_embedding", "SinusoidalEmbedding", "Conv2d", "conv2d", "im2col", "col2im", "conv_output_size",
     "SelfAttention2d", "attention",
 ]

@@ -27,6 +27,35 @@ from .module import Module, Parameter, check_dtype, check_positive_int, check_rn
 
 
 # ---------------------------------------------------------------------- Linear
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x W^T + b as ONE graph node (the hot path of every MLP).
+
+    x: [..., in], weight: [out, in], bias: [out] -> y: [..., out]. Composed from
+    primitives this is reshape, transpose, matmul, add and reshape: five nodes and an
+    extra [N, out] buffer for the bias add. Fused, the forward is one GEMM with the bias
+    added in place, and the backward is
+
+        dL/dx = g W,    dL/dW = g^T x,    dL/db = sum_n g        (g = dL/dy, [N, out])
+
+    each computed only if needed. tests/test_layers.py ties it to the composed form.
+    """
+    lead, n_in = x.shape[:-1], x.shape[-1]
+    x2 = x.data.reshape(-1, n_in)                                   # [N, in]
+    out = x2 @ weight.data.T                                        # [N, out]
+    if bias is not None:
+        out += bias.data
+
+    def backward(g):
+        g2 = g.reshape(-1, g.shape[-1])                             # [N, out]
+        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None
+        gw = g2.T @ x2 if weight.requires_grad else None
+        gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
+        return gx, gw, gb
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor.from_op(out.reshape(*lead, out.shape[-1]), parents, backward)
+
+
 class Linear(Module):
     """y = x W^T + b for x: [..., in_features] -> y: [..., out_features].
 
@@ -45,12 +74,7 @@ class Linear(Module):
         x = to_tensor(x, self.weight.dtype)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expected input [..., {self.in_features}], got shape {x.shape}")
-        lead = x.shape[:-1]
-        # flatten leading axes so that the product (and its backward) is ONE 2-D GEMM
-        y = x.reshape(-1, self.in_features) @ self.weight.T          # [N, out]
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        return linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -221,3 +245,32 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=np.float3
     freqs = np.exp(-np.log(max_period) * np.arange(half, dtype=np.float64) / half)   # [dim/2]
     angles = t.astype(np.float64)[:, None] * freqs[None, :]                          # [B, dim/2]
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(check_dtype(dtype))
+
+
+class SinusoidalEmbedding(Module):
+    """``timestep_embedding`` as a layer, with a lookup table for integer timesteps.
+
+    Diffusion timesteps are integers 0..T-1, so the embedding of every step can be
+    computed once ([T, dim]) and then gathered: emb = table[t]. This takes the sines
+    and cosines out of the training step. Real-valued t falls back to the formula.
+    No parameters; the table is a cache, not state (it is not in the state dict).
+    """
+
+    def __init__(self, dim: int, max_period: float = 10000.0, dtype=np.float32):
+        super().__init__()
+        timestep_embedding(np.zeros(1, dtype=np.int64), dim, max_period)     # validates dim
+        self.dim, self.max_period, self.dtype = dim, max_period, check_dtype(dtype)
+        self._table = np.zeros((0, dim), dtype=self.dtype)
+
+    def forward(self, t) -> np.ndarray:
+        """t: [B] timesteps -> [B, dim] ndarray."""
+        t = np.asarray(t.data if isinstance(t, Tensor) else t)
+        if t.ndim != 1 or t.dtype.kind not in "iu" or (t.size and t.min() < 0):
+            return timestep_embedding(t, self.dim, self.max_period, self.dtype)
+        if t.size and t.max() >= len(self._table):              # grow the cache to cover t
+            size = max(int(t.max()) + 1, 2 * len(self._table), 1000)
+            self._table = timestep_embedding(np.arange(size), self.dim, self.max_period, self.dtype)
+        return self._table[t]
+
+    def extra_repr(self):
+        return f"dim={self.dim}, max_period={self.max_period}"

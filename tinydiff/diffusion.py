@@ -1,0 +1,314 @@
+"""GaussianDiffusion: the forward process q, its posterior, and the learned reverse process p.
+
+Notation (DDPM, Ho et al. 2020; code timesteps are 0-based, see tinydiff/schedules.py):
+
+    q(x_t | x_{t-1}) = N(sqrt(alpha_t) x_{t-1}, beta_t I),         alpha_t = 1 - beta_t
+    q(x_t | x_0)     = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), alpha_bar_t = prod_{s<=t} alpha_s
+    p(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I)             (the model)
+
+Code index t = 0..T-1 is the paper's step t+1: x_t in a docstring here is the paper's
+x_{t+1}, and "x_{t-1}" at t = 0 is the data x_0 itself (so p_sample at t = 0 adds no noise).
+Every method takes per-example timesteps t: int array [B], data of shape [B, *D], and
+returns arrays in the data's dtype (float32 in, float32 out); buffers are float64.
+
+Names follow openai/improved-diffusion (gaussian_diffusion.py) so the two read side by side.
+The loss and bound methods live in tinydiff/losses.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import losses
+from .engine import Tensor
+from .gaussian import standard_normal_noise
+from .schedules import extract, validate_betas
+
+MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channels predict
+MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
+LOSS_TYPES = ("mse", "kl", "hybrid")
+DECODER_NLLS = ("continuous", "discretized")
+
+
+def _choose(name, value, options):
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+    return value
+
+
+class GaussianDiffusion:
+    """Diffusion with Gaussian kernels and a schedule `betas` [T].
+
+    model_mean_type -- what the model's first C output channels predict:
+        "eps"  the noise epsilon (DDPM eq. 11), "x0" the clean data, "v" the velocity
+        v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022), "mean" the
+        mean of p(x_{t-1}|x_t) directly (improved-diffusion's PREVIOUS_X). With
+        model_var_type="learned" this is Sohl-Dickstein et al. (2015): mean and log-variance learned.
+    model_var_type -- the variance sigma_t^2 of p(x_{t-1}|x_t):
+        "fixed_small" beta-tilde_t (posterior variance), "fixed_large" beta_t (DDPM sec. 3.2),
+        "learned" the model outputs log sigma^2 in channels C..2C (Sohl-Dickstein et al. 2015),
+        "learned_range" the model outputs v_raw in channels C..2C and
+        log sigma^2 = v log beta_t + (1 - v) log beta-tilde_t, v = (v_raw + 1)/2 (Nichol & Dhariwal eq. 15).
+    loss_type -- "mse" (L_simple), "kl" (the variational bound terms) or "hybrid"
+        (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see losses.training_losses.
+    decoder_nll -- the decoder L_0 = -log p(x_0|x_1): "continuous" Gaussian density (any
+        float data, e.g. 2-D points) or "discretized" over 256 bins (8-bit images in [-1, 1]).
+    """
+
+    def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
+                 loss_type="mse", decoder_nll="continuous", hybrid_vb_weight=0.001):
+        self.model_mean_type = _choose("model_mean_type", model_mean_type, MODEL_MEAN_TYPES)
+        self.model_var_type = _choose("model_var_type", model_var_type, MODEL_VAR_TYPES)
+        self.loss_type = _choose("loss_type", loss_type, LOSS_TYPES)
+        self.decoder_nll = _choose("decoder_nll", decoder_nll, DECODER_NLLS)
+        if loss_type == "mse" and model_var_type.startswith("learned"):
+            raise ValueError(f"loss_type='mse' with model_var_type={model_var_type!r}: the MSE "
+                             "gives the variance no gradient; use loss_type='hybrid' or 'kl'")
+        self.hybrid_vb_weight = float(hybrid_vb_weight)
+
+        b = self.betas = validate_betas(betas)                          # [T], float64
+        T = self.num_timesteps = len(b)
+        self.alphas = 1.0 - b
+        self.sqrt_betas = np.sqrt(b)
+        self.log_betas = np.log(b)
+        ab = self.alphas_cumprod = np.cumprod(self.alphas)              # alpha_bar_t
+        if ab[-1] <= 0.0:
+            i = int(np.argmax(ab <= 0))
+            raise ValueError(f"betas: alpha_bar underflows to 0 at t = {i} in float64 (sum of "
+                             f"betas = {b.sum():.4g}); use fewer steps or smaller betas")
+        ab_prev = self.alphas_cumprod_prev = np.append(1.0, ab[:-1])    # alpha_bar_{t-1}; 1 for the data
+        self.alphas_cumprod_next = np.append(ab[1:], 0.0)               # alpha_bar_{t+1} (DDIM inversion)
+        self.sqrt_alphas = np.sqrt(self.alphas)
+        self.sqrt_alphas_cumprod = np.sqrt(ab)
+        self.sqrt_one_minus_alphas_cumprod = np.sqrt(1.0 - ab)
+        self.log_one_minus_alphas_cumprod = np.log(1.0 - ab)
+        self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ab)
+        self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ab - 1.0)
+
+        # q(x_{t-1} | x_t, x_0), DDPM eq. 7: beta-tilde_t and the two coefficients of mu-tilde_t.
+        pv = self.posterior_variance = b * (1.0 - ab_prev) / (1.0 - ab)
+        self.posterior_mean_coef1 = b * np.sqrt(ab_prev) / (1.0 - ab)
+        self.posterior_mean_coef2 = (1.0 - ab_prev) * self.sqrt_alphas / (1.0 - ab)
+        # At t = 0 the posterior is q(x_0 | x_1, x_0), a point mass: beta-tilde_0 = 0 and its
+        # log is -inf. That log-variance is used as the decoder's variance for p(x_0|x_1), which
+        # must be a real distribution, so (like improved-diffusion) we replace it by the next
+        # value beta-tilde_1, of the same small size. With T = 1 there is no next value; we use beta_0.
+        first = pv[1] if T > 1 else b[0]
+        self.posterior_log_variance_clipped = np.log(np.append(first, pv[1:]))
+        # "fixed_large" is beta_t, except at t = 0, where improved-diffusion also uses beta-tilde_1
+        # (~ beta_0 / 2 for slowly varying betas): both fixed choices then share one decoder
+        # p(x_0|x_1), and its comment says the decoder log-likelihood is better. That holds for
+        # 8-bit images, where a narrower Gaussian puts more mass in the right bin; for a smooth
+        # density the true reverse variance at t = 0 is ~beta_0, and the narrower decoder costs
+        # ~0.11 nats per dimension (computed for DDPM's linear schedule and N(mu, 0.25) data).
+        self.fixed_large_variance = np.append(first, b[1:])
+        self.fixed_large_log_variance = np.log(self.fixed_large_variance)
+        # (variance, log-variance) tables for p; fixed_small uses the clipped value at t = 0 in both.
+        self._fixed_variances = {
+            "fixed_small": (np.exp(self.posterior_log_variance_clipped), self.posterior_log_variance_clipped),
+            "fixed_large": (self.fixed_large_variance, self.fixed_large_log_variance)}
+
+    # ------------------------------------------------------------------ helpers
+    def _coef(self, arr, t, x):
+        """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
+        if np.dtype(x.dtype).kind != "f":
+            raise TypeError(f"data: expected a float32 or float64 array [B, *D], got dtype {x.dtype} "
+                            "(scale integer images to floats in [-1, 1] first)")
+        return extract(arr, t, x.shape).astype(x.dtype, copy=False)
+
+    def _full(self, arr, t, x):
+        """A per-timestep value broadcast to the full data shape [B, *D] (a read-only view)."""
+        return np.broadcast_to(self._coef(arr, t, x), x.shape)
+
+    # ------------------------------------------------------------------ forward process q
+    def q_step_mean_variance(self, x_prev, t):
+        """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM eq. 2.
+
+        x_prev: [B, *D] (the data x_0 when t = 0). Returns (mean, variance, log_variance), each [B, *D].
+        """
+        return (self._coef(self.sqrt_alphas, t, x_prev) * x_prev,
+                self._full(self.betas, t, x_prev), self._full(self.log_betas, t, x_prev))
+
+    def q_step(self, x_prev, t, noise=None, rng=None):
+        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D]."""
+        noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
+        return self._coef(self.sqrt_alphas, t, x_prev) * x_prev + self._coef(self.sqrt_betas, t, x_prev) * noise
+
+    def q_mean_variance(self, x0, t):
+        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
+
+        x0: [B, *D]. Returns (mean, variance, log_variance), each [B, *D].
+        """
+        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * x0,
+                self._full(1.0 - self.alphas_cumprod, t, x0),
+                self._full(self.log_one_minus_alphas_cumprod, t, x0))
+
+    def q_sample(self, x0, t, noise=None, rng=None):
+        """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
+        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D]."""
+        noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
+        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self._coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def q_posterior_mean_variance(self, x0, x_t, t):
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), DDPM eq. 6-7:
+
+            mu-tilde_t   = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+                         + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+            beta-tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+
+        x0, x_t: [B, *D]. Returns (mean, variance, log_variance_clipped), each [B, *D]; at t = 0
+        the variance is 0 and the log-variance is clipped to log beta-tilde_1 (see __init__).
+        """
+        mean = (self._coef(self.posterior_mean_coef1, t, x_t) * x0
+                + self._coef(self.posterior_mean_coef2, t, x_t) * x_t)
+        return (mean, self._full(self.posterior_variance, t, x_t),
+                self._full(self.posterior_log_variance_clipped, t, x_t))
+
+    # ------------------------------------------------------------------ changing parametrisation
+    def predict_x0_from_eps(self, x_t, t, eps):
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
+        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D]."""
+        return (self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - self._coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+
+    def predict_eps_from_x0(self, x_t, t, x0):
+        """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
+        predict_x0_from_eps. [B, *D]."""
+        return ((self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
+                / self._coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+
+    def predict_x0_from_v(self, x_t, t, v):
+        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
+        return (self._coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - self._coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+
+    def velocity(self, x0, t, eps):
+        """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
+        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
+        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * eps
+                - self._coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+
+    def predict_x0_from_mean(self, x_t, t, mean):
+        """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
+        improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
+        return ((mean - self._coef(self.posterior_mean_coef2, t, x_t) * x_t)
+                / self._coef(self.posterior_mean_coef1, t, x_t))
+
+    def score_from_eps(self, x_t, t, eps):
+        """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
+        an eps-predictor is a scaled score estimator. [B, *D]."""
+        return -eps / self._coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+
+    # ------------------------------------------------------------------ reverse process p
+    def p_mean_variance(self, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
+        """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output."""
+        out = model(x_t, t, **(model_kwargs or {}))
+        return self.p_mean_variance_from_output(out, x_t, t, clip_denoised, denoised_fn)
+
+    def p_mean_variance_from_output(self, model_output, x_t, t, clip_denoised=False, denoised_fn=None):
+        """p(x_{t-1} | x_t) from a model output [B, C_out, *rest] (channels on axis 1).
+
+        C_out = C, the channels of x_t: [B, C, *rest], for fixed variances, and 2C for
+        learned ones (first C: the mean-type prediction; last C: log-variance or v_raw).
+        pred_x0 goes through denoised_fn and, if clip_denoised, is clipped to [-1, 1] (images)
+        before the mean mu-tilde(pred_x0, x_t) is formed (DDPM eq. 7 with x_0 replaced by its
+        estimate; for eps this equals DDPM eq. 11). For model_mean_type="mean" the mean is the
+        model's own and only the reported pred_x0 is processed.
+        Returns a dict of [B, *D] values: mean, variance, log_variance, pred_x0 and pred_eps,
+        where x_t = sqrt(alpha_bar_t) pred_x0 + sqrt(1 - alpha_bar_t) pred_eps (the model's eps
+        itself when eps is predicted and x_0 is not processed). Tensors if model_output is one.
+        """
+        C = x_t.shape[1] if x_t.ndim >= 2 else None
+        learned = self.model_var_type.startswith("learned")
+        expected = (x_t.shape[0], 2 * C if learned else C) + tuple(x_t.shape[2:])
+        if C is None or tuple(model_output.shape) != expected:
+            raise ValueError(f"model output: expected shape {expected} for x_t of shape {tuple(x_t.shape)} "
+                             f"and model_var_type={self.model_var_type!r}, got {tuple(model_output.shape)}")
+        prediction = model_output[:, :C] if learned else model_output
+
+        if self.model_var_type == "learned":            # the model outputs log sigma^2 itself
+            log_variance = model_output[:, C:]
+            variance = np.exp(log_variance)
+        elif self.model_var_type == "learned_range":    # Nichol & Dhariwal eq. 15
+            # v = (v_raw + 1)/2: v_raw = -1 gives beta-tilde_t, +1 gives beta_t; not clamped, as in the paper.
+            frac = (model_output[:, C:] + 1.0) / 2.0
+            log_variance = (frac * self._coef(self.log_betas, t, x_t)
+                            + (1.0 - frac) * self._coef(self.posterior_log_variance_clipped, t, x_t))
+            variance = np.exp(log_variance)
+        else:                                           # fixed_small or fixed_large: a table lookup
+            variance_table, log_variance_table = self._fixed_variances[self.model_var_type]
+            variance = self._full(variance_table, t, x_t)
+            log_variance = self._full(log_variance_table, t, x_t)
+
+        processed = clip_denoised or denoised_fn is not None
+
+        def process(x0):
+            if denoised_fn is not None:
+                x0 = denoised_fn(x0)
+            return np.clip(x0, -1.0, 1.0) if clip_denoised else x0
+
+        if self.model_mean_type == "mean":              # mean given; x_0 only reported
+            mean = prediction
+            pred_x0 = process(self.predict_x0_from_mean(x_t, t, prediction))
+        else:
+            if self.model_mean_type == "eps":
+                pred_x0 = self.predict_x0_from_eps(x_t, t, prediction)
+            elif self.model_mean_type == "x0":
+                pred_x0 = prediction
+            else:                                       # "v"
+                pred_x0 = self.predict_x0_from_v(x_t, t, prediction)
+            pred_x0 = process(pred_x0)
+            mean = self.q_posterior_mean_variance(pred_x0, x_t, t)[0]
+        if self.model_mean_type == "eps" and not processed:
+            pred_eps = prediction
+        else:
+            pred_eps = self.predict_eps_from_x0(x_t, t, pred_x0)
+        return {"mean": mean, "variance": variance, "log_variance": log_variance,
+                "pred_x0": pred_x0, "pred_eps": pred_eps}
+
+    def p_sample(self, model, x_t, t, rng=None, noise=None, clip_denoised=False, denoised_fn=None,
+                 model_kwargs=None):
+        """One ancestral step x_{t-1} = mean + sigma_t z, z ~ N(0, I), and z = 0 at t = 0
+        (DDPM Algorithm 2, lines 3-4; its t = 1 is our t = 0).
+
+        x_t: ndarray [B, *D]; t: int [B]. Returns {"sample": x_{t-1}, "pred_x0": ...} as ndarrays
+        (a Tensor model output is read through .data; wrap calls in tinydiff.no_grad() to skip
+        recording a graph).
+        """
+        out = self.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
+        mean, log_variance, pred_x0 = (v.data if isinstance(v, Tensor) else v
+                                       for v in (out["mean"], out["log_variance"], out["pred_x0"]))
+        noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
+        last_step = extract(np.arange(self.num_timesteps), t, x_t.shape) == 0   # [B, 1, ..., 1]
+        sample = mean + np.where(last_step, 0.0, np.exp(0.5 * log_variance) * noise)
+        return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
+
+    def p_sample_loop(self, model, shape, rng, progress=None, return_trajectory=False, noise=None,
+                      clip_denoised=False, denoised_fn=None, model_kwargs=None, dtype=np.float32):
+        """Ancestral sampling, DDPM Algorithm 2: x_T ~ N(0, I), then p_sample for t = T-1, ..., 0.
+
+        shape: (B, *D); rng: numpy.random.Generator for x_T and every step's noise; noise:
+        optional x_T [B, *D]; progress: optional callback progress(i, T) after each step,
+        i = 1..T steps done. Returns x_0 [B, *D] in `dtype`, or (x_0, trajectory) with
+        trajectory [T + 1, B, *D] = (x_T, ..., x_0) if return_trajectory (memory: T+1 copies).
+        """
+        x = standard_normal_noise(shape, dtype, noise, rng)
+        trajectory = [x] if return_trajectory else None
+        T = self.num_timesteps
+        for i in reversed(range(T)):                    # the chain: a loop over T, never over the batch
+            t = np.full(x.shape[0], i, dtype=np.int64)
+            x = self.p_sample(model, x, t, rng=rng, clip_denoised=clip_denoised,
+                              denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+            if return_trajectory:
+                trajectory.append(x)
+            if progress is not None:
+                progress(T - i, T)
+        return (x, np.stack(trajectory)) if return_trajectory else x
+
+    # ------------------------------------------------------------------ losses and bounds (losses.py)
+    # Functions whose first argument is the diffusion become methods when assigned to the class:
+    # diffusion.training_losses(model, x0, t) calls losses.training_losses(diffusion, model, x0, t).
+    training_losses = losses.training_losses
+    vb_terms_bpd = losses.vb_terms_bpd
+    prior_bpd = losses.prior_bpd
+    calc_bpd_loop = losses.calc_bpd_loop

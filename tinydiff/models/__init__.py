@@ -1,0 +1,4 @@
+"""Models: each is a Module whose forward is ``model(x_t, t, **kwargs)``, channels on axis 1."""
+from .toy_mlp import ToyMLP
+
+__all__ = ["ToyMLP"]
