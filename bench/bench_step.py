@@ -1,0 +1,147 @@
+"""Benchmark: one training step of TOY-MLP (forward, eps-MSE loss, backward, Adam).
+
+Times tinydiff at batch 256, 1024 and 4096 and prints JSON with the median
+milliseconds per step and the peak memory the step allocates. If PyTorch is
+importable it times the identical model in the same run (same initial weights,
+same data, same thread count) and reports the ratio tinydiff / PyTorch.
+
+    python bench/bench_step.py                       # tinydiff only
+    /opt/torchvenv/bin/python bench/bench_step.py    # with the PyTorch comparison
+
+A step here is what the training loop does each iteration:
+    x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps      (q_sample, DDPM eq. 4)
+    loss = mean ||eps - eps_theta(x_t, t)||^2      (L_simple, DDPM eq. 14)
+    loss.backward(); Adam step
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import tinydiff as td  # noqa: E402
+from tinydiff.models import ToyMLP  # noqa: E402
+from tinydiff.optim import Adam  # noqa: E402
+
+T = 1000
+
+
+def make_batch(rng, batch, alphas_cumprod):
+    x0 = rng.standard_normal((batch, 2), dtype=np.float32)
+    t = rng.integers(0, T, size=batch)
+    eps = rng.standard_normal((batch, 2), dtype=np.float32)
+    return x0, t, eps
+
+
+def tinydiff_step(model, opt, x0, t, eps, ab):
+    a = ab[t][:, None]
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps          # float32 throughout
+    opt.zero_grad()
+    diff = model(x_t, t) - eps
+    loss = (diff * diff).mean()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def time_it(step, reps, warmup):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_memory_mb(step):
+    """Peak bytes allocated during one step (NumPy reports its buffers to tracemalloc)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20
+
+
+def torch_setup(model, batch):
+    import torch
+
+    class TorchToyMLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(66, 256), torch.nn.SiLU(), torch.nn.Linear(256, 256), torch.nn.SiLU(),
+                torch.nn.Linear(256, 256), torch.nn.SiLU(), torch.nn.Linear(256, 2))
+
+        def forward(self, x, t):
+            half = 32
+            freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+            args = t[:, None].float() * freqs[None]
+            emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+            return self.net(torch.cat([x, emb], dim=1))
+
+    tmodel = TorchToyMLP()
+    state = {k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()}
+    tmodel.load_state_dict(state)          # the same names and layouts map one to one
+    opt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+    return torch, tmodel, opt
+
+
+def torch_step(torch, model, opt, x0, t, eps, ab):
+    a = ab[t][:, None]
+    x_t = torch.sqrt(a) * x0 + torch.sqrt(1 - a) * eps
+    opt.zero_grad()
+    loss = ((model(x_t, t) - eps) ** 2).mean()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096], help="batch sizes (default: 256 1024 4096)")
+    parser.add_argument("--reps", type=int, default=50, help="timed steps per batch size (default: 50)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    args = parser.parse_args(argv)
+
+    betas = np.linspace(1e-4, 0.02, T)
+    ab = np.cumprod(1 - betas).astype(np.float32)
+    results = {"numpy": np.__version__, "threads": os.environ.get("OMP_NUM_THREADS", "default"), "runs": []}
+    for batch in args.batches:
+        rng = np.random.default_rng(0)
+        model = ToyMLP(rng=np.random.default_rng(1))
+        opt = Adam(model.parameters(), lr=1e-3)
+        x0, t, eps = make_batch(rng, batch, ab)
+        step = lambda: tinydiff_step(model, opt, x0, t, eps, ab)  # noqa: E731
+        row = {"batch": batch, "tinydiff_ms": round(time_it(step, args.reps, args.warmup), 3),
+               "tinydiff_peak_mb": round(peak_memory_mb(step), 2)}
+        if not args.no_torch:
+            try:
+                torch, tmodel, topt = torch_setup(ToyMLP(rng=np.random.default_rng(1)), batch)
+            except ImportError:
+                torch = None
+            if torch is not None:
+                tx0, tt, teps, tab = (torch.from_numpy(x0), torch.from_numpy(t), torch.from_numpy(eps),
+                                      torch.from_numpy(ab))
+                tstep = lambda: torch_step(torch, tmodel, topt, tx0, tt, teps, tab)  # noqa: E731
+                row["torch_ms"] = round(time_it(tstep, args.reps, args.warmup), 3)
+                row["torch_threads"] = torch.get_num_threads()
+                row["ratio_tinydiff_over_torch"] = round(row["tinydiff_ms"] / row["torch_ms"], 3)
+        results["runs"].append(row)
+        print(json.dumps(row), file=sys.stderr)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""examples/toy2d.py end to end: a tiny fast run in the default suite, the real
+default run (with its targets) behind the slow mark."""
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "toy2d.py")
+OUTPUTS = ["samples.npy", "samples.png", "loss.png", "forward.gif", "reverse.gif", "metrics.json", "checkpoint.npz"]
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("toy2d_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--steps", "40", "--T", "20", "--batch", "64", "--hidden", "32"]
+
+
+@pytest.mark.parametrize("objective,sampler", [("hybrid", "ddpm"), ("eps", "ddim"), ("sohl-dickstein", "langevin")])
+def test_tiny_run_writes_every_output_with_sane_metrics(tmp_path, objective, sampler):
+    out = tmp_path / "run"
+    metrics = load_example().main(TINY + ["--objective", objective, "--sampler", sampler, "--out", str(out)])
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    samples = np.load(out / "samples.npy", allow_pickle=False)
+    assert samples.shape == (2000, 2) and samples.dtype == np.float32 and np.all(np.isfinite(samples))
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    for key in ["steps", "train_seconds", "nll_bound_bits", "true_nll_bits", "mode_coverage", "mode_precision",
+                "energy_distance"]:
+        assert math.isfinite(metrics[key]), key
+    assert metrics["steps"] == 40 and 0 <= metrics["mode_coverage"] <= 8 and 0 <= metrics["mode_precision"] <= 1
+    assert metrics["true_nll_bits"] == pytest.approx(0.4503, abs=1e-3)     # 3 + log2(2 pi e 0.01)
+    # a bound is a bound: never below the truth by more than its standard error allows
+    assert metrics["nll_bound_bits"] > metrics["true_nll_bits"] - 4 * metrics["nll_bound_bits_stderr"]
+    assert Image.open(out / "forward.gif").n_frames > 10
+    Image.open(out / "samples.png").verify()
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
+    example = load_example()
+    out = str(tmp_path / "run")
+    example.main(TINY + ["--out", out, "--no-gifs"])
+    metrics = example.main(["--steps", "60", "--T", "20", "--batch", "64", "--hidden", "32", "--out", out,
+                            "--no-gifs", "--resume"])
+    assert "resumed from" in capsys.readouterr().out and metrics["steps"] == 60
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        load_example().parse_args(["--help"])
+    text = capsys.readouterr().out
+    for flag in ["--dataset", "--objective", "--schedule", "--T", "--steps", "--batch", "--seed", "--sampler",
+                 "--out", "--resume"]:
+        assert flag in text
+    assert "default: out/toy2d" in text.replace(os.sep, "/")
+
+
+@pytest.mark.slow
+def test_default_run_meets_its_targets(tmp_path):
+    """The documented default run: 8/8 modes, precision >= 0.95, bound within 0.3 bits of the truth."""
+    metrics = load_example().main(["--out", str(tmp_path / "default")])
+    assert metrics["mode_coverage"] == 8
+    assert metrics["mode_precision"] >= 0.95
+    assert metrics["bound_gap_bits"] <= 0.3
+    assert metrics["bound_gap_bits"] > -4 * metrics["nll_bound_bits_stderr"]
