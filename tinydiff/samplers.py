@@ -1,0 +1,253 @@
+"""Samplers beyond ancestral DDPM: strided schedules, DDIM and annealed Langevin dynamics.
+
+Ancestral sampling (DDPM Algorithm 2) is GaussianDiffusion.p_sample_loop. Here:
+
+    space_timesteps / respace   run a trained model on K of its T steps, with betas re-derived
+                                so alpha_bar is unchanged at the kept steps (Nichol & Dhariwal
+                                2021, section 4); any sampler then runs on the short chain.
+    ddim_sample_loop            DDIM (Song, Meng & Ermon 2021, eq. 12 and 16): eta = 0 is a
+                                deterministic map from noise to data, eta = 1 is DDPM.
+    langevin_sample_loop        annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1)
+                                with the score read off the eps-prediction.
+
+Timesteps are 0-based (tinydiff/schedules.py). Every loop runs over the chain, never over
+the batch; noise comes from an explicit numpy.random.Generator; model calls run under
+no_grad; `progress(i, n)` is called after step i of n. Arrays keep the dtype of x.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .engine import Tensor, no_grad
+from .gaussian import standard_normal_noise
+from .schedules import extract
+
+
+def _array(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _coef(arr, t, x):
+    """Per-example table value arr[t] shaped [B, 1, ..., 1] in the dtype of x (no float32 upcast)."""
+    return extract(arr, t, x.shape).astype(x.dtype, copy=False)
+
+
+# ---------------------------------------------------------------- strided schedules
+def space_timesteps(T: int, spec) -> np.ndarray:
+    """Which of the T original timesteps to keep, sorted ascending, int64 [K].
+
+    spec: an int K or a string "K": K steps evenly spaced from 0 to T-1 (both ends kept),
+    round(i (T-1)/(K-1)) for i = 0..K-1; "ddimK": the stride s with len(range(0, T, s)) = K,
+    i.e. 0, s, 2s, ... (DDIM's "uniform" skip, Song et al. 2021 appendix D.2); or an explicit
+    sequence of distinct timesteps in 0..T-1.
+    """
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T: expected a positive int number of timesteps, got {T!r}")
+    if isinstance(spec, str) and spec.startswith("ddim"):
+        K = int(spec[4:]) if spec[4:].isdigit() else -1
+        for stride in range(1, T + 1):
+            if len(range(0, T, stride)) == K:
+                return np.arange(0, T, stride, dtype=np.int64)
+        raise ValueError(f"spec: no integer stride gives exactly {spec[4:]!r} of T={T} steps for {spec!r}")
+    if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
+        K = int(spec) if str(spec).isdigit() else -1
+        if not 1 <= K <= T:
+            raise ValueError(f"spec: expected a count in 1..{T}, 'ddimK' or a list of steps, got {spec!r}")
+        if K == 1:
+            return np.array([T - 1], dtype=np.int64)
+        # floor(x + 1/2) rounds half up; a spacing >= 1 keeps the K values distinct.
+        return np.floor(np.arange(K) * (T - 1) / (K - 1) + 0.5).astype(np.int64)
+    steps = np.asarray(spec)
+    if (steps.ndim != 1 or steps.size == 0 or steps.dtype.kind not in "iu" or steps.min() < 0
+            or steps.max() >= T or len(np.unique(steps)) != len(steps)):
+        raise ValueError(f"spec: expected distinct int timesteps in 0..{T - 1}, got {spec!r}")
+    return np.sort(steps).astype(np.int64)
+
+
+def respaced_betas(alphas_cumprod, use_timesteps) -> np.ndarray:
+    """Betas of the chain that visits only the kept steps s_0 < s_1 < ... < s_{K-1}:
+
+        beta_i = 1 - alpha_bar_{s_i} / alpha_bar_{s_{i-1}},   alpha_bar_{s_{-1}} = 1
+
+    Nichol & Dhariwal (2021), section 4. The product telescopes, so the new chain's
+    prod_{j<=i} (1 - beta_j) is alpha_bar_{s_i}: q(x_{s_i} | x_0) is unchanged and a model
+    trained on the original steps is asked exactly the questions it was trained on.
+    alphas_cumprod: [T] float64; use_timesteps: sorted int [K]. Returns float64 [K].
+    """
+    kept = np.asarray(alphas_cumprod, dtype=np.float64)[use_timesteps]
+    return 1.0 - kept / np.append(1.0, kept[:-1])
+
+
+class RespacedModel:
+    """model(x, t_new) -> original_model(x, timestep_map[t_new]): the respaced chain counts
+    its steps 0..K-1, the network was trained on the original indices."""
+
+    def __init__(self, model, timestep_map):
+        self.model, self.timestep_map = model, np.asarray(timestep_map, dtype=np.int64)
+
+    def __call__(self, x_t, t, **model_kwargs):
+        return self.model(x_t, self.timestep_map[np.asarray(t)], **model_kwargs)
+
+
+def respace(diffusion, use_timesteps):
+    """A diffusion on the kept steps only, and a function that adapts models to it.
+
+    Returns (new_diffusion, wrap) where new_diffusion has `respaced_betas` [K] and the same
+    model_mean_type / model_var_type / loss_type / decoder_nll, and wrap(model) is a
+    `RespacedModel`. Use: d2, wrap = respace(d, space_timesteps(T, 50));
+    d2.p_sample_loop(wrap(model), shape, rng). A learned_range v then interpolates between
+    the new chain's beta and beta~, as in improved-diffusion.
+    """
+    try:
+        steps = space_timesteps(diffusion.num_timesteps, use_timesteps)
+    except ValueError as err:
+        raise ValueError(f"use_timesteps: {err}") from None
+    betas = respaced_betas(diffusion.alphas_cumprod, steps)
+    new = type(diffusion)(betas, model_mean_type=diffusion.model_mean_type,
+                          model_var_type=diffusion.model_var_type, loss_type=diffusion.loss_type,
+                          decoder_nll=diffusion.decoder_nll, hybrid_vb_weight=diffusion.hybrid_vb_weight)
+    return new, lambda model: RespacedModel(model, steps)
+
+
+# ---------------------------------------------------------------- DDIM
+def ddim_sigma(alpha_bar, alpha_bar_prev, eta):
+    """sigma(eta) = eta sqrt((1 - ab_prev) / (1 - ab)) sqrt(1 - ab / ab_prev), Song et al. 2021 eq. 16.
+
+    eta = 1 gives the DDPM posterior variance beta~ of the (possibly strided) step; eta = 0
+    a deterministic step. Shapes broadcast.
+    """
+    return eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
+
+
+def ddim_step(diffusion, model, x_t, t, t_prev, eta=0.0, rng=None, noise=None, clip_denoised=False,
+              denoised_fn=None, model_kwargs=None):
+    """One DDIM step from timestep t to t_prev < t (t_prev = -1: to the data), Song et al. eq. 12:
+
+        x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z
+
+    with x0_hat, eps_hat the model's predictions (p_mean_variance's pred_x0, pred_eps, so any
+    model_mean_type works), sigma = ddim_sigma(ab_t, ab_prev, eta), ab_prev = 1 at t_prev = -1.
+    x_t: [B, *D]; t, t_prev: int [B]. A noise array is drawn even when sigma = 0, so eta = 1
+    consumes the generator exactly like p_sample. Returns {"sample", "pred_x0"} ndarrays.
+    """
+    with no_grad():
+        out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
+    pred_x0, pred_eps = _array(out["pred_x0"]), _array(out["pred_eps"])
+    noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
+    ab = _coef(diffusion.alphas_cumprod, t, x_t)
+    ab_prev = _coef(np.append(1.0, diffusion.alphas_cumprod), np.asarray(t_prev) + 1, x_t)
+    sigma = ddim_sigma(ab, ab_prev, eta)
+    direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0))   # 0 at the data; rounding-safe
+    sample = np.sqrt(ab_prev) * pred_x0 + direction * pred_eps + sigma * noise
+    return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
+
+
+def ddim_sample_loop(diffusion, model, shape, rng, eta=0.0, timesteps=None, progress=None,
+                     return_trajectory=False, noise=None, clip_denoised=False, denoised_fn=None,
+                     model_kwargs=None, dtype=np.float32):
+    """DDIM sampling: x ~ N(0, I) at the last kept step, then ddim_step down to the data.
+
+    timesteps: the kept steps (anything space_timesteps accepts, e.g. "ddim50" or 50; None:
+    all T). DDIM needs only alpha_bar at those steps, so the model sees its own timesteps
+    and no respacing is needed. eta in [0, 1]. With eta = 0 the map is deterministic, so the
+    mismatch between N(0, I) and q(x_T) = N(sqrt(ab_T) mu, ...) is carried to the output (a
+    mean bias ~ s sqrt(ab_T) |mu| for N(mu, s^2) data); noise (eta > 0) washes it out.
+    Returns x_0 [*shape] in `dtype`, or (x_0, trajectory [K + 1, *shape]) if return_trajectory.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
+    steps = space_timesteps(diffusion.num_timesteps, diffusion.num_timesteps if timesteps is None else timesteps)
+    x = standard_normal_noise(shape, dtype, noise, rng)
+    trajectory = [x]
+    previous = np.append(-1, steps[:-1])                               # t_prev of each kept step
+    for i in range(len(steps) - 1, -1, -1):
+        t = np.full(x.shape[0], steps[i], dtype=np.int64)
+        x = ddim_step(diffusion, model, x, t, np.full_like(t, previous[i]), eta=eta, rng=rng,
+                      clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+        if return_trajectory:
+            trajectory.append(x)
+        if progress is not None:
+            progress(len(steps) - i, len(steps))
+    return (x, np.stack(trajectory)) if return_trajectory else x
+
+
+# ---------------------------------------------------------------- annealed Langevin dynamics
+def langevin_noise_level(alpha_bar):
+    """sigma_t = sqrt((1 - ab_t) / ab_t): x_t / sqrt(ab_t) = x_0 + sigma_t eps.
+
+    Dividing DDPM's x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps by sqrt(ab) gives the noise-
+    conditional setting of Song & Ermon (2019), y = x_0 + sigma z, with sigma_t from ~0.01
+    (t = 0) to ~160 (t = T-1) for DDPM's linear schedule.
+    """
+    return np.sqrt((1.0 - alpha_bar) / alpha_bar)
+
+
+def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model_kwargs=None):
+    """One Langevin update at noise level sigma_t, in the scaled variable y = x_t / sqrt(ab_t):
+
+        y <- y + (alpha / 2) s(y) + sqrt(alpha) z,   s(y) = grad_y log q(y) = -eps_hat(x_t, t) / sigma_t
+
+    (Song & Ermon 2019, Algorithm 1 line 6). The score: grad_{x_t} log q(x_t) = -eps/sqrt(1 - ab)
+    (score_from_eps), and x_t = sqrt(ab) y gives grad_y = sqrt(ab) grad_{x_t} = -eps / sigma_t.
+    y: [B, *D]; t: int [B]; step_size alpha: scalar or [B, 1, ...]. Returns (y_new, s(y)).
+    """
+    x_t = _coef(diffusion.sqrt_alphas_cumprod, t, y) * y
+    with no_grad():
+        eps = _array(diffusion.p_mean_variance(model, x_t, t, model_kwargs=model_kwargs)["pred_eps"])
+    score = -eps / _coef(langevin_noise_level(diffusion.alphas_cumprod), t, y)
+    noise = standard_normal_noise(y.shape, y.dtype, noise, rng)
+    alpha = np.asarray(step_size, dtype=y.dtype)
+    return (y + 0.5 * alpha * score + np.sqrt(alpha) * noise).astype(y.dtype, copy=False), score
+
+
+def langevin_sample_loop(diffusion, model, shape, rng, n_steps_each=10, step_lr=2e-5, timesteps=None,
+                         denoise=True, progress=None, return_trajectory=False, noise=None,
+                         model_kwargs=None, dtype=np.float32):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on the diffusion's noise levels.
+
+    Levels: the kept timesteps (as in ddim_sample_loop; None: all T), from the noisiest down,
+    with sigma_t = langevin_noise_level(ab_t) and step size
+
+        alpha_t = step_lr * sigma_t^2 / sigma_min^2          (Algorithm 1 line 3)
+
+    where sigma_min is the smallest kept level, so alpha_t / sigma_t^2 is the same at every
+    level. We work in y = x_t / sqrt(ab_t) because there all levels share the data's scale and
+    y carries over from one level to the next unchanged (in x_t one would rescale by
+    sqrt(ab_t' / ab_t) between levels; a Langevin step of size a in x_t is one of size
+    a / ab_t in y, so the two are the same dynamics). Start: x ~ N(0, I) at the noisiest
+    kept level, i.e. y = x / sqrt(ab). n_steps_each updates per level (`langevin_step`); then,
+    if denoise, one Tweedie step y <- y + sigma_min^2 s(y) = E[x_0 | y] (the "denoising" of
+    Jolicoeur-Martineau et al. 2021) removes the last level's noise sigma_min.
+
+    Tuning: step_lr / sigma_min^2 = alpha_t / sigma_t^2 must stay well below 4 (Langevin on
+    N(0, sigma^2) diverges beyond), and with too few steps the samples come out too wide:
+    at small sigma the steps are too short to shrink what larger levels left. For N(mu, 0.5^2)
+    data, exact scores, all 1000 DDPM levels: std +4.1% with n_steps_each=1, step_lr=1e-4,
+    +0.9% with 10 (tests/test_samplers.py computes these laws exactly).
+    Returns x_0 [*shape] in `dtype`, or (x_0, trajectory [L + 1, *shape] of y after each level).
+    """
+    if not (isinstance(n_steps_each, (int, np.integer)) and n_steps_each >= 1):
+        raise ValueError(f"n_steps_each: expected an int >= 1, got {n_steps_each!r}")
+    if not step_lr > 0:
+        raise ValueError(f"step_lr: expected a positive step size, got {step_lr!r}")
+    steps = space_timesteps(diffusion.num_timesteps, diffusion.num_timesteps if timesteps is None else timesteps)
+    sigmas = langevin_noise_level(diffusion.alphas_cumprod[steps])     # [L], increasing
+    x = standard_normal_noise(shape, dtype, noise, rng)
+    y = x / np.asarray(math.sqrt(diffusion.alphas_cumprod[steps[-1]]), dtype=x.dtype)
+    trajectory, n, done = [y], len(steps) * n_steps_each, 0
+    for level in range(len(steps) - 1, -1, -1):
+        t = np.full(y.shape[0], steps[level], dtype=np.int64)
+        alpha = step_lr * (sigmas[level] / sigmas[0]) ** 2
+        for _ in range(n_steps_each):
+            y, _ = langevin_step(diffusion, model, y, t, alpha, rng=rng, model_kwargs=model_kwargs)
+            done += 1
+            if progress is not None:
+                progress(done, n)
+        if return_trajectory:
+            trajectory.append(y)
+    if denoise:
+        _, score = langevin_step(diffusion, model, y, t, 0.0, noise=np.zeros_like(y), model_kwargs=model_kwargs)
+        y = (y + np.asarray(sigmas[0] ** 2, dtype=y.dtype) * score).astype(y.dtype, copy=False)
+    return (y, np.stack(trajectory)) if return_trajectory else y
