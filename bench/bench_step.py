@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tinydiff as td  # noqa: E402
 from tinydiff.models import ToyMLP  # noqa: E402
 from tinydiff.optim import Adam  # noqa: E402
+from tinydiff.runtime import reuse_freed_memory  # noqa: E402
 
 T = 1000
 
@@ -52,15 +53,14 @@ def tinydiff_step(model, opt, x0, t, eps, ab):
     return loss.item()
 
 
-def time_it(step, reps, warmup):
-    for _ in range(warmup):
-        step()
+def time_block(step, reps):
+    """Milliseconds of each of ``reps`` consecutive steps."""
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         step()
         times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return times
 
 
 def peak_memory_mb(step):
@@ -110,34 +110,52 @@ def torch_step(torch, model, opt, x0, t, eps, ab):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096], help="batch sizes (default: 256 1024 4096)")
-    parser.add_argument("--reps", type=int, default=50, help="timed steps per batch size (default: 50)")
+    parser.add_argument("--reps", type=int, default=20, help="timed steps per round (default: 20)")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of alternating blocks (default: 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="do not call tinydiff.runtime.reuse_freed_memory (as the Trainer does)")
     args = parser.parse_args(argv)
+    allocator = "glibc default" if args.default_malloc else f"reuse_freed_memory: {reuse_freed_memory()}"
 
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas).astype(np.float32)
-    results = {"numpy": np.__version__, "threads": os.environ.get("OMP_NUM_THREADS", "default"), "runs": []}
+    results = {"numpy": np.__version__, "allocator": allocator, "rounds": args.rounds, "reps_per_round": args.reps,
+               "runs": []}
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            results["torch"] = "not installed: only tinydiff was timed"
     for batch in args.batches:
         rng = np.random.default_rng(0)
+        x0, t, eps = make_batch(rng, batch, ab)
         model = ToyMLP(rng=np.random.default_rng(1))
         opt = Adam(model.parameters(), lr=1e-3)
-        x0, t, eps = make_batch(rng, batch, ab)
-        step = lambda: tinydiff_step(model, opt, x0, t, eps, ab)  # noqa: E731
-        row = {"batch": batch, "tinydiff_ms": round(time_it(step, args.reps, args.warmup), 3),
-               "tinydiff_peak_mb": round(peak_memory_mb(step), 2)}
-        if not args.no_torch:
-            try:
-                torch, tmodel, topt = torch_setup(ToyMLP(rng=np.random.default_rng(1)), batch)
-            except ImportError:
-                torch = None
-            if torch is not None:
-                tx0, tt, teps, tab = (torch.from_numpy(x0), torch.from_numpy(t), torch.from_numpy(eps),
-                                      torch.from_numpy(ab))
-                tstep = lambda: torch_step(torch, tmodel, topt, tx0, tt, teps, tab)  # noqa: E731
-                row["torch_ms"] = round(time_it(tstep, args.reps, args.warmup), 3)
-                row["torch_threads"] = torch.get_num_threads()
-                row["ratio_tinydiff_over_torch"] = round(row["tinydiff_ms"] / row["torch_ms"], 3)
+        steps = {"tinydiff": lambda: tinydiff_step(model, opt, x0, t, eps, ab)}
+        if torch is not None:
+            torch, tmodel, topt = torch_setup(ToyMLP(rng=np.random.default_rng(1)), batch)
+            targs = [torch.from_numpy(a) for a in (x0, t, eps, ab)]
+            steps["torch"] = lambda: torch_step(torch, tmodel, topt, *targs)
+        # The machine is a shared VM whose speed drifts by tens of percent over seconds, so the
+        # frameworks take turns: round r times a block of tinydiff steps, then a block of PyTorch
+        # steps. Both see the same drift; the medians over all rounds are compared.
+        times = {name: [] for name in steps}
+        for name, step in steps.items():
+            for _ in range(args.warmup):
+                step()
+        for _ in range(args.rounds):
+            for name, step in steps.items():
+                times[name] += time_block(step, args.reps)
+                time.sleep(0.05)          # let PyTorch's worker threads stop polling before tinydiff runs
+        row = {"batch": batch, "tinydiff_ms": round(statistics.median(times["tinydiff"]), 3),
+               "tinydiff_peak_mb": round(peak_memory_mb(steps["tinydiff"]), 2)}
+        if "torch" in times:
+            row["torch_ms"] = round(statistics.median(times["torch"]), 3)
+            row["torch_threads"], row["torch_version"] = torch.get_num_threads(), torch.__version__
+            row["ratio_tinydiff_over_torch"] = round(row["tinydiff_ms"] / row["torch_ms"], 3)
         results["runs"].append(row)
         print(json.dumps(row), file=sys.stderr)
     print(json.dumps(results, indent=2))

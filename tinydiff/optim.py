@@ -153,16 +153,21 @@ class Adam(Optimizer):
         elif self.weight_decay:
             g = g + self.weight_decay * p                     # Adam: L2 term in the gradient
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        tmp = np.multiply(g, 1.0 - b1, dtype=p.dtype)        # one scratch array, reused below
         m *= b1
-        m += (1.0 - b1) * g                                   # m_t = b1 m_{t-1} + (1 - b1) g
+        m += tmp                                              # m_t = b1 m_{t-1} + (1 - b1) g
+        np.multiply(g, g, out=tmp)
+        tmp *= 1.0 - b2
         v *= b2
-        v += (1.0 - b2) * (g * g)                             # v_t = b2 v_{t-1} + (1 - b2) g^2
+        v += tmp                                              # v_t = b2 v_{t-1} + (1 - b2) g^2
         bias1, bias2 = 1.0 - b1 ** t, 1.0 - b2 ** t
         # p -= lr * m_hat / (sqrt(v_hat) + eps), in PyTorch's order of operations:
-        denom = np.sqrt(v)
-        denom /= math.sqrt(bias2)
-        denom += self.eps
-        p -= (self.lr / bias1) * (m / denom)
+        np.sqrt(v, out=tmp)
+        tmp /= math.sqrt(bias2)
+        tmp += self.eps                                       # tmp = sqrt(v_hat) + eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= self.lr / bias1
+        p -= tmp
 
 
 class AdamW(Adam):

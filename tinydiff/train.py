@@ -25,6 +25,7 @@ import numpy as np
 from .checkpoint import flatten_state, load_checkpoint, rng_from_json, rng_state_to_json, \
     save_checkpoint, unflatten_state
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
+from .runtime import reuse_freed_memory
 
 
 def _format_seconds(s: float) -> str:
@@ -55,6 +56,7 @@ class Trainer:
                  checkpoint_path=None, checkpoint_every: int = 0, config: dict | None = None, log=print):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        reuse_freed_memory()                    # keep NumPy's freed temporaries mapped: see runtime.py
         self.model, self.diffusion, self.sample_batch = model, diffusion, sample_batch
         self.batch_size, self.grad_clip = batch_size, grad_clip
         self.params = list(model.parameters())
