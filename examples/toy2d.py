@@ -66,9 +66,11 @@ def parse_args(argv=None):
     p.add_argument("--objective", default="hybrid", choices=sorted(OBJECTIVES), help="what the model learns")
     p.add_argument("--schedule", default="linear", choices=sorted(SCHEDULES), help="noise schedule beta_t")
     p.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
-    p.add_argument("--steps", type=int, default=4000, help="training steps")
-    p.add_argument("--batch", type=int, default=1024, help="batch size")
+    p.add_argument("--steps", type=int, default=6000, help="training steps")
+    p.add_argument("--batch", type=int, default=512, help="batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--lr-decay", default="cosine", choices=["cosine", "none"],
+                   help="after warm-up, cosine-decay the learning rate to 0 at --steps, or keep it")
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights used for evaluation")
     p.add_argument("--hidden", type=int, default=256, help="width of TOY-MLP's hidden layers")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
@@ -126,7 +128,8 @@ def main(argv=None) -> dict:
     model = ToyMLP(heads=objective["heads"], hidden=args.hidden, rng=np.random.default_rng(args.seed))
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     trainer = Trainer(model, diffusion, lambda rng, n: data.sample(n, rng), batch_size=args.batch, lr=args.lr,
-                      warmup_steps=min(200, args.steps // 10), ema_decay=args.ema, seed=args.seed,
+                      warmup_steps=min(200, args.steps // 10), ema_decay=args.ema,
+                      lr_decay_steps=args.steps if args.lr_decay == "cosine" else None, seed=args.seed,
                       log_every=max(1, args.steps // 10), checkpoint_path=checkpoint,
                       checkpoint_every=max(1, args.steps // 4), config=vars(args))
     if args.resume:

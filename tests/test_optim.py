@@ -259,3 +259,28 @@ def test_linear_warmup_schedule():
     assert again.optimizer.lr == opt.lr and math.isclose(again.lr_at(10), 2e-4 * 11 / 5000)
     with pytest.raises(ValueError, match="warmup_steps"):
         LinearWarmup(opt, -1)
+
+
+def test_cosine_decay_after_warmup_by_hand():
+    """lr = base * (step+1)/warmup during warm-up, then base * (1 + cos(pi p))/2 down to 0."""
+    import math
+
+    from tinydiff.optim import LinearWarmup, SGD, linear_warmup_lr
+    base = 0.1
+    assert linear_warmup_lr(0, base, 4, 12) == pytest.approx(0.025)
+    assert linear_warmup_lr(3, base, 4, 12) == pytest.approx(0.1)
+    assert linear_warmup_lr(4, base, 4, 12) == pytest.approx(0.1)                 # p = 0
+    assert linear_warmup_lr(8, base, 4, 12) == pytest.approx(0.05)                # p = 1/2
+    assert linear_warmup_lr(6, base, 4, 12) == pytest.approx(base * (1 + math.cos(math.pi / 4)) / 2)
+    assert linear_warmup_lr(12, base, 4, 12) == pytest.approx(0.0, abs=1e-12)
+    assert linear_warmup_lr(50, base, 4, 12) == pytest.approx(0.0, abs=1e-12)     # stays at 0
+    opt = SGD([Parameter(np.zeros(1))], lr=base)
+    sched = LinearWarmup(opt, 4, decay_steps=12)
+    for _ in range(8):
+        sched.step()
+    assert opt.lr == pytest.approx(0.05)
+    restored = LinearWarmup(SGD([Parameter(np.zeros(1))], lr=1.0), 0)
+    restored.load_state_dict(sched.state_dict())
+    assert restored.lr_at(8) == pytest.approx(0.05) and restored.decay_steps == 12
+    with pytest.raises(ValueError, match="decay_steps"):
+        LinearWarmup(opt, 4, decay_steps=2)

@@ -264,40 +264,56 @@ class EMA:
             s[...] = state_dict[f"shadow.{n}"]
 
 
-def linear_warmup_lr(step: int, base_lr: float, warmup_steps: int) -> float:
-    """lr for update ``step`` (0-based): base_lr * min(1, (step + 1) / warmup_steps).
+def linear_warmup_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: int | None = None) -> float:
+    """lr for update ``step`` (0-based): a linear warm-up, then optionally a cosine decay.
 
-    The first update uses base_lr / warmup_steps, update warmup_steps - 1 onwards the
-    full base_lr (DDPM warms up linearly over 5000 steps). warmup_steps = 0: no warm-up.
+        warm-up:  base_lr * min(1, (step + 1) / warmup_steps)           (DDPM: 5000 steps)
+        decay:    base_lr * (1 + cos(pi * p)) / 2,  p = (step - warmup_steps) / (decay_steps - warmup_steps)
+
+    The cosine decay (Loshchilov & Hutter 2017, SGDR, without restarts) runs from the end
+    of the warm-up down to 0 at update ``decay_steps``; None keeps base_lr after warm-up.
+    A short run gains most from it: the last updates are small, so the final weights
+    sit near a minimum instead of bouncing around it. warmup_steps = 0: no warm-up.
     """
-    if warmup_steps <= 0:
-        return float(base_lr)
-    return float(base_lr) * min(1.0, (step + 1) / warmup_steps)
+    lr = float(base_lr) if warmup_steps <= 0 else float(base_lr) * min(1.0, (step + 1) / warmup_steps)
+    if decay_steps is not None and step >= warmup_steps:
+        progress = min(1.0, (step - warmup_steps) / max(1, decay_steps - warmup_steps))
+        lr = float(base_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
 
 
 class LinearWarmup:
-    """Sets ``optimizer.lr`` from ``linear_warmup_lr``. Like a PyTorch scheduler: the lr for
-    the first update is set at construction; call ``step()`` after each ``optimizer.step()``."""
+    """Sets ``optimizer.lr`` from ``linear_warmup_lr`` (warm-up, then optional cosine decay to
+    ``decay_steps``). Like a PyTorch scheduler: the lr for the first update is set at
+    construction; call ``step()`` after each ``optimizer.step()``."""
 
-    def __init__(self, optimizer: Optimizer, warmup_steps: int):
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, decay_steps: int | None = None):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        if decay_steps is not None and (not isinstance(decay_steps, (int, np.integer)) or decay_steps < warmup_steps):
+            raise ValueError(f"decay_steps must be None or an integer >= warmup_steps ({warmup_steps}), "
+                             f"got {decay_steps!r}")
         self.optimizer, self.warmup_steps = optimizer, int(warmup_steps)
+        self.decay_steps = None if decay_steps is None else int(decay_steps)
         self.base_lr, self.step_count = optimizer.lr, 0
         optimizer.lr = self.lr_at(0)
 
     def lr_at(self, step: int) -> float:
-        return linear_warmup_lr(step, self.base_lr, self.warmup_steps)
+        return linear_warmup_lr(step, self.base_lr, self.warmup_steps, self.decay_steps)
 
     def step(self) -> None:
         self.step_count += 1
         self.optimizer.lr = self.lr_at(self.step_count)
 
     def state_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "step": self.step_count}
+        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps, "step": self.step_count,
+                "decay_steps": -1 if self.decay_steps is None else self.decay_steps}
 
     def load_state_dict(self, state_dict) -> None:
-        _check_flat_state(state_dict, {"base_lr": None, "warmup_steps": None, "step": None}, "LinearWarmup")
+        expected = {"base_lr": None, "warmup_steps": None, "step": None}
+        _check_flat_state({k: v for k, v in state_dict.items() if k != "decay_steps"}, expected, "LinearWarmup")
         self.base_lr, self.warmup_steps = float(state_dict["base_lr"]), int(state_dict["warmup_steps"])
+        decay = int(state_dict.get("decay_steps", -1))
+        self.decay_steps = None if decay < 0 else decay
         self.step_count = int(state_dict["step"])
         self.optimizer.lr = self.lr_at(self.step_count)

@@ -42,6 +42,7 @@ class Trainer:
         sample_batch: ``sample_batch(rng, n)`` -> x0 [n, *D], or (x0, model_kwargs) for
             conditional models (e.g. class labels).
         batch_size, lr, weight_decay, warmup_steps, grad_clip (None: no clipping), ema_decay.
+        lr_decay_steps: cosine-decay the learning rate to 0 at this step (None: keep it constant).
         seed: seeds the one Generator that draws data, timesteps and noise.
         log_every: print a progress line every this many steps (0: silent).
         checkpoint_path, checkpoint_every: write a checkpoint every this many steps and
@@ -51,7 +52,7 @@ class Trainer:
     """
 
     def __init__(self, model, diffusion, sample_batch, *, batch_size: int = 256, lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 0, grad_clip: float | None = 1.0,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, lr_decay_steps: int | None = None, grad_clip: float | None = 1.0,
                  ema_decay: float = 0.999, seed: int = 0, log_every: int = 100,
                  checkpoint_path=None, checkpoint_every: int = 0, config: dict | None = None, log=print):
         if batch_size < 1:
@@ -61,7 +62,7 @@ class Trainer:
         self.batch_size, self.grad_clip = batch_size, grad_clip
         self.params = list(model.parameters())
         self.optimizer = AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.warmup = LinearWarmup(self.optimizer, warmup_steps)
+        self.warmup = LinearWarmup(self.optimizer, warmup_steps, lr_decay_steps)
         self.ema = EMA(model, decay=ema_decay)
         self.rng = np.random.default_rng(seed)
         self.log_every, self.log = log_every, log
