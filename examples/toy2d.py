@@ -114,8 +114,12 @@ def sample(args, diffusion, model, rng):
                                 return_trajectory=True)
 
 
-def frame_indices(length: int, n: int = N_FRAMES) -> np.ndarray:
-    return np.unique(np.linspace(0, length - 1, n).round().astype(int))
+def frame_indices(length: int, n: int = N_FRAMES, dense_at_start: bool = True) -> np.ndarray:
+    """n frame indices in 0..length-1, quadratically denser at the start (or the end):
+    the data's structure lives in the few steps nearest t = 0, so that is where to look."""
+    u = np.linspace(0, 1, n) ** 2
+    idx = (u if dense_at_start else 1 - u[::-1]) * (length - 1)
+    return np.unique(idx.round().astype(int))
 
 
 def main(argv=None) -> dict:
@@ -174,7 +178,7 @@ def main(argv=None) -> dict:
         forward = [diffusion.q_sample(held_out, np.full(N_EVAL, t), rng=eval_rng) for t in ts]
         viz.save_cloud_gif([held_out] + forward, ["data"] + [f"t = {t + 1}" for t in ts],
                            os.path.join(args.out, "forward.gif"), reference=held_out, title="forward q(x_t | x_0)")
-        keep = frame_indices(len(trajectory))
+        keep = frame_indices(len(trajectory), dense_at_start=False)     # trajectory runs x_T -> x_0
         viz.save_cloud_gif(trajectory[keep], [f"step {i}/{len(trajectory) - 1}" for i in keep],
                            os.path.join(args.out, "reverse.gif"), reference=held_out, title="reverse p(x_{t-1} | x_t)")
     with atomic_write(os.path.join(args.out, "metrics.json")) as f:
