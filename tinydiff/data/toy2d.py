@@ -192,6 +192,95 @@ class SwissRoll:
             x = (x - self.mean) / self.scale
         return x.astype(dtype)
 
+    @staticmethod
+    def arc_length(s):
+        """l(s) = integral_0^s |c'(u)| du = (s sqrt(1 + s^2) + asinh s) / 2 for c(s) = (s cos s, s sin s),
+        since |c'(s)| = sqrt(1 + s^2) (the arc length of Archimedes' spiral)."""
+        return 0.5 * (s * np.sqrt(1.0 + s * s) + np.arcsinh(s))
+
+    def _curve_nodes(self, per_noise=4):
+        """Quadrature nodes s_k and weights w_k with sum_k w_k f(s_k) ~= integral_a^b f(s) ds for any f
+        that varies on the scale of the noise along the curve.
+
+        Composite Gauss-Legendre in arc length: the curve is cut into cells one noise std long,
+        each with ``per_noise`` nodes (exact for polynomials of degree 2 per_noise - 1 per cell),
+        then mapped back to s (Newton on l(s) = l) with ds = dl / sqrt(1 + s^2). Returns [N], [N].
+        """
+        a, b = self.t_range
+        l_a, l_b = self.arc_length(a), self.arc_length(b)
+        cells = int(math.ceil((l_b - l_a) / self.noise))
+        u, w = np.polynomial.legendre.leggauss(per_noise)                     # on [-1, 1]
+        h = (l_b - l_a) / cells
+        left = l_a + h * np.arange(cells)                                     # [cells]
+        ell = (left[:, None] + 0.5 * h * (u + 1.0)).ravel()                   # [N] arc-length nodes
+        s = np.sqrt(2.0 * ell)                                                # l ~ s^2 / 2: a start
+        for _ in range(30):                                                   # Newton: dl/ds = sqrt(1 + s^2)
+            step = (self.arc_length(s) - ell) / np.sqrt(1.0 + s * s)
+            s = s - step
+            if np.max(np.abs(step)) < 1e-13:
+                break
+        weights = np.tile(0.5 * h * w, cells) / np.sqrt(1.0 + s * s)          # [N]
+        return s, weights
+
+    def log_prob(self, x, chunk=2 ** 21):
+        """log p(x) in nats for points x [..., 2] (standardized if ``standardize``) -> [...].
+
+        The roll is a continuous mixture over the curve, so its density is one integral:
+
+            p_raw(x) = 1/(b - a) integral_a^b N(x; c(s), noise^2 I) ds,   c(s) = (s cos s, s sin s)
+
+        and log p(x) = log p_raw(mean + scale * x) + sum log scale for standardized points
+        (change of variables). The integral is a quadrature (``_curve_nodes``) evaluated with
+        logsumexp: within a few noise stds of the roll its error is below 1e-6 nats (tested
+        against a finer rule); far from it, where log p < -100, the integrand narrows and the
+        error grows to ~0.1 nats. Cost: about 4 * 89 / noise exponentials per point.
+        """
+        if self.noise == 0.0:
+            raise ValueError("log_prob: the swiss roll with noise=0 has no density (a curve); use noise > 0")
+        x = _as_points(x, 2)
+        pts = x.reshape(-1, 2).astype(np.float64)
+        if self.standardize:
+            pts = self.mean + self.scale * pts
+        s, w = self._curve_nodes()
+        centres = np.stack([s * np.cos(s), s * np.sin(s)], axis=1)            # [N, 2]
+        log_w = np.log(w) - math.log(self.t_range[1] - self.t_range[0]) - math.log(2.0 * math.pi * self.noise ** 2)
+        out = np.empty(len(pts))
+        step = max(1, chunk // len(s))
+        for i in range(0, len(pts), step):                                    # chunks bound the memory
+            d2 = ((pts[i:i + step, None, :] - centres) ** 2).sum(axis=-1)     # [m, N]
+            out[i:i + step] = logsumexp(log_w - d2 / (2.0 * self.noise ** 2), axis=-1)
+        if self.standardize:
+            out += np.log(self.scale).sum()
+        return out.reshape(x.shape[:-1]).astype(x.dtype)
+
+    def entropy_bits(self, n_s=128, n_z=None):
+        """H(p) = -E_p[log2 p(x)] in bits per point: the true NLL, the floor for any model.
+
+        x = c(s) + noise z with s ~ U(a, b), z ~ N(0, I), so H = -E_s E_z[log p(c(s) + noise z)] / ln 2,
+        an integral over s (``n_s``-node Gauss-Legendre, whose nodes crowd the ends where the
+        density falls off) and over z (``n_z`` x ``n_z`` Gauss-Hermite nodes). Across a thin roll
+        log p is nearly quadratic in z and 6 nodes suffice; once the noise is comparable to the
+        gap between turns (noise > 0.25) it is not, and the default becomes 24. The defaults agree
+        with a finer rule to 1e-5 bits for noise 0.01 to 5 (tested, with Monte Carlo). For a thin
+        roll it approaches
+        log2(b - a) + E_s[log2 sqrt(1 + s^2)] + 1/2 log2(2 pi e noise^2) - log2(scale_x scale_y):
+        the entropy of the position along the curve plus that of the Gaussian across it.
+        """
+        if n_z is None:
+            n_z = 6 if self.noise <= 0.25 else 24
+        a, b = self.t_range
+        u, ws = np.polynomial.legendre.leggauss(n_s)
+        s = 0.5 * (b - a) * u + 0.5 * (a + b)                                 # [n_s]
+        ws = 0.5 * ws                                                         # weights of U(a, b), sum 1
+        z, wz = np.polynomial.hermite_e.hermegauss(n_z)
+        wz = wz / math.sqrt(2.0 * math.pi)                                    # N(0, 1) weights, sum 1
+        zx, zy = np.meshgrid(z, z, indexing="ij")
+        raw = (np.stack([s * np.cos(s), s * np.sin(s)], axis=1)[:, None, :]
+               + self.noise * np.stack([zx.ravel(), zy.ravel()], axis=1))     # [n_s, n_z^2, 2]
+        x = (raw - self.mean) / self.scale if self.standardize else raw
+        weights = ws[:, None] * np.outer(wz, wz).ravel()                      # [n_s, n_z^2]
+        return float(-(weights * self.log_prob(x)).sum() / LOG2)
+
 
 class TwoMoons:
     """Two interleaved half circles (the shape of scikit-learn's ``make_moons``), centred.
