@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -32,14 +31,14 @@ import time
 import numpy as np
 
 import tinydiff as td
-from tinydiff import nn, viz
+from tinydiff import viz
 from tinydiff.checkpoint import atomic_write
 from tinydiff.data import make_dataset
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.metrics import energy_distance, mode_coverage, mode_precision
-from tinydiff.models import ToyMLP
+from tinydiff.models import ForwardResidual, ToyMLP
 from tinydiff.samplers import ddim_sample_loop, langevin_sample_loop
-from tinydiff.schedules import betas_for_alpha_bar, cosine_beta_schedule, extract, linear_beta_schedule
+from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule, logsnr_beta_schedule
 from tinydiff.train import Trainer
 
 # What each objective asks of the model and of GaussianDiffusion.
@@ -71,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--schedule", default="linear", choices=SCHEDULES,
                    help="noise schedule beta_t: linear from --beta-start to --beta-end; rescaled: the same with "
                         "both ends times 1000/T (improved-diffusion); cosine (Nichol & Dhariwal eq. 17); "
-                        "logsnr: log-SNR falling linearly from --logsnr-max to --logsnr-min (see logsnr_schedule)")
+                        "logsnr: log-SNR falling linearly from --logsnr-max to --logsnr-min (schedules.logsnr_beta_schedule)")
     p.add_argument("--beta-start", type=float, default=1e-4, help="linear/rescaled: the first beta")
     p.add_argument("--beta-end", type=float, default=0.02, help="linear/rescaled: the last beta")
     p.add_argument("--logsnr-max", type=float, default=14.0,
@@ -80,7 +79,7 @@ def parse_args(argv=None):
                    help="logsnr: the same after the last step (-5: alpha_bar_T = 0.0067, L_T ~ 0.01 bits per point)")
     p.add_argument("--sd-mean", default="direct", choices=["direct", "residual"],
                    help="sohl-dickstein: the network outputs the mean and log-variance themselves (direct), or "
-                        "perturbations of the forward step, as in the paper's code (residual, ForwardResidual)")
+                        "perturbations of the forward step, as in the paper's code (residual, models.ForwardResidual)")
     p.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
     p.add_argument("--steps", type=int, default=6000, help="training steps")
     p.add_argument("--batch", type=int, default=512, help="batch size")
@@ -105,65 +104,6 @@ def parse_args(argv=None):
     return args
 
 
-def logsnr_schedule(T: int, logsnr_max: float, logsnr_min: float) -> np.ndarray:
-    """Betas whose log signal-to-noise ratio falls linearly over the chain:
-
-        lambda_t = log( alpha_bar_t / (1 - alpha_bar_t) ),  lambda_t = logsnr_max + (logsnr_min - logsnr_max) (t - 1) / (T - 1)
-        alpha_bar_t = sigmoid(lambda_t),  beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}   (paper's t = 1..T)
-
-    the fixed "linear log-SNR" schedule of Kingma et al. (2021), Variational Diffusion Models,
-    sec. 3 (variance preserving: alpha^2 = sigmoid(-gamma), gamma = -lambda). The noise
-    variance 1 - alpha_bar grows geometrically at first, by the same factor each step, so a
-    thin structure (noise std 1e-3 around a curve) is resolved in as many steps as a thick
-    one. Returns float64 [T].
-    """
-    if not logsnr_max > logsnr_min:
-        raise ValueError(f"--logsnr-max: expected a value above --logsnr-min = {logsnr_min}, got {logsnr_max}")
-    # betas_for_alpha_bar(T, f) makes alpha_bar[t] = f((t + 1) / T) / f(0); f(0) = 1 puts the data at tau = 0.
-    slope = (logsnr_min - logsnr_max) * T / max(T - 1, 1)
-
-    def alpha_bar(tau):
-        if tau == 0.0:
-            return 1.0
-        lam = logsnr_max + slope * (tau - 1.0 / T)
-        return 1.0 / (1.0 + math.exp(-lam))
-
-    return betas_for_alpha_bar(T, alpha_bar)
-
-
-class ForwardResidual(nn.Module):
-    """Sohl-Dickstein et al. (2015)'s output parametrisation for p(x_{t-1} | x_t) = N(mu, sigma^2 I):
-
-        mu       = sqrt(1 - beta_t) x_t + sqrt(beta_t) f_mu(x_t, t)
-        log sigma^2 = log beta_t + f_sigma(x_t, t)
-
-    a perturbation of the forward step: with f = 0 the reverse step undoes nothing (the
-    forward kernel q(x_t | x_{t-1}) read backwards), and f_mu moves the mean in units of
-    the step's own noise std. (Their released code, model.py get_mu_sigma, does this for
-    the mean; for the variance it uses sigmoid(f + logit beta_t), which is log beta_t + f
-    for small beta.) The network no longer has to reproduce x_t to within sqrt(beta_t),
-    which a plain MLP outputting the mean itself must do when beta_t ~ 1e-5.
-    net: the network, output [B, 2D] = (f_mu, f_sigma); betas: the schedule [T].
-    Returns [B, 2D] = (mu, log sigma^2), what GaussianDiffusion expects for
-    model_mean_type="mean", model_var_type="learned".
-    """
-
-    def __init__(self, net, betas):
-        super().__init__()
-        self.net = net
-        self.sqrt_alphas = np.sqrt(1.0 - betas).astype(np.float32)         # [T]
-        self.sqrt_betas = np.sqrt(betas).astype(np.float32)
-        self.log_betas = np.log(betas).astype(np.float32)
-
-    def forward(self, x, t):
-        out = self.net(x, t)                                                # [B, 2D]
-        D = out.shape[1] // 2
-        x = x.data if isinstance(x, td.Tensor) else np.asarray(x)           # [B, D]
-        mean = extract(self.sqrt_alphas, t, x.shape) * x + extract(self.sqrt_betas, t, x.shape) * out[:, :D]
-        log_variance = extract(self.log_betas, t, x.shape) + out[:, D:]
-        return td.concat([mean, log_variance], axis=1)
-
-
 def make_betas(args) -> np.ndarray:
     """The schedule chosen on the command line, float64 [T]."""
     if args.schedule == "linear":
@@ -173,7 +113,7 @@ def make_betas(args) -> np.ndarray:
         return linear_beta_schedule(args.T, args.beta_start * scale, args.beta_end * scale)
     if args.schedule == "cosine":
         return cosine_beta_schedule(args.T)
-    return logsnr_schedule(args.T, args.logsnr_max, args.logsnr_min)
+    return logsnr_beta_schedule(args.T, args.logsnr_max, args.logsnr_min)
 
 
 def make_data(args):

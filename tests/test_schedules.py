@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tinydiff.schedules import (betas_for_alpha_bar, cosine_beta_schedule, extract,
-                                linear_beta_schedule, validate_betas)
+                                linear_beta_schedule, logsnr_beta_schedule, validate_betas)
 
 FAST = settings(max_examples=30, deadline=None)
 
@@ -54,6 +54,26 @@ def test_cosine_alpha_bar_is_f_t_over_f_0_before_clipping(T, s, max_beta):
     first_clipped = clipped[0] if clipped.size else T
     ab = cumprod_loop(betas)
     np.testing.assert_allclose(ab[:first_clipped], expected[:first_clipped], rtol=1e-9)
+
+
+@FAST
+@given(T=st.integers(2, 1000), hi=st.floats(-2.0, 18.0), drop=st.floats(0.5, 25.0))
+def test_logsnr_schedule_has_log_snr_falling_linearly(T, hi, drop):
+    """Kingma et al. 2021: log(alpha_bar / (1 - alpha_bar)) runs linearly from logsnr_max to logsnr_min,
+    checked from a running product of (1 - beta) and the logit written out here."""
+    betas = logsnr_beta_schedule(T, logsnr_max=hi, logsnr_min=hi - drop)
+    ab = cumprod_loop(betas)
+    np.testing.assert_allclose(np.log(ab / (1 - ab)), np.linspace(hi, hi - drop, T), rtol=0, atol=1e-6)
+
+
+def test_logsnr_schedule_resolves_small_betas_and_rejects_bad_ends():
+    betas = logsnr_beta_schedule(40)
+    assert betas[0] == pytest.approx(1 / (1 + math.exp(14)), rel=1e-12)     # 1 - sigmoid(14), no cancellation
+    assert logsnr_beta_schedule(1, 3.0, -3.0)[0] == pytest.approx(1 / (1 + math.exp(3)), rel=1e-12)  # T = 1: one step, to logsnr_max
+    with pytest.raises(ValueError, match="logsnr_max.*above logsnr_min = 2.0, got 1.0"):
+        logsnr_beta_schedule(10, logsnr_max=1.0, logsnr_min=2.0)
+    with pytest.raises(ValueError, match="logsnr_max.*got inf"):
+        logsnr_beta_schedule(10, logsnr_max=float("inf"))
 
 
 def test_cosine_clips_only_the_last_step_by_default():

@@ -24,6 +24,7 @@ posterior of DDPM eq. 7 computed here from a running product, and finite-step ch
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,3 +251,24 @@ def test_bound_is_prior_plus_kl_terms_plus_decoder_term_by_term():
     np.testing.assert_allclose(out["total_bits"] - kl_only_bits, 2 * (prior + terms[:, 0]), rtol=1e-9, atol=1e-9)
     assert 1.3 < 2 * prior.mean() < 1.9 and np.all(2 * prior > 0.5)     # L_T, bits per point
     assert 2 * terms[:, 0].mean() < -4                                    # L_0, bits per point
+
+
+def test_forward_residual_is_the_forward_step_read_backwards_plus_scaled_corrections():
+    """mu = sqrt(1 - beta_t) x_t + sqrt(beta_t) f_mu, log sigma^2 = log beta_t + f_sigma (the paper's code),
+    against the formula written out here, and the gradient reaches the network."""
+    from tinydiff.models import ForwardResidual, ToyMLP
+    betas = BETAS.astype(np.float64)
+    net = ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0))
+    model = ForwardResidual(net, betas)
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((5, 2)).astype(np.float32), rng.integers(0, T, size=5)
+    f = net(x, t).data
+    out = model(x, t)
+    b = betas[t][:, None]
+    np.testing.assert_allclose(out.data[:, :2], np.sqrt(1 - b) * x + np.sqrt(b) * f[:, :2], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.data[:, 2:], np.log(b) + f[:, 2:], rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert all(p.grad is not None and np.abs(p.grad).sum() > 0 for p in net.parameters())
+    assert [k for k, _ in model.named_parameters()] == ["net." + k for k, _ in net.named_parameters()]
+    with pytest.raises(ValueError, match=r"\[B, 2 \* 2\].*got shape \(5, 2\)"):
+        ForwardResidual(ToyMLP(heads=1, hidden=8, rng=rng), betas)(x, t)
