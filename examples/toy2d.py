@@ -110,6 +110,9 @@ def make_betas(args) -> np.ndarray:
         return linear_beta_schedule(args.T, args.beta_start, args.beta_end)
     if args.schedule == "rescaled":          # improved-diffusion: T = 1000's betas stretched to T steps
         scale = 1000.0 / args.T
+        if args.beta_end * scale >= 1:
+            raise SystemExit(f"--schedule rescaled: the last beta, --beta-end * 1000 / T = {args.beta_end * scale:g}, "
+                             f"must stay below 1; use a larger --T or a smaller --beta-end")
         return linear_beta_schedule(args.T, args.beta_start * scale, args.beta_end * scale)
     if args.schedule == "cosine":
         return cosine_beta_schedule(args.T)

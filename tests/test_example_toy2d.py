@@ -43,6 +43,27 @@ def test_tiny_run_writes_every_output_with_sane_metrics(tmp_path, objective, sam
     Image.open(out / "samples.png").verify()
 
 
+@pytest.mark.parametrize("sd_mean,schedule", [("residual", "logsnr"), ("direct", "rescaled")])
+def test_tiny_swiss_roll_sohl_dickstein_run_reports_the_full_bound(tmp_path, sd_mean, schedule):
+    """The 2015 setting in miniature: the full bound (prior and decoder included) beside the roll's entropy."""
+    metrics = load_example().main(TINY + ["--dataset", "swiss_roll", "--noise", "0.05", "--schedule", schedule,
+                                          "--objective", "sohl-dickstein", "--sd-mean", sd_mean, "--no-gifs",
+                                          "--T", "40", "--out", str(tmp_path / "roll")])
+    assert metrics["true_nll_bits"] == pytest.approx(-1.379, abs=2e-3)     # SwissRoll(noise=0.05).entropy_bits()
+    for key in ["nll_bound_bits", "prior_bits", "decoder_bits", "bound_gap_bits"]:
+        assert math.isfinite(metrics[key]), key
+    assert 0 < metrics["prior_bits"] < 0.1 if schedule == "logsnr" else metrics["prior_bits"] > 0
+    assert metrics["nll_bound_bits"] > metrics["true_nll_bits"] - 4 * metrics["nll_bound_bits_stderr"]
+    assert "mode_coverage" not in metrics
+
+
+def test_flags_that_cannot_apply_are_refused_by_name(tmp_path):
+    with pytest.raises(SystemExit, match="--noise: only swiss_roll and moons"):
+        load_example().main(TINY + ["--noise", "0.1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--schedule rescaled: the last beta.* = 1, must stay below 1"):
+        load_example().main(TINY + ["--schedule", "rescaled", "--out", str(tmp_path / "x")])
+
+
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
     example = load_example()
     out = str(tmp_path / "run")
