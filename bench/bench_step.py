@@ -6,7 +6,7 @@ importable it times the identical model in the same run (same initial weights,
 same data, same thread count) and reports the ratio tinydiff / PyTorch.
 
     python bench/bench_step.py                       # tinydiff only
-    /opt/torchvenv/bin/python bench/bench_step.py    # with the PyTorch comparison
+    /path/to/venv-with-torch/bin/python bench/bench_step.py    # with the PyTorch comparison
 
 A step here is what the training loop does each iteration:
     x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps      (q_sample, DDPM eq. 4)
