@@ -25,7 +25,7 @@ Three rules make the gradients right:
    the gradient flowing back has shape (3, 4); :func:`unbroadcast` sums it back to (3, 1).
 
 NumPy functions work on Tensors too: ``np.exp(t)`` returns a Tensor with gradients
-(see ``__array_ufunc__``), so the pure-NumPy math in ``tinydiff.gaussian`` trains
+(``tinydiff/interop.py``), so the pure-NumPy math in ``tinydiff.gaussian`` trains
 models without knowing Tensors exist.
 
 Gradients are kept only on leaves (tensors you created with ``requires_grad=True``);
@@ -374,26 +374,14 @@ class Tensor:
         return where(inside, self, np.clip(self.data, lo, hi))
 
     # ------------------------------------------------------------------ NumPy interoperability
+    # NumPy's dispatch protocols (NEP 13, NEP 18) live in interop.py, a concern of their own.
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        """Let ``np.exp(t)``, ``ndarray * t`` and friends return Tensors with gradients."""
-        if method != "__call__" or kwargs:
-            return NotImplemented
-        name = ufunc.__name__
-        if name in _COMPARISONS:                            # no gradient through a comparison
-            return ufunc(*(_data(x) for x in inputs))
-        fn = _UFUNCS.get(name)
-        if fn is None:
-            return NotImplemented
-        first = next(x for x in inputs if isinstance(x, Tensor))
-        if name == "power" and not isinstance(inputs[1], Tensor):
-            return inputs[0] ** inputs[1] if isinstance(inputs[0], Tensor) else fn(first._lift(inputs[0]), inputs[1])
-        return fn(*(first._lift(x) for x in inputs))
+        from .interop import array_ufunc
+        return array_ufunc(ufunc, method, *inputs, **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        fn = _FUNCTIONS.get(func.__name__)
-        if fn is None:
-            return NotImplemented
-        return fn(*args, **kwargs)
+        from .interop import array_function
+        return array_function(func, args, kwargs)
 
 
 def _data(x):
@@ -426,33 +414,3 @@ def stack(tensors, axis: int = 0) -> Tensor:
     tensors = [t if isinstance(t, Tensor) else Tensor(np.asarray(t)) for t in tensors]
     ax = axis if axis >= 0 else axis + tensors[0].ndim + 1
     return concat([t.reshape(*t.shape[:ax], 1, *t.shape[ax:]) for t in tensors], axis=ax)
-
-
-def _maximum(a, b):
-    return where(_data(a) >= _data(b), a, b)
-
-
-def _minimum(a, b):
-    return where(_data(a) <= _data(b), a, b)
-
-
-def _clip(x, lo=None, hi=None, **_):
-    return Tensor(x).clip(lo, hi) if not isinstance(x, Tensor) else x.clip(_data(lo), _data(hi))
-
-
-_COMPARISONS = {"greater", "greater_equal", "less", "less_equal", "equal", "not_equal",
-                "isfinite", "isnan", "isinf", "sign"}
-_UFUNCS = {
-    "add": Tensor.__add__, "subtract": Tensor.__sub__, "multiply": Tensor.__mul__,
-    "divide": Tensor.__truediv__, "true_divide": Tensor.__truediv__, "power": Tensor.__pow__,
-    "matmul": Tensor.__matmul__, "negative": Tensor.__neg__, "exp": Tensor.exp, "log": Tensor.log,
-    "sqrt": Tensor.sqrt, "tanh": Tensor.tanh, "absolute": Tensor.abs, "square": lambda x: x * x,
-    "maximum": _maximum, "minimum": _minimum, "clip": _clip,
-}
-_FUNCTIONS = {
-    "where": where, "clip": _clip, "concatenate": concat, "stack": stack,
-    "sum": lambda x, axis=None, keepdims=False: x.sum(axis=axis, keepdims=keepdims),
-    "mean": lambda x, axis=None, keepdims=False: x.mean(axis=axis, keepdims=keepdims),
-    "reshape": lambda x, shape: x.reshape(shape),
-    "transpose": lambda x, axes=None: x.transpose(*(axes or ())),
-}
