@@ -169,7 +169,10 @@ def main(argv=None) -> dict:
     diffusion = GaussianDiffusion(make_betas(args), decoder_nll="continuous",
                                   **{k: v for k, v in objective.items() if k != "heads"})
     model = ToyMLP(heads=objective["heads"], hidden=args.hidden, rng=np.random.default_rng(args.seed))
-    if args.objective == "sohl-dickstein" and args.sd_mean == "residual":
+    if args.sd_mean == "residual":
+        if args.objective != "sohl-dickstein":
+            raise SystemExit(f"--sd-mean residual: only the sohl-dickstein objective outputs a mean, "
+                             f"got --objective {args.objective}")
         model = ForwardResidual(model, diffusion.betas)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
     trainer = Trainer(model, diffusion, lambda rng, n: data.sample(n, rng), batch_size=args.batch, lr=args.lr,

@@ -62,6 +62,8 @@ def test_flags_that_cannot_apply_are_refused_by_name(tmp_path):
         load_example().main(TINY + ["--noise", "0.1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--schedule rescaled: the last beta.* = 1, must stay below 1"):
         load_example().main(TINY + ["--schedule", "rescaled", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--sd-mean residual: only the sohl-dickstein objective.*got --objective eps"):
+        load_example().main(TINY + ["--objective", "eps", "--sd-mean", "residual", "--out", str(tmp_path / "x")])
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):

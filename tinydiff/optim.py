@@ -79,7 +79,8 @@ class Optimizer:
             self._update(p.data, p.grad, state)
 
     def _update(self, p: np.ndarray, g: np.ndarray, state: dict) -> None:
-        raise NotImplementedError
+        """Update p in place from its gradient g and its state; each optimizer writes its own rule."""
+        raise NotImplementedError(f"{type(self).__name__} does not define _update(p, g, state)")
 
     def state_dict(self) -> dict:
         out = {name: float(getattr(self, name)) for name in self.hyperparameters}
