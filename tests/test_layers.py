@@ -9,7 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 from tinydiff import Tensor
 from tinydiff.gradcheck import assert_grad_close
-from tinydiff.nn import Dropout, Embedding, GroupNorm, Linear, SiLU, Upsample, timestep_embedding
+from tinydiff.nn import Dropout, Embedding, GroupNorm, Linear, SiLU, Upsample, silu, timestep_embedding
 
 FAST = settings(max_examples=15, deadline=None)
 values = st.floats(-2, 2, allow_nan=False, width=64)
@@ -154,6 +154,18 @@ def test_groupnorm_matches_a_loop_and_applies_affine_per_channel():
 def test_silu_values_and_gradients(x):
     np.testing.assert_allclose(SiLU()(x).data, x / (1 + np.exp(-x)), rtol=1e-12)
     assert_grad_close(SiLU(), [x])
+
+
+@FAST
+@given(arrays(hnp.array_shapes(max_dims=3, max_side=4), st.floats(-30, 30)))
+def test_fused_silu_matches_composed(a):
+    """The fused op against its plain twin, x * sigmoid(x) composed from engine primitives."""
+    x = Tensor(a, requires_grad=True)
+    silu(x).sum().backward()
+    y = Tensor(a, requires_grad=True)
+    (y * y.sigmoid()).sum().backward()
+    np.testing.assert_allclose(silu(x).data, (y * y.sigmoid()).data, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad, y.grad, rtol=1e-10, atol=1e-12)
 
 
 @FAST

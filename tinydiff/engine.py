@@ -9,7 +9,7 @@ Only these **primitives** have a hand-written backward; each backward sits right
 next to its forward::
 
     add  sub  mul  div  pow(scalar)  matmul
-    exp  log  tanh  sigmoid  relu  silu (fused x*sigmoid(x), tested against the composed form)
+    exp  log  tanh  sigmoid  relu
     sum  max  reshape  transpose  getitem  concat  where  astype
 
 Everything else is **composed** from them and needs no backward of its own:
@@ -24,9 +24,12 @@ Three rules make the gradients right:
 3. *Undoing broadcasting.* If ``a`` of shape (3, 1) was broadcast against (3, 4),
    the gradient flowing back has shape (3, 4); :func:`unbroadcast` sums it back to (3, 1).
 
-NumPy functions work on Tensors too: ``np.exp(t)`` returns a Tensor with gradients
-(``tinydiff/interop.py``), so the pure-NumPy math in ``tinydiff.gaussian`` trains
-models without knowing Tensors exist.
+The engine imports only NumPy, and two things live outside it so that this file stays
+the textbook: ``tinydiff/interop.py`` installs NumPy's dispatch
+hooks (``np.exp(t)`` returns a Tensor with gradients, so the pure-NumPy math in
+``tinydiff.gaussian`` trains models without knowing Tensors exist), and fused ops
+tuned for speed (``linear``, ``silu``, ``conv2d``) live beside the layers in
+``tinydiff/nn`` as functions built on ``Tensor.from_op``.
 
 Gradients are kept only on leaves (tensors you created with ``requires_grad=True``);
 intermediate gradients are freed as soon as they have been passed on, as in PyTorch.
@@ -171,8 +174,9 @@ class Tensor:
             raise TypeError("this Tensor requires grad; use t.detach().numpy() to get its array")
         return self.data if dtype is None else self.data.astype(dtype)
 
-    def _lift(self, other) -> "Tensor":
-        """Wrap a number or array; Python numbers take this tensor's dtype (no float64 creep)."""
+    def lift(self, other) -> "Tensor":
+        """``other`` as a Tensor: a Tensor as is, an array wrapped, a Python number given this
+        tensor's dtype (so ``x * 2`` on float32 stays float32: no float64 creep)."""
         if isinstance(other, Tensor):
             return other
         if isinstance(other, np.ndarray):
@@ -181,20 +185,20 @@ class Tensor:
 
     # ------------------------------------------------------------------ primitives: arithmetic
     def __add__(self, other):
-        b = self._lift(other)
+        b = self.lift(other)
         return Tensor.from_op(self.data + b.data, (self, b), lambda g: (g, g))
 
     def __sub__(self, other):
-        b = self._lift(other)
+        b = self.lift(other)
         return Tensor.from_op(self.data - b.data, (self, b), lambda g: (g, -g))
 
     def __mul__(self, other):
-        a, b = self, self._lift(other)
+        a, b = self, self.lift(other)
         return Tensor.from_op(a.data * b.data, (a, b), lambda g: (g * b.data if a.requires_grad else None,
                                                                  g * a.data if b.requires_grad else None))
 
     def __truediv__(self, other):
-        a, b = self, self._lift(other)
+        a, b = self, self.lift(other)
         out = a.data / b.data
         return Tensor.from_op(out, (a, b), lambda g: (g / b.data, -g * out / b.data))
 
@@ -206,7 +210,7 @@ class Tensor:
         return Tensor.from_op(a.data ** p, (a,), lambda g: (g * p * a.data ** (p - 1),))
 
     def __matmul__(self, other):
-        a, b = self, self._lift(other)
+        a, b = self, self.lift(other)
         if a.ndim == 1:                                     # (k,) @ (..., k, m): as a row, composed
             return (a.reshape(1, -1) @ b).reshape(*b.shape[:-2], b.shape[-1])
         if b.ndim == 1:                                     # (..., n, k) @ (k,): as a column
@@ -219,38 +223,38 @@ class Tensor:
         return Tensor.from_op(a.data @ b.data, (a, b), backward)
 
     def __radd__(self, other):
-        return self._lift(other) + self
+        return self.lift(other) + self
 
     def __rsub__(self, other):
-        return self._lift(other) - self
+        return self.lift(other) - self
 
     def __rmul__(self, other):
-        return self._lift(other) * self
+        return self.lift(other) * self
 
     def __rtruediv__(self, other):
-        return self._lift(other) / self
+        return self.lift(other) / self
 
     def __rpow__(self, other):
-        return self._lift(other) ** self
+        return self.lift(other) ** self
 
     def __rmatmul__(self, other):
-        return self._lift(other) @ self
+        return self.lift(other) @ self
 
     def __neg__(self):
         return self * -1.0
 
     # comparisons compare data and return plain boolean arrays (no gradient through a test)
     def __lt__(self, other):
-        return self.data < _data(other)
+        return self.data < unwrap(other)
 
     def __le__(self, other):
-        return self.data <= _data(other)
+        return self.data <= unwrap(other)
 
     def __gt__(self, other):
-        return self.data > _data(other)
+        return self.data > unwrap(other)
 
     def __ge__(self, other):
-        return self.data >= _data(other)
+        return self.data >= unwrap(other)
 
     # ------------------------------------------------------------------ primitives: elementwise
     def exp(self):
@@ -272,25 +276,6 @@ class Tensor:
     def relu(self):
         x = self.data
         return Tensor.from_op(np.maximum(x, 0), (self,), lambda g: (g * (x > 0),))
-
-    def silu(self):
-        """x * sigmoid(x), fused: one node instead of three in the hottest activation."""
-        x = self.data
-        s = np.multiply(x, 0.5)
-        np.tanh(s, out=s)
-        s += 1
-        s *= 0.5                                            # s = sigmoid(x) = (tanh(x/2) + 1)/2, in place
-
-        out = x * s
-
-        def backward(g):                                    # d/dx x s(x) = s (1 + x (1 - s)) = s (1 + x - out)
-            d = x - out
-            d += 1
-            d *= s
-            d *= g                                          # one temporary instead of five
-            return (d,)
-
-        return Tensor.from_op(out, (self,), backward)
 
     def astype(self, dtype):
         src = self.dtype
@@ -337,9 +322,9 @@ class Tensor:
     permute = transpose
 
     def __getitem__(self, index):
-        index = _data(index) if isinstance(index, Tensor) else index
+        index = unwrap(index) if isinstance(index, Tensor) else index
         if isinstance(index, tuple):
-            index = tuple(_data(i) for i in index)
+            index = tuple(unwrap(i) for i in index)
         src, dtype = self.shape, self.dtype
         fancy = isinstance(index, (np.ndarray, list)) or (
             isinstance(index, tuple) and any(isinstance(i, (np.ndarray, list)) for i in index))
@@ -373,18 +358,9 @@ class Tensor:
             inside &= self.data <= hi
         return where(inside, self, np.clip(self.data, lo, hi))
 
-    # ------------------------------------------------------------------ NumPy interoperability
-    # NumPy's dispatch protocols (NEP 13, NEP 18) live in interop.py, a concern of their own.
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        from .interop import array_ufunc
-        return array_ufunc(ufunc, method, *inputs, **kwargs)
 
-    def __array_function__(self, func, types, args, kwargs):
-        from .interop import array_function
-        return array_function(func, args, kwargs)
-
-
-def _data(x):
+def unwrap(x):
+    """The array inside a Tensor; anything else is returned unchanged."""
     return x.data if isinstance(x, Tensor) else x
 
 
@@ -394,9 +370,9 @@ def tensor(data, requires_grad: bool = False) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     """Elementwise ``a if cond else b``; the gradient goes to the branch that was taken."""
-    cond = np.asarray(_data(cond), dtype=bool)
+    cond = np.asarray(unwrap(cond), dtype=bool)
     first = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(np.asarray(a))
-    a, b = first._lift(a), first._lift(b)
+    a, b = first.lift(a), first.lift(b)
     return Tensor.from_op(np.where(cond, a.data, b.data), (a, b),
                           lambda g: (np.where(cond, g, 0), np.where(cond, 0, g)))
 

@@ -9,24 +9,24 @@ not in the tables returns ``NotImplemented``, so NumPy raises a TypeError instea
 silently dropping the gradient. Comparisons pass through on the raw arrays: they have
 no gradient.
 
-This is what lets ``tinydiff.gaussian`` stay pure NumPy (STYLE rule 5) and still train
+This is what lets ``tinydiff.gaussian`` stay pure NumPy (pure math has no model or state) and still train
 models: ``normal_kl`` written with ``np.exp`` differentiates when handed Tensors.
 """
 from __future__ import annotations
 
-from .engine import Tensor, _data, concat, stack, where
+from .engine import Tensor, concat, stack, unwrap, where
 
 
 def _maximum(a, b):
-    return where(_data(a) >= _data(b), a, b)
+    return where(unwrap(a) >= unwrap(b), a, b)
 
 
 def _minimum(a, b):
-    return where(_data(a) <= _data(b), a, b)
+    return where(unwrap(a) <= unwrap(b), a, b)
 
 
 def _clip(x, lo=None, hi=None, **_):
-    return Tensor(x).clip(lo, hi) if not isinstance(x, Tensor) else x.clip(_data(lo), _data(hi))
+    return Tensor(x).clip(lo, hi) if not isinstance(x, Tensor) else x.clip(unwrap(lo), unwrap(hi))
 
 
 COMPARISONS = {"greater", "greater_equal", "less", "less_equal", "equal", "not_equal",
@@ -53,14 +53,14 @@ def array_ufunc(ufunc, method, *inputs, **kwargs):
         return NotImplemented
     name = ufunc.__name__
     if name in COMPARISONS:                             # no gradient through a comparison
-        return ufunc(*(_data(x) for x in inputs))
+        return ufunc(*(unwrap(x) for x in inputs))
     fn = UFUNCS.get(name)
     if fn is None:
         return NotImplemented
     first = next(x for x in inputs if isinstance(x, Tensor))
     if name == "power" and not isinstance(inputs[1], Tensor):   # a constant exponent: the pow primitive
-        return inputs[0] ** inputs[1] if isinstance(inputs[0], Tensor) else fn(first._lift(inputs[0]), inputs[1])
-    return fn(*(first._lift(x) for x in inputs))
+        return inputs[0] ** inputs[1] if isinstance(inputs[0], Tensor) else fn(first.lift(inputs[0]), inputs[1])
+    return fn(*(first.lift(x) for x in inputs))
 
 
 def array_function(func, args, kwargs):
@@ -69,3 +69,17 @@ def array_function(func, args, kwargs):
     if fn is None:
         return NotImplemented
     return fn(*args, **kwargs)
+
+
+# Installed on the class when tinydiff is imported (tinydiff/__init__.py imports this
+# module), so that the engine itself never imports NumPy's dispatch: imports point one way.
+def _tensor_array_ufunc(self, ufunc, method, *inputs, **kwargs):
+    return array_ufunc(ufunc, method, *inputs, **kwargs)
+
+
+def _tensor_array_function(self, func, types, args, kwargs):
+    return array_function(func, args, kwargs)
+
+
+Tensor.__array_ufunc__ = _tensor_array_ufunc
+Tensor.__array_function__ = _tensor_array_function

@@ -18,19 +18,9 @@ import math
 
 import numpy as np
 
+from ..checks import check_count, check_rng
+
 LOG2 = math.log(2.0)
-
-
-def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)), "
-                        f"got {type(rng).__name__}")
-
-
-def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    return int(n)
 
 
 def _scalar(name, value, positive=True):
@@ -91,8 +81,8 @@ class GaussianMixture:
 
     def sample(self, n, rng, dtype=np.float32):
         """x = mu_c + std * z with c ~ Categorical(weights), z ~ N(0, I).  Returns [n, D]."""
-        n = _check_n(n)
-        _check_rng(rng)
+        n = check_count(n)
+        check_rng(rng)
         c = rng.choice(len(self.weights), size=n, p=self.weights)            # [n]
         z = rng.standard_normal((n, self.dim))                               # [n, D]
         return (self.means[c] + self.std * z).astype(dtype)
@@ -183,8 +173,8 @@ class SwissRoll:
 
     def sample(self, n, rng, dtype=np.float32):
         """Returns [n, 2]; standardized to zero mean, unit variance if ``standardize``."""
-        n = _check_n(n)
-        _check_rng(rng)
+        n = check_count(n)
+        check_rng(rng)
         s = rng.uniform(*self.t_range, size=n)                                # [n]
         x = np.stack([s * np.cos(s), s * np.sin(s)], axis=1)                  # [n, 2]
         x = x + self.noise * rng.standard_normal((n, 2))
@@ -294,8 +284,8 @@ class TwoMoons:
         self.noise = _scalar("noise", noise, positive=False)
 
     def sample(self, n, rng, dtype=np.float32):
-        n = _check_n(n)
-        _check_rng(rng)
+        n = check_count(n)
+        check_rng(rng)
         theta = rng.uniform(0.0, math.pi, size=n)                             # [n]
         lower = rng.integers(0, 2, size=n).astype(bool)                       # [n]
         upper_pts = np.stack([np.cos(theta), np.sin(theta)], axis=1)          # [n, 2]
@@ -322,8 +312,8 @@ class Checkerboard:
         self.area = len(self.corners) * self.cell ** 2
 
     def sample(self, n, rng, dtype=np.float32):
-        n = _check_n(n)
-        _check_rng(rng)
+        n = check_count(n)
+        check_rng(rng)
         k = rng.integers(0, len(self.corners), size=n)                        # [n] dark square
         x = self.corners[k] + self.cell * rng.uniform(size=(n, 2))
         return x.astype(dtype)

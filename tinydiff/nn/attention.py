@@ -18,7 +18,9 @@ from ..engine import Tensor
 from ..functional import softmax
 from .conv import Conv2d
 from .layers import GroupNorm
-from .module import Module, check_dtype, check_positive_int, check_rng, to_tensor
+from ..checks import check_dtype, check_positive_int, check_rng
+from .helpers import to_tensor
+from .module import Module
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -46,7 +48,7 @@ class SelfAttention2d(Module):
                  rng=None, dtype=np.float32):
         super().__init__()
         self.channels = check_positive_int(channels, "channels")
-        rng, dtype = check_rng(rng), check_dtype(dtype)
+        rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         self.norm = GroupNorm(num_groups, channels, dtype=dtype)
         self.qkv = Conv2d(channels, 3 * channels, 1, rng=rng, dtype=dtype)
         self.proj = Conv2d(channels, channels, 1, rng=rng, dtype=dtype)

@@ -28,7 +28,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
-from .module import Module, check_dtype, check_positive_int, check_rng, to_tensor, uniform_parameter
+from ..checks import check_dtype, check_positive_int, check_rng
+from .helpers import to_tensor, uniform_parameter
+from .module import Module
 
 
 def _pair(value, name: str, minimum: int) -> tuple:
@@ -143,7 +145,7 @@ class Conv2d(Module):
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
-        rng, dtype = check_rng(rng), check_dtype(dtype)
+        rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self.weight = uniform_parameter((out_channels, in_channels, *self.kernel_size), fan_in, rng, dtype)
         self.bias = uniform_parameter((out_channels,), fan_in, rng, dtype) if bias else None

@@ -23,7 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Tensor
-from .module import Module, Parameter, check_dtype, check_positive_int, check_rng, to_tensor, uniform_parameter
+from ..checks import check_dtype, check_positive_int, check_rng
+from .helpers import to_tensor, uniform_parameter
+from .module import Module, Parameter
 
 
 # ---------------------------------------------------------------------- Linear
@@ -66,7 +68,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
-        rng, dtype = check_rng(rng), check_dtype(dtype)
+        rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         self.weight = uniform_parameter((out_features, in_features), in_features, rng, dtype)
         self.bias = uniform_parameter((out_features,), in_features, rng, dtype) if bias else None
 
@@ -88,7 +90,7 @@ class Embedding(Module):
         super().__init__()
         self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         self.embedding_dim = check_positive_int(embedding_dim, "embedding_dim")
-        rng, dtype = check_rng(rng), check_dtype(dtype)
+        rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         self.weight = Parameter(rng.standard_normal((num_embeddings, embedding_dim)).astype(dtype))
 
     def forward(self, labels) -> Tensor:
@@ -143,7 +145,7 @@ class GroupNorm(Module):
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps!r}")
-        check_rng(rng)
+        check_rng(rng, allow_none=True)
         self.eps = float(eps)
         dtype = check_dtype(dtype)
         self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
@@ -160,11 +162,40 @@ class GroupNorm(Module):
 
 
 # ---------------------------------------------------------------------- parameter-free layers
+def silu(x: Tensor) -> Tensor:
+    """y = x * sigmoid(x) (Elfwing et al. 2018) as ONE graph node: the hottest activation.
+
+    Composed from primitives it is sigmoid, mul: two nodes and three temporaries per
+    call. Fused, sigmoid(x) = (tanh(x/2) + 1)/2 is computed in place (no overflow for
+    large |x|) and the backward uses
+
+        d/dx x s(x) = s (1 + x (1 - s)) = s (1 + x - y)
+
+    with one temporary instead of five. tests/test_layers.py ties it to the composed form.
+    """
+    x_t = to_tensor(x)
+    x = x_t.data
+    s = np.multiply(x, 0.5)
+    np.tanh(s, out=s)
+    s += 1
+    s *= 0.5                                            # s = sigmoid(x), in place
+    out = x * s
+
+    def backward(g):
+        d = x - out
+        d += 1
+        d *= s
+        d *= g
+        return (d,)
+
+    return Tensor.from_op(out, (x_t,), backward)
+
+
 class SiLU(Module):
-    """y = x * sigmoid(x) (the engine's fused ``silu`` primitive)."""
+    """y = x * sigmoid(x) (the fused ``silu`` op above)."""
 
     def forward(self, x) -> Tensor:
-        return to_tensor(x).silu()
+        return silu(x)
 
 
 class Dropout(Module):
@@ -180,7 +211,7 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout probability p must be in [0, 1], got {p!r}")
         self.p = float(p)
-        self.rng = check_rng(rng)
+        self.rng = check_rng(rng, allow_none=True)
 
     def forward(self, x) -> Tensor:
         x = to_tensor(x)

@@ -15,13 +15,14 @@ a module lists its own parameters first (in the order they were assigned), then
 each child's. Modules kept in a plain Python list would be invisible to that search,
 so assigning one raises a TypeError pointing to ``ModuleList``.
 
-Also here: the helpers every layer uses to validate ``rng``/``dtype``, to draw the
-default initialisation, and to turn ndarray inputs into Tensors.
+The helpers every layer uses (default initialisation, turning inputs into Tensors)
+are in ``helpers.py``; argument checks are in ``tinydiff/checks.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..checks import check_dtype
 from ..engine import Tensor
 
 
@@ -35,58 +36,6 @@ class Parameter(Tensor):
 
     def __repr__(self):
         return "Parameter" + super().__repr__()[len("Tensor"):]
-
-
-# ---------------------------------------------------------------------- helpers for layers
-def check_rng(rng) -> np.random.Generator:
-    """``rng`` if it is a Generator; ``None`` gives a fresh, unseeded ``np.random.default_rng()``."""
-    if rng is None:
-        return np.random.default_rng()
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator or None, got {type(rng).__name__}")
-    return rng
-
-
-def check_dtype(dtype) -> np.dtype:
-    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else TypeError."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt is None or dt.kind != "f":
-        raise TypeError(f"dtype must be a floating dtype such as np.float32, got {dtype!r}")
-    return dt
-
-
-def check_positive_int(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def uniform_parameter(shape, fan_in: int, rng: np.random.Generator, dtype) -> Parameter:
-    """PyTorch's default for Linear and Conv weights and biases: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-
-    (``kaiming_uniform_(w, a=sqrt(5))`` has bound gain*sqrt(3/fan_in) with
-    gain = sqrt(2/(1+a^2)) = sqrt(1/3), which is exactly 1/sqrt(fan_in).)
-    """
-    bound = 1.0 / np.sqrt(fan_in)
-    return Parameter(rng.uniform(-bound, bound, size=shape).astype(dtype))
-
-
-def to_tensor(x, dtype=None) -> Tensor:
-    """A Tensor view of ``x`` (Tensor, ndarray or list), cast to ``dtype`` if given.
-
-    Layers pass their parameter dtype, so a float64 array fed to a float32 model is
-    cast at the door instead of silently turning every later op into float64
-    (PyTorch raises in that case). A Tensor is cast with ``astype``, which keeps its
-    gradient path; an array of the right dtype is used as is, without a copy.
-    """
-    if isinstance(x, Tensor):
-        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
-    if isinstance(x, np.ndarray):
-        return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
-    return Tensor(np.asarray(x, dtype=np.float32 if dtype is None else dtype))
 
 
 # ---------------------------------------------------------------------- Module
