@@ -8,7 +8,6 @@ import pytest
 from tinydiff import Tensor
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.gradcheck import assert_grad_close
-from tinydiff.losses import vb_terms_bpd
 from tinydiff.schedules import linear_beta_schedule
 
 LN2 = math.log(2.0)
@@ -58,7 +57,7 @@ def test_oracle_makes_every_kl_zero_and_the_bound_prior_plus_decoder(decoder):
     assert calls == list(range(1, 101))
     np.testing.assert_allclose(out["vb"][:, 1:], 0.0, atol=1e-9)        # L_{t-1} = 0 for t >= 1
     np.testing.assert_allclose(out["total_bpd"], out["prior_bpd"] + out["vb"][:, 0], rtol=1e-12)
-    np.testing.assert_allclose(out["xstart_mse"], 0.0, atol=1e-18)
+    np.testing.assert_allclose(out["x0_mse"], 0.0, atol=1e-18)
     # Closed forms: the decoder mean is exactly x0, with variance beta-tilde_1.
     ab, _, beta_tilde = tables(betas)
     sigma = math.sqrt(beta_tilde[0])
@@ -215,12 +214,12 @@ def test_hybrid_vb_gradient_does_not_flow_through_the_mean():
 
     m, v = leaves()                                           # vb with the mean explicitly detached
     frozen = np.concatenate([Tensor(x_t * wm0), x_t * v], axis=1)
-    (0.001 * 20 * vb_terms_bpd(d, frozen, x0, x_t, t)["output"]).sum().backward()
+    (0.001 * 20 * d.vb_terms_bpd(frozen, x0, x_t, t)["output"]).sum().backward()
     np.testing.assert_allclose(w_var.grad, v.grad, rtol=1e-12)
 
     m, v = leaves()                                           # without the detach the mean would get more
     live = np.concatenate([x_t * m, x_t * v], axis=1)
-    vb_terms_bpd(d, live, x0, x_t, t)["output"].sum().backward()
+    d.vb_terms_bpd(live, x0, x_t, t)["output"].sum().backward()
     assert np.abs(m.grad).max() > 1e-3
 
     # and w_var's gradient of the full hybrid loss matches finite differences
@@ -235,7 +234,7 @@ def test_calc_bpd_loop_accepts_a_tensor_model_and_reports_units():
     w = Tensor(np.ones((1, 2), np.float32), requires_grad=True)
     out = d.calc_bpd_loop(lambda x, t: Tensor(x) * w, x0, rng=rng)
     assert {k: v.shape for k, v in out.items()} == {"total_bpd": (3,), "prior_bpd": (3,), "vb": (3, 10),
-                                                    "xstart_mse": (3, 10), "mse": (3, 10), "total_bits": (3,)}
+                                                    "x0_mse": (3, 10), "mse": (3, 10), "total_bits": (3,)}
     np.testing.assert_allclose(out["total_bits"], 2 * (out["prior_bpd"] + out["vb"].sum(axis=1)), rtol=1e-5)
     with pytest.raises(TypeError, match="rng"):
         d.calc_bpd_loop(lambda x, t: x, x0)

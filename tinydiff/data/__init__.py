@@ -1,4 +1,6 @@
-"""Datasets for tinydiff. ``toy2d``: 2-D point clouds, several with known densities."""
+"""Datasets for tinydiff. ``toy2d``: 2-D point clouds, several with known densities;
+``arrays``: batches from in-memory arrays, in epochs."""
+from .arrays import EpochSampler
 from .toy2d import (
     DATASETS,
     Checkerboard,
@@ -9,5 +11,5 @@ from .toy2d import (
     make_dataset,
 )
 
-__all__ = ["DATASETS", "Checkerboard", "Gaussian", "GaussianMixture", "SwissRoll", "TwoMoons",
+__all__ = ["EpochSampler", "DATASETS", "Checkerboard", "Gaussian", "GaussianMixture", "SwissRoll", "TwoMoons",
            "make_dataset"]
