@@ -109,6 +109,7 @@ def test_load_mnist_limit_and_the_dataset_class(real):
     images, labels = load_mnist("train", SHARED, limit=100)
     np.testing.assert_array_equal(images, real["train-images"][:100])
     np.testing.assert_array_equal(labels, real["train-labels"][:100])
+    assert images.flags.writeable and images.base is None              # an array of its own
     ds = MNIST("test", SHARED)
     assert len(ds) == 10_000 and ds.labels[0] == 7 and ds.images.shape == (10_000, 28, 28)
     with pytest.raises(ValueError, match="limit must be"):
@@ -188,7 +189,7 @@ def test_fuzz_random_bytes_raise_only_value_error(tmp_path, head, tail):
         assert "fuzz" in str(e)
         return
     shape, body = _header_promise(data)                             # None here would be a bug
-    assert arr.shape == shape and arr.tobytes() == body and arr.max(initial=0) <= 255
+    assert arr.shape == shape and arr.tobytes() == body and (arr.ndim == 3 or arr.max(initial=0) <= 9)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -122,7 +122,7 @@ def read_idx(path):
         what = "short body (truncated?)" if len(data) < want else "extra bytes after the body"
         raise ValueError(f"MNIST file {path}: {what}: the header promises {n} "
                          f"{'images' if images else 'labels'}, {want} bytes in all, got {len(data)}")
-    body = np.frombuffer(data, dtype=np.uint8, offset=header)
+    body = np.frombuffer(data, dtype=np.uint8, offset=header).copy()   # writable, unlike the bytes
     if images:
         return body.reshape(n, ROWS, COLS)
     if n and body.max() > 9:
@@ -192,7 +192,8 @@ def _open(url, timeout):
 
 
 class _Progress:
-    """One line rewritten with '\\r' when ``log`` is print to a terminal; else a line per quarter."""
+    """One line rewritten with '\\r' when ``log`` is print to a terminal; else, for files over
+    1 MB of known size, a line per quarter."""
 
     def __init__(self, name, total, log, enabled):
         self.name, self.total, self.log = name, total, log
@@ -233,7 +234,7 @@ def _fetch(url, dest, md5, *, timeout, progress, log):
                     show(done)
             finally:
                 show.close()
-            if total is not None and done != total:      # http.client usually raises first
+            if total is not None and done != total:      # a dropped connection can end the loop quietly
                 raise ValueError(f"interrupted transfer: {done} of {total} bytes")
             f.flush()
             os.fsync(f.fileno())                         # on disk before the rename publishes it
@@ -263,7 +264,7 @@ def download_mnist(data_dir=None, *, mirrors=MNIST_MIRRORS, checksums=MNIST_MD5,
     files: keys of ``MNIST_FILES`` to fetch (default all four); those already present are
     skipped without any network access. mirrors: base URLs tried in order (https, or http
     to 127.0.0.1 / localhost only). checksums: file name -> MD5 hex of the .gz file.
-    timeout: seconds per connection attempt. log: a print-like function (None for silence);
+    timeout: seconds a connection or a read may stall. log: a print-like function (None for silence);
     progress percentages go on one line when log is print to a terminal.
     Raises DownloadError, listing each mirror's failure and the files to install by hand.
     """
@@ -311,6 +312,7 @@ def load_mnist(split="train", data_dir=None, *, download=False, limit=None, log=
     Reads from the first folder in the search order (module docstring) that holds both
     files of the split. download=True fetches the split's two files if none does.
     limit: keep only the first ``limit`` digits (after validating the whole files).
+    log: where download messages go (print-like, or None).
     Raises FileNotFoundError naming every folder searched and how to get the files.
     """
     if split not in ("train", "test"):
@@ -341,7 +343,9 @@ def load_mnist(split="train", data_dir=None, *, download=False, limit=None, log=
     if len(images) != len(labels):
         raise ValueError(f"MNIST {split} split: {image_path} holds {len(images)} images but "
                          f"{label_path} holds {len(labels)} labels; expected as many labels as images")
-    return images[:limit], labels[:limit].astype(np.int64)
+    if limit is not None:
+        images = images[:limit].copy()                   # not a view that keeps all N alive
+    return images, labels[:limit].astype(np.int64)
 
 
 # ---------------------------------------------------------------- model space
