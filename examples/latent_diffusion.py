@@ -1,0 +1,316 @@
+"""Latent diffusion on MNIST: a class-conditional diffusion model in a frozen VAE's latent space.
+
+The third MNIST example, after mnist.py (diffusion on pixels) and vae.py (a one-step latent
+model). Rombach et al. (2022) put the two together: an autoencoder compresses the images once,
+and the diffusion model works on the small latent grid. This example
+
+* loads the VAE that examples/vae.py trained with a 4 x 7 x 7 latent (--vae; if it is missing,
+  it trains one first by running examples/vae.py), and freezes it,
+* encodes the training digits once, scales the codes to unit standard deviation with one factor
+  s = 1 / std(z) (``tinydiff.latent.LatentSpace``; the factor is printed and saved),
+* trains the library's UNet, class-conditional with labels dropped 10% of the time, on fresh
+  draws z ~ q(z | x) of those codes (the same DiffusionLoss and Trainer as in pixel space),
+* samples 500 latents (50 per digit) with classifier-free guidance and DDIM, decodes them once,
+  and writes the grid, the guidance strip and, for contrast, the same decoder fed z ~ N(0, I),
+* scores the digits with tinydiff's MNIST classifier (accuracy for the label asked for, the
+  confident fraction, a Frechet distance beside the real-vs-real floor),
+* and times, in this process and interleaved, one training step and one guided sampling chain
+  (same steps, same batch) of this latent model (+ decoder) and of examples/mnist.py's default
+  pixel-space UNet: seconds per 100 digits for both.
+
+Run (about N minutes on 2 idle cores, the VAE included when it must be trained):
+
+    python examples/latent_diffusion.py                       # README: "VAE and latent diffusion"
+    python examples/latent_diffusion.py --resume --guidance 4 # re-sample a finished run
+
+MNIST is read from --data-dir, $TINYDIFF_DATA/mnist or ~/.cache/tinydiff/mnist (downloaded
+there unless --no-download). Everything lands in --out (default out/latent_diffusion).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import tinydiff as td
+from tinydiff.checkpoint import atomic_write
+from tinydiff.data import EpochSampler, from_model_space, load_mnist, to_model_space
+from tinydiff.images import plot_image_rows, save_image_grid
+from tinydiff.latent import LatentSpace
+from tinydiff.models import UNet
+from tinydiff.objectives import DiffusionLoss, make_diffusion
+from tinydiff.runtime import reuse_freed_memory
+from tinydiff.samplers import sample as run_sampler
+from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule
+from tinydiff.train import Trainer
+
+GUIDANCE_STRIP = (0.0, 1.0, 3.0, 5.0)
+
+
+def vae_example():
+    """examples/vae.py as a module: it trains (and saves, and loads) the VAE this example freezes."""
+    spec = importlib.util.spec_from_file_location("vae_example", Path(__file__).with_name("vae.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v = p.add_argument_group("the frozen VAE")
+    v.add_argument("--vae", default=None, help="the VAE to freeze (vae.npz written by examples/vae.py); "
+                                              "default OUT/vae/vae.npz, trained first if missing")
+    v.add_argument("--vae-steps", type=int, default=None,
+                   help="training steps when the VAE must be trained (default: examples/vae.py's own)")
+    v.add_argument("--vae-latent", default="4x7x7", help="latent shape when the VAE must be trained")
+    v.add_argument("--vae-args", default="", help="more flags for examples/vae.py when it must be trained, "
+                                                  "e.g. \"--channels 8,16\"")
+    g = p.add_argument_group("training the diffusion model")
+    g.add_argument("--steps", type=int, default=3000, help="training steps")
+    g.add_argument("--batch", type=int, default=64, help="batch size")
+    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
+    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling (with warm-up)")
+    g.add_argument("--label-dropout", type=float, default=0.1,
+                   help="probability of training on the null label (what classifier-free guidance needs)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    m = p.add_argument_group("model and diffusion")
+    m.add_argument("--width", type=int, default=64, help="UNet base channels")
+    m.add_argument("--mults", default="1", help="UNet channel multiplier per level (7 x 7 grids allow one level)")
+    m.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
+    m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"],
+                   help="noise schedule: cosine (Nichol & Dhariwal eq. 17) or DDPM's linear 1e-4..0.02")
+    m.add_argument("--weighting", default="min_snr", choices=["min_snr", "none"],
+                   help="per-timestep weight of the MSE: min_snr (Hang et al. 2023, gamma 5) or none (DDPM)")
+    s = p.add_argument_group("sampling, scores and timing")
+    s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (eta 0) or ancestral DDPM")
+    s.add_argument("--sample-steps", type=int, default=50, help="sampling steps (a respaced chain of the T)")
+    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale w (0 = none)")
+    s.add_argument("--n-samples", type=int, default=500, help="digits to draw (an equal number per class)")
+    s.add_argument("--no-score", action="store_true", help="skip the classifier scores")
+    s.add_argument("--timing-rounds", type=int, default=2,
+                   help="interleaved rounds of the latent-vs-pixel timing (0: skip it)")
+    s.add_argument("--timing-batch", type=int, default=100, help="digits per timed training step and sampling chain")
+    d = p.add_argument_group("data and files")
+    d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
+                                                    "or ~/.cache/tinydiff/mnist)")
+    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
+    d.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
+    d.add_argument("--out", default=os.path.join("out", "latent_diffusion"), help="output folder")
+    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (or re-sample a finished run)")
+    args = p.parse_args(argv)
+    for name in ("steps", "batch", "T", "width", "sample_steps", "n_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.n_samples % 10:
+        p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")
+    if args.sample_steps > args.T:
+        p.error(f"--sample-steps {args.sample_steps} exceeds --T {args.T}")
+    if args.guidance < 0 or not 0 <= args.label_dropout <= 1 or args.lr <= 0 or args.timing_rounds < 0 \
+            or args.timing_batch < 1:
+        p.error("--guidance must be >= 0, --label-dropout in [0, 1], --lr > 0, --timing-rounds >= 0 and "
+                "--timing-batch >= 1")
+    try:
+        args.mults = tuple(int(v) for v in str(args.mults).split(","))
+    except ValueError:
+        p.error(f"--mults: expected comma-separated integers such as 1 or 1,2, got {args.mults!r}")
+    args.vae = args.vae or os.path.join(args.out, "vae", "vae.npz")
+    return args
+
+
+# ---------------------------------------------------------------- the frozen VAE
+def frozen_vae(args):
+    """The VAE at args.vae; trained first (examples/vae.py, its own output folder) when missing.
+    Returns (vae, seconds spent training it here: 0 when it was already there)."""
+    example = vae_example()
+    if not os.path.exists(args.vae):
+        folder = os.path.dirname(os.path.abspath(args.vae))
+        print(f"no VAE at {args.vae}: training one with examples/vae.py (latent {args.vae_latent}) into {folder}")
+        argv = ["--latent", args.vae_latent, "--out", folder, "--no-score", "--seed", str(args.seed)]
+        argv += ["--steps", str(args.vae_steps)] if args.vae_steps else []
+        argv += ["--data-dir", args.data_dir] if args.data_dir else []
+        argv += ["--no-download"] if args.no_download else []
+        argv += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+        metrics = example.main(argv + args.vae_args.split())
+        if os.path.abspath(os.path.join(folder, "vae.npz")) != os.path.abspath(args.vae):
+            raise FileNotFoundError(f"--vae {args.vae}: examples/vae.py writes vae.npz, so name the file vae.npz")
+        trained_seconds = metrics["train_seconds"]
+    else:
+        trained_seconds = 0.0
+    vae = example.load_vae(args.vae)
+    if len(vae.latent_shape) != 3:
+        raise ValueError(f"--vae {args.vae}: latent diffusion needs a spatial latent (k x 7 x 7), this VAE has "
+                         f"latent shape {vae.latent_shape}; train one with --latent 4x7x7")
+    return vae, trained_seconds
+
+
+class LatentBatches(EpochSampler):
+    """Batches (s * z, {"y": labels}) for the Trainer: the digits in epochs (an EpochSampler over
+    their posterior means and log-variances, computed once), and a fresh z = mu + sigma * eps
+    at every visit, so the diffusion learns the codes the decoder was trained on."""
+
+    def __init__(self, space: LatentSpace, mean, log_variance, labels):
+        super().__init__(np.stack([mean, log_variance], axis=1), labels)          # [N, 2, *latent]
+        self.space = space
+
+    def __call__(self, rng, n):
+        params, kwargs = super().__call__(rng, n)
+        return self.space.sample_codes(params[:, 0], params[:, 1], rng=rng), kwargs
+
+    def peek(self, n):
+        params, kwargs = super().peek(n)
+        return self.space.scale(params[:, 0]), kwargs
+
+
+def build(args, latent_shape):
+    betas = cosine_beta_schedule(args.T) if args.schedule == "cosine" else linear_beta_schedule(args.T)
+    diffusion = make_diffusion("eps", betas, mse_weighting=args.weighting)
+    model = UNet(in_channels=latent_shape[0], base_channels=args.width, channel_mults=args.mults, num_classes=10,
+                 rng=np.random.default_rng(args.seed))
+    return diffusion, model
+
+
+def train(args, diffusion, model, data):
+    checkpoint = os.path.join(args.out, "checkpoint.npz")
+    config = {k: v for k, v in vars(args).items()}
+    trainer = Trainer(model, DiffusionLoss(diffusion, label_dropout=args.label_dropout), data,
+                      batch_size=args.batch, lr=args.lr, warmup_steps=min(100, args.steps // 10),
+                      lr_decay_steps=args.steps, ema_decay=args.ema, ema_warmup=True, seed=args.seed,
+                      log_every=100, checkpoint_path=checkpoint, checkpoint_every=500, config=config)
+    if args.resume and os.path.exists(checkpoint):
+        trainer.resume(checkpoint)
+        print(f"resumed from {checkpoint} at step {trainer.step} of {args.steps}")
+    start = time.perf_counter()
+    trainer.train(args.steps)
+    return trainer, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- latent vs pixel timing
+def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int = 100) -> dict:
+    """Seconds per 100 digits of one training step and of one guided sampling chain (the same
+    sampler, steps, guidance and batch), for this latent UNet + decoder and for examples/mnist.py's
+    default pixel-space UNet (MNIST-UNET, untrained: the time does not depend on the weights).
+    The two alternate within each round, so both see the same machine load; the minimum over
+    rounds is reported (the least disturbed run)."""
+    pixel = UNet(num_classes=10, rng=np.random.default_rng(0))
+    loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
+    rng = np.random.default_rng(0)
+    y = np.arange(batch) % 10
+    x_pixel = rng.uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32)
+    z_latent = rng.standard_normal((batch, *space.shape)).astype(np.float32)
+    sample_kw = dict(sampler=args.sampler, steps=args.sample_steps, guidance=args.guidance, model_kwargs={"y": y})
+
+    def train_step(net, x):
+        start = time.perf_counter()
+        value, _ = loss(net, (x, {"y": y}), np.random.default_rng(1))
+        value.backward()
+        net.zero_grad()
+        return time.perf_counter() - start
+
+    def sample_pixels():
+        start = time.perf_counter()
+        run_sampler(diffusion, pixel, (batch, 1, 28, 28), np.random.default_rng(2), **sample_kw)
+        return time.perf_counter() - start
+
+    def sample_latents():
+        start = time.perf_counter()
+        space.decode(run_sampler(diffusion, model, (batch, *space.shape), np.random.default_rng(2), **sample_kw))
+        return time.perf_counter() - start
+
+    times = {"train_pixel": [], "train_latent": [], "sample_pixel": [], "sample_latent": []}
+    for r in range(rounds):
+        times["train_latent"].append(train_step(model, z_latent))
+        times["train_pixel"].append(train_step(pixel, x_pixel))
+        times["sample_latent"].append(sample_latents())
+        times["sample_pixel"].append(sample_pixels())
+        print(f"  timing round {r + 1}/{rounds}: sampling {batch} digits, latent {times['sample_latent'][-1]:.1f} s, "
+              f"pixel {times['sample_pixel'][-1]:.1f} s", flush=True)
+    per100 = {k: round(100 * min(v) / batch, 3) for k, v in times.items()}
+    return {"train_seconds_per_100": {"latent": per100["train_latent"], "pixel": per100["train_pixel"]},
+            "sample_seconds_per_100": {"latent": per100["sample_latent"], "pixel": per100["sample_pixel"]},
+            "sampling_speedup": round(per100["sample_pixel"] / per100["sample_latent"], 2),
+            "training_speedup": round(per100["train_pixel"] / per100["train_latent"], 2),
+            "setup": f"{args.sampler}, {args.sample_steps} steps, guidance {args.guidance:g} (two network passes per "
+                     f"step), batch {batch}, latent time includes decoding; one training step = forward + "
+                     f"backward at batch {batch}; minimum of {rounds} interleaved rounds",
+            "pixel_model": f"examples/mnist.py default UNet ({pixel.num_parameters():,} parameters, 1 x 28 x 28)",
+            "latent_model": f"this UNet ({model.num_parameters():,} parameters, {' x '.join(map(str, space.shape))}) "
+                            f"+ the VAE decoder"}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    reuse_freed_memory()
+    os.makedirs(args.out, exist_ok=True)
+    images, labels = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
+    x_train = to_model_space(images)
+    vae, vae_train_seconds = frozen_vae(args)
+    rng = np.random.default_rng(args.seed + 2)                                  # latent statistics' own stream
+    space = LatentSpace.fit(vae, x_train, rng)
+    mean, log_variance = space.posterior(x_train)
+    print(f"VAE {args.vae}: latent {' x '.join(map(str, space.shape))}, scale factor s = 1 / std(z) = "
+          f"{space.scale_factor:.4f}")
+    diffusion, model = build(args, space.shape)
+    print(f"latent UNet: {model.num_parameters():,} parameters; T = {args.T}, {args.schedule} schedule")
+    trainer, train_seconds = train(args, diffusion, model, LatentBatches(space, mean, log_variance, labels))
+
+    rng = np.random.default_rng(args.seed + 1)                                  # sampling's own stream
+    y = np.arange(args.n_samples) % 10
+    sample_kw = dict(sampler=args.sampler, steps=args.sample_steps)
+    metrics = {"vae": args.vae, "latent_shape": list(space.shape), "scale_factor": space.scale_factor,
+               "scale_rule": "s = 1 / std of posterior samples z ~ q(z|x), all values of all training digits",
+               "steps": trainer.step, "batch": args.batch, "parameters": model.num_parameters(),
+               "train_seconds": round(train_seconds, 1), "vae_train_seconds": round(vae_train_seconds, 1),
+               "final_loss": float(np.mean(trainer.losses[-100:])), "sampler": args.sampler,
+               "sample_steps": args.sample_steps, "guidance": args.guidance}
+    if vae_train_seconds:
+        metrics["total_train_seconds"] = round(train_seconds + vae_train_seconds, 1)
+    with trainer.ema.average_parameters(model), td.no_grad():
+        start = time.perf_counter()
+        codes = run_sampler(diffusion, model, (args.n_samples, *space.shape), rng, model_kwargs={"y": y},
+                            guidance=args.guidance, **sample_kw)
+        samples = from_model_space(space.decode(codes))[:, 0]                   # [N, 28, 28] in [0, 1]
+        metrics["sample_seconds"] = round(time.perf_counter() - start, 1)
+        strip_noise = rng.standard_normal((10, *space.shape), dtype=np.float32)
+        strip = [from_model_space(space.decode(run_sampler(diffusion, model, (10, *space.shape),
+                                                           np.random.default_rng(0), noise=strip_noise,
+                                                           model_kwargs={"y": np.arange(10)}, guidance=w,
+                                                           **sample_kw)))[:, 0] for w in GUIDANCE_STRIP]
+        prior = from_model_space(vae.generate(rng.standard_normal((args.n_samples, *space.shape), dtype=np.float32)))[:, 0]
+    if args.timing_rounds:                      # outside no_grad: a training step is timed too
+        metrics["timing"] = time_latent_vs_pixel(args, diffusion, model, space, args.timing_rounds,
+                                                 args.timing_batch)
+
+    np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
+    np.save(os.path.join(args.out, "labels.npy"), y.astype(np.int64))
+    per_digit = min(10, args.n_samples // 10)
+    order = np.argsort(y, kind="stable").reshape(10, -1)[:, :per_digit].ravel()          # row k = digit k
+    save_image_grid(samples[order], os.path.join(args.out, "grid.png"), nrow=per_digit)
+    plot_image_rows(strip, os.path.join(args.out, "guidance.png"), row_labels=[f"w = {w:g}" for w in GUIDANCE_STRIP],
+                    col_labels=[str(k) for k in range(10)], title="the same latent noise at four guidance scales")
+    plot_image_rows([prior[:10], prior[10:20], samples[order][::per_digit], samples[order][1::per_digit]],
+                    os.path.join(args.out, "prior_vs_diffusion.png"),
+                    row_labels=["z ~ N(0, I)", "", "z ~ diffusion", ""],
+                    title="one decoder, two priors: the VAE's N(0, I) and the learned latent diffusion")
+
+    if not args.no_score:
+        from tinydiff.scorer import DigitScorer
+        scorer = DigitScorer.load(data_dir=args.data_dir)
+        metrics["scorer"] = scorer.score(samples, y, seed=args.seed)
+        metrics["scorer_vae_prior"] = scorer.score(prior, None, seed=args.seed)
+        metrics["scorer_vae_prior"]["on"] = "the same decoder fed z ~ N(0, I), the VAE's own prior"
+    with atomic_write(os.path.join(args.out, "metrics.json")) as f:
+        f.write(json.dumps(metrics, indent=2).encode())
+    print(json.dumps(metrics, indent=2))
+    print(f"wrote grid.png, guidance.png, prior_vs_diffusion.png, samples.npy, labels.npy, metrics.json to {args.out}")
+    return metrics
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,104 @@
+"""examples/vae.py and examples/latent_diffusion.py end to end: tiny fast runs in the default
+suite (a few hundred digits, tiny networks), the default runs with their targets behind the slow mark."""
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _shared_dir():
+    if os.environ.get("TINYDIFF_MNIST_DIR"):
+        return Path(os.environ["TINYDIFF_MNIST_DIR"])
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
+
+
+MNIST_DIR = _shared_dir()
+pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST copy at {MNIST_DIR}: set "
+                                "TINYDIFF_MNIST_DIR or put the four files in ../shared/data/mnist")
+DATA = ["--data-dir", str(MNIST_DIR), "--no-download"]
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY_VAE = ["--channels", "8,16", "--steps", "12", "--batch", "16", "--train-limit", "300", "--eval-digits", "30",
+            "--elbo-samples", "2", "--n-samples", "20", "--no-score"]
+
+
+@pytest.mark.parametrize("extra", [["--latent", "2"], ["--latent", "4x7x7", "--decoder", "bernoulli"]])
+def test_tiny_vae_run_writes_every_output(tmp_path, extra):
+    out = tmp_path / "vae"
+    metrics = load("vae").main(TINY_VAE + extra + DATA + ["--out", str(out)])
+    names = ["reconstructions.png", "samples.png", "interpolation.png", "loss.png", "samples.npy", "vae.npz",
+             "metrics.json", "checkpoint.npz"] + (["latent_map.png"] if "2" in extra else [])
+    for name in names:
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    elbo = metrics["elbo"]
+    assert elbo["digits"] == 30 and elbo["samples_per_digit"] == 2 and metrics["steps"] == 12
+    assert elbo["nelbo_nats"] == pytest.approx(elbo["reconstruction_nats"] + elbo["kl_nats"])
+    assert elbo["bpd"] == pytest.approx(elbo["nelbo_nats"] / (784 * math.log(2)))
+    assert ("NOT a likelihood" in elbo["convention"]) == ("bernoulli" in extra)
+    samples = np.load(out / "samples.npy", allow_pickle=False)
+    assert samples.shape == (20, 28, 28) and samples.min() >= 0 and samples.max() <= 1
+    vae = load("vae").load_vae(out / "vae.npz")
+    assert vae.latent_shape == tuple(int(v) for v in extra[1].split("x")) and not vae.training
+
+
+def test_tiny_latent_diffusion_run_trains_its_vae_then_the_diffusion(tmp_path):
+    out = tmp_path / "ld"
+    tiny = ["--steps", "10", "--batch", "16", "--width", "8", "--T", "50", "--sample-steps", "5", "--n-samples", "20",
+            "--no-score", "--timing-rounds", "1", "--timing-batch", "4", "--train-limit", "300", "--vae-steps", "8",
+            "--vae-args", "--channels 8,16 --eval-digits 20 --elbo-samples 1 --n-samples 20 --batch 16"]
+    example = load("latent_diffusion")
+    metrics = example.main(tiny + DATA + ["--out", str(out)])
+    for name in ["grid.png", "guidance.png", "prior_vs_diffusion.png", "samples.npy", "labels.npy", "metrics.json",
+                 "checkpoint.npz", "vae/vae.npz", "vae/metrics.json"]:
+        assert (out / name).is_file(), name
+    assert metrics["latent_shape"] == [4, 7, 7] and metrics["steps"] == 10 and metrics["vae_train_seconds"] > 0
+    assert 0 < metrics["scale_factor"] < 10 and math.isfinite(metrics["scale_factor"])
+    timing = metrics["timing"]
+    assert set(timing["sample_seconds_per_100"]) == {"latent", "pixel"}
+    samples = np.load(out / "samples.npy", allow_pickle=False)
+    assert samples.shape == (20, 28, 28) and list(np.load(out / "labels.npy")[:10]) == list(range(10))
+    again = example.main(tiny + DATA + ["--out", str(out), "--resume", "--timing-rounds", "0"])
+    assert again["vae_train_seconds"] == 0 and again["steps"] == 10              # the frozen VAE is reused
+
+
+def test_latent_diffusion_refuses_a_flat_vae(tmp_path):
+    out = tmp_path / "flat"
+    load("vae").main(TINY_VAE + ["--latent", "3"] + DATA + ["--out", str(out)])
+    with pytest.raises(ValueError, match="spatial latent"):
+        load("latent_diffusion").main(["--vae", str(out / "vae.npz"), "--steps", "2", "--no-score",
+                                       "--train-limit", "50"] + DATA + ["--out", str(tmp_path / "ld")])
+
+
+@pytest.mark.slow
+def test_default_vae_run_meets_its_targets(tmp_path):
+    """README "VAE and latent diffusion": >= 80% of 500 prior samples read with confidence >= 0.9, the
+    bound on 1,000 test digits reported in bits/dim, training within 5 minutes."""
+    metrics = load("vae").main(DATA + ["--out", str(tmp_path / "vae")])
+    assert metrics["scorer"]["confident_fraction"] >= 0.80
+    assert metrics["elbo"]["digits"] == 1000 and math.isfinite(metrics["elbo"]["bpd"])
+    assert metrics["train_seconds"] <= 300
+
+
+@pytest.mark.slow
+def test_default_latent_diffusion_run_meets_its_targets(tmp_path):
+    """README: the VAE + diffusion trained within 10 minutes, >= 90% of 500 guided samples read as the
+    digit asked for, sampling at least 5x faster per digit than the pixel-space UNet at the same steps."""
+    metrics = load("latent_diffusion").main(DATA + ["--out", str(tmp_path / "ld")])
+    assert metrics["total_train_seconds"] <= 600
+    assert metrics["scorer"]["accuracy"] >= 0.90
+    assert metrics["timing"]["sampling_speedup"] >= 5
