@@ -1,7 +1,8 @@
 """Tests for tinydiff.scorer and the Frechet distance it uses (tinydiff.metrics): the distance
-against closed forms for Gaussians, the matrix square root against its definition, the classifier's pieces against naive twins,
-a tiny scorer trained in seconds on real digits (and its cache), every accepted image
-format, and the command line. The full default scorer (>= 98% test accuracy) is slow-marked."""
+against closed forms for Gaussians, the matrix square root against its definition, the
+classifier's pieces against naive twins, a tiny scorer trained in seconds on real digits (and
+its cache), every accepted image format, and the command line. The full default scorer
+(>= 98% test accuracy) is slow-marked."""
 import json
 import math
 import os
