@@ -105,7 +105,8 @@ def as_model_input(images, name: str = "images") -> np.ndarray:
     lo, hi = float(np.min(a)), float(np.max(a))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0.0 or hi > 1.0:
         hint = (" (model-space images in [-1, 1]? convert them with tinydiff.data.from_model_space)"
-                if lo < 0.0 and np.isfinite(lo) else "")
+                if lo < 0.0 and np.isfinite(lo) else " (pixels 0..255 as floats? divide them by 255)"
+                if 1.0 < hi <= 255.0 and lo >= 0.0 else "")
         raise ValueError(f"{name}: float pixels must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]{hint}")
     return (a.astype(np.float32) * np.float32(2.0) - np.float32(1.0))[:, None]
 
@@ -114,8 +115,8 @@ def _as_labels(labels, n: int, name: str = "labels") -> np.ndarray:
     y = np.asarray(labels)
     if y.shape != (n,) or y.dtype.kind not in "iu" or (n and (y.min() < 0 or y.max() >= NUM_CLASSES)):
         raise ValueError(f"{name}: expected {n} integer labels in 0..9 (one per image), got dtype {y.dtype}, "
-                         f"shape {y.shape}" + (f", values {y.min()}..{y.max()}" if y.size and y.dtype.kind in "iuf"
-                                               else ""))
+                         f"shape {y.shape}" + (f", values {y.min():.4g}..{y.max():.4g}"
+                                               if y.size and y.dtype.kind in "iuf" else ""))
     return y.astype(np.int64)
 
 
@@ -271,6 +272,10 @@ class DigitScorer:
     Build it with ``DigitScorer.load()`` (reads the cache; trains once if it is missing) or
     ``DigitScorer.train()`` (trains and writes the cache). ``meta`` holds what the cache file
     records: test_accuracy, train_size, steps, seed, date, version, ...
+
+        scorer = DigitScorer.load()                       # ~1 minute the first time, then instant
+        scorer.score(samples, labels)                     # {"accuracy": ..., "fid": ..., "fid_floor": ...}
+        scorer.confident_fraction(samples, threshold=0.9) # share of samples that read as some digit
     """
 
     def __init__(self, model: DigitClassifier, meta: dict, data_dir=None, path=None, download: bool = False):
@@ -465,11 +470,16 @@ def format_report(result: dict) -> str:
 
 
 def _load_npy(parser, path, what):
+    """The array in the .npy file ``path``, or one argparse error line saying what is wrong."""
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                parser.error(f"{what} file {path} is not a .npy file (no NumPy header); save the array "
+                             "with numpy.save")
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         parser.error(f"{what} file {path} does not exist")
-    except (OSError, ValueError) as err:          # not a .npy, truncated, or an object array
+    except (OSError, ValueError) as err:          # truncated, or an object array (would need pickle)
         parser.error(f"{what} file {path} is not a readable .npy array ({str(err).splitlines()[0]})")
 
 
