@@ -177,6 +177,7 @@ class Trainer:
         self.losses: list[float] = []
         self.skipped: list[int] = []
         self.last_logs: dict = {}
+        self.resumed_config: dict | None = None      # the config saved in the checkpoint, after resume()
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> float:
@@ -302,6 +303,7 @@ class Trainer:
             self.step = int(meta["step"])
             self.losses = [float(v) for v in losses]
             self.skipped = [int(s) for s in meta.get("skipped", [])]
+            self.resumed_config = meta.get("config")
         except (KeyError, TypeError, ValueError) as err:
             self._restore(before)
             what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
