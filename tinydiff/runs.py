@@ -4,9 +4,12 @@ Learners kill runs, fill disks, mistype flags and resume with other settings. Wi
 helpers every such case ends in one line that names what was wrong, and nothing the user
 already has is overwritten or lost:
 
-    argparse types     positive_int, nonnegative_int, positive_float, nonnegative_float,
-                       probability, open_unit: ``type=positive_int`` makes ``--steps 0``
+    argparse types     positive_int, nonnegative_int, finite_float, positive_float,
+                       nonnegative_float, probability, open_unit, decay_rate:
+                       ``type=positive_int`` makes ``--steps 0``
                        fail while parsing, in one line, before any work is done.
+    check_reaches_noise(betas)
+                       refuse a schedule whose last step is still mostly data (--T 1).
     prepare_output_dir(folder, need_bytes)
                        create the output folder, prove it writable, check the free space,
                        and remove temporary files a killed run left behind.
@@ -44,6 +47,8 @@ import re
 import shutil
 import uuid
 
+import numpy as np
+
 from .checkpoint import load_checkpoint
 
 # Temporary files of atomic_write / atomic_path: ".<name>.<12 hex digits>.tmp[<ext>]".
@@ -75,6 +80,11 @@ def _number(text, kind, expected, ok):
     if not (isinstance(value, int) or math.isfinite(value)) or not ok(value):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def finite_float(text) -> float:
+    """argparse type: any finite number (refuses nan and inf)."""
+    return _number(text, float, "a finite number", lambda v: True)
 
 
 def positive_int(text) -> int:
@@ -110,6 +120,29 @@ def open_unit(text) -> float:
 def decay_rate(text) -> float:
     """argparse type: a number in [0, 1) (an EMA decay; 1 would never move)."""
     return _number(text, float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+# ---------------------------------------------------------------- flags that make no sense together
+MAX_SIGNAL_AT_T = 0.5      # alpha_bar_T above this: x_T is more data than noise
+
+
+def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
+    """A ValueError if the chain ends too far from noise for sampling from N(0, I) to work.
+
+    alpha_bar_T is the fraction of the data's variance still signal at the last step. A
+    sampler starts from x_T ~ N(0, I); when alpha_bar_T is large (DDPM's linear betas with
+    T = 1 keep 0.9999) the samples come out wrong whatever the model learned, and the prior
+    term L_T = KL(q(x_T | x_0) || N(0, I)) of the bound is large: about
+    -1/2 log2(1 - alpha_bar_T) bits per dimension for unit-variance data.
+    """
+    alpha_bar_T = float(np.prod(1.0 - np.asarray(betas, dtype=np.float64)))
+    if alpha_bar_T > max_signal:
+        prior_bits = -0.5 * math.log2(1.0 - alpha_bar_T)
+        raise ValueError(f"the chain ends at alpha_bar_T = {alpha_bar_T:.4g}: {alpha_bar_T:.0%} of the data's "
+                         f"variance is still signal after the last step (at most {max_signal:.0%} makes sense), "
+                         f"so x_T is not noise and sampling from N(0, I) cannot work (the prior term L_T alone "
+                         f"costs ~{prior_bits:.2g} bits per dimension); use a larger --T or a schedule that "
+                         "ends nearer noise")
 
 
 # ---------------------------------------------------------------- the output folder
@@ -261,7 +294,7 @@ def tagged(filename: str, tag: str) -> str:
     return f"{stem}.{tag}{ext}"
 
 
-__all__ = ["RunError", "flag", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "open_unit", "decay_rate", "remove_temporaries", "prepare_output_dir",
+__all__ = ["RunError", "flag", "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
+           "probability", "open_unit", "decay_rate", "check_reaches_noise", "remove_temporaries", "prepare_output_dir",
            "checkpoint_bytes", "read_run_config", "check_same_run", "resumed_config", "evaluation_tag",
            "tagged"]

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, check_step
 from .engine import no_grad, unwrap
 from .gaussian import standard_normal_noise
 from .guidance import apply_guidance
@@ -168,6 +168,7 @@ def ddim_step(diffusion, model, x_t, t, eta=0.0, rng=None, noise=None, clip_deno
     sigma = ddim_sigma(ab, ab_prev, eta)
     direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0))   # 0 at the data; rounding-safe
     sample = np.sqrt(ab_prev) * pred_x0 + direction * pred_eps + sigma * noise
+    check_step(sample, t, "ddim_step")
     return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
 
@@ -210,6 +211,22 @@ def langevin_noise_level(alpha_bar):
     return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
+def check_langevin_step_lr(alphas_cumprod, step_lr) -> None:
+    """A ValueError unless step_lr / sigma_min^2 < 4, sigma_min the chain's smallest noise level.
+
+    Every level's step is alpha_t = step_lr sigma_t^2 / sigma_min^2; at the noisiest levels the
+    data's own spread is negligible beside sigma_t, the target is ~N(0, sigma_t^2), and Langevin
+    on it multiplies y by 1 - alpha_t / (2 sigma_t^2) each step: beyond 4 every step amplifies.
+    (A schedule whose first step adds very little noise, e.g. logsnr with logsnr_max = 14,
+    needs a smaller step_lr than DDPM's linear one.)
+    """
+    sigma_min = float(langevin_noise_level(np.asarray(alphas_cumprod, dtype=np.float64)[0]))
+    if not step_lr / sigma_min ** 2 < 4:
+        raise ValueError(f"step_lr: {step_lr:g} / sigma_min^2 = {step_lr / sigma_min ** 2:.3g} for this chain's "
+                         f"smallest noise level sigma_min = {sigma_min:.3g}; Langevin steps diverge at 4 or "
+                         f"more, so use step_lr below {4 * sigma_min ** 2:.3g}")
+
+
 def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model_kwargs=None):
     """One Langevin update at noise level sigma_t, in the scaled variable y = x_t / sqrt(ab_t):
 
@@ -225,7 +242,9 @@ def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model
     score = -eps / diffusion.coef(langevin_noise_level(diffusion.alphas_cumprod), t, y)
     noise = standard_normal_noise(y.shape, y.dtype, noise, rng)
     alpha = np.asarray(step_size, dtype=y.dtype)
-    return (y + 0.5 * alpha * score + np.sqrt(alpha) * noise).astype(y.dtype, copy=False), score
+    y_new = y + 0.5 * alpha * score + np.sqrt(alpha) * noise
+    check_step(y_new, t, "langevin_step")
+    return y_new.astype(y.dtype, copy=False), score
 
 
 def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_each=10, step_lr=2e-5,
@@ -260,6 +279,7 @@ def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_ea
         raise ValueError(f"step_lr: expected a positive step size, got {step_lr!r}")
     chain, model = _setup(diffusion, model, steps, guidance)
     sigmas = langevin_noise_level(chain.alphas_cumprod)                 # [L], increasing
+    check_langevin_step_lr(chain.alphas_cumprod, step_lr)
     L = chain.num_timesteps
     x = standard_normal_noise(shape, dtype, noise, rng)
     y = x / np.asarray(math.sqrt(chain.alphas_cumprod[-1]), dtype=x.dtype)
