@@ -192,8 +192,7 @@ def main(argv=None) -> dict:
     saved = runs.read_run_config(checkpoint, resume=args.resume, restart=args.restart)    # None: a new run
     growable = ("steps",) if args.lr_decay == "none" else ()
     if saved is not None:
-        runs.check_same_run(saved["config"], vars(args), RUN_FLAGS + (() if growable else ("steps",)),
-                            checkpoint, growable)
+        runs.check_same_run(saved["config"], vars(args), RUN_FLAGS + ("steps",), checkpoint, growable)
     tag = runs.evaluation_tag(saved and saved["config"], vars(args), EVAL_FLAGS)
     config = vars(args) if saved is None else runs.resumed_config(saved["config"], vars(args), growable)
 

@@ -6,6 +6,7 @@ and what it expected, so a wrong call fails at the door in the user's own words.
     check_positive_int(value)      an int >= 1 (sizes, counts)
     check_count(n)                 an int >= 0 (how many samples to draw)
     check_data(x, name)            data [B, *D]: float32/float64, a batch axis, finite values
+    check_timesteps(t, batch)      int timesteps [B], none negative (what a model is called with)
 
 Imports only NumPy.
 """
@@ -78,3 +79,15 @@ def check_same_shape(a, b, name_a: str, name_b: str) -> None:
     """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting)."""
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{name_b}: expected the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def check_timesteps(t, batch: int, name: str = "t") -> np.ndarray:
+    """``t`` as an int array [batch] of timesteps >= 0, else a ValueError naming what it got.
+    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)"""
+    t = np.asarray(t.data if hasattr(t, "data") and not isinstance(t, np.ndarray) else t)
+    if t.ndim != 1 or t.dtype.kind not in "iu" or len(t) != batch:
+        raise ValueError(f"{name}: expected int timesteps of shape [{batch}] (one per example), got shape "
+                         f"{t.shape} dtype {t.dtype}")
+    if t.size and t.min() < 0:
+        raise ValueError(f"{name}: timesteps must be >= 0, got {int(t.min())}")
+    return t

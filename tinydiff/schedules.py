@@ -30,7 +30,10 @@ def validate_betas(betas) -> np.ndarray:
     would make a step that adds no noise (and a posterior variance of 0 inside the
     chain); beta = 1 would erase the signal in one step (alpha_bar = 0 from then on).
     """
-    arr = np.asarray(betas, dtype=np.float64)
+    try:
+        arr = np.asarray(betas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: expected a 1-D array of floats [T], got {betas!r:.80}") from None
     if arr.ndim != 1:
         raise ValueError(f"betas: expected a 1-D array of shape [T], got shape {arr.shape}")
     if arr.size == 0:
