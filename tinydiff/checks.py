@@ -69,6 +69,8 @@ def check_data(x, name: str = "x"):
                         + (" (scale integer images to floats in [-1, 1] first)" if arr.dtype.kind in "iub" else ""))
     if arr.ndim < 1:
         raise ValueError(f"{name}: expected an array [B, *D] with a batch axis, got a 0-d array {arr!r}")
+    if 0 in arr.shape[1:]:
+        raise ValueError(f"{name}: expected examples with at least one value each, got shape {arr.shape}")
     if isinstance(x, np.ndarray) and not np.isfinite(arr).all():
         bad = int(np.count_nonzero(~np.isfinite(arr)))
         raise ValueError(f"{name}: holds {bad:,} NaN or inf values (of {arr.size:,}); expected finite numbers")
