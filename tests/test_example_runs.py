@@ -211,3 +211,107 @@ def test_toy2d_ctrl_c_says_where_to_resume_from(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(RunError, match=r"interrupted at step 7; .*checkpoint.npz holds step 5 \(--resume continues"):
         toy.main(TOY + ["--out", str(tmp_path / "run"), "--checkpoint-every", "5"])
+
+
+# ---------------------------------------------------------------- MNIST
+MNIST_DIR = os.environ.get("TINYDIFF_MNIST_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                                                 "data", "mnist")
+if not os.path.isdir(MNIST_DIR):
+    MNIST_DIR = "/work/shared/data/mnist"
+needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no MNIST copy (set TINYDIFF_MNIST_DIR)")
+MNIST = ["--width", "8", "--mults", "1,2", "--steps", "6", "--batch", "8", "--train-limit", "64", "--T", "20",
+         "--n-samples", "10", "--sample-steps", "3", "--bpd-digits", "0", "--no-score", "--no-download",
+         "--checkpoint-every", "1", "--data-dir", MNIST_DIR]
+
+MNIST_BAD_FLAGS = [
+    (["--minutes", "0"], "argument --minutes: expected a finite number > 0, got '0'"),
+    (["--minutes", "-2"], "argument --minutes: expected a finite number > 0"),
+    (["--steps", "0"], "argument --steps: expected an integer >= 1"),
+    (["--batch", "-1"], "argument --batch: expected an integer >= 1"),
+    (["--lr", "-1"], "argument --lr: expected a finite number > 0"),
+    (["--ema", "1.5"], "argument --ema: expected a number in [0, 1)"),
+    (["--label-dropout", "1.5"], "argument --label-dropout: expected a number in [0, 1]"),
+    (["--seed", "-3"], "argument --seed: expected an integer >= 0"),
+    (["--width", "0"], "argument --width: expected an integer >= 1"),
+    (["--width", "12"], "--width 12: GroupNorm's 8 groups need a multiple of 8"),
+    (["--mults", "1,x"], "--mults: expected comma-separated integers"),
+    (["--mults", "1,0"], "--mults: expected positive integers"),
+    (["--mults", "1,2,2,2"], "--mults 1,2,2,2: 4 levels halve 28 x 28 digits 3 times"),
+    (["--T", "0"], "argument --T: expected an integer >= 1"),
+    (["--T", "1", "--schedule", "linear", "--sample-steps", "1"], "--schedule linear with --T 1: the chain ends at alpha_bar_T = 0.9999"),
+    (["--schedule", "logsnr"], "argument --schedule: invalid choice: 'logsnr'"),
+    (["--objective", "sohl-dickstein"], "argument --objective: invalid choice"),
+    (["--weighting", "p2"], "argument --weighting: invalid choice"),
+    (["--sampler", "langevin"], "argument --sampler: invalid choice"),
+    (["--sample-steps", "0"], "argument --sample-steps: expected an integer >= 1"),
+    (["--sample-steps", "5000"], "--sample-steps 5000 exceeds --T 1000"),
+    (["--guidance", "-1"], "argument --guidance: expected a finite number >= 0"),
+    (["--guidance", "inf"], "argument --guidance: expected a finite number >= 0"),
+    (["--n-samples", "0"], "argument --n-samples: expected an integer >= 1"),
+    (["--n-samples", "15"], "--n-samples must be a multiple of 10"),
+    (["--bpd-digits", "-1"], "argument --bpd-digits: expected an integer >= 0"),
+    (["--bpd-timesteps", "1"], "--bpd-timesteps 1: the bound needs at least 2"),
+    (["--train-limit", "0"], "argument --train-limit: expected an integer >= 1"),
+    (["--checkpoint-every", "0"], "argument --checkpoint-every: expected an integer >= 1"),
+    (["--resume", "--restart"], "argument --restart: not allowed with argument --resume"),
+]
+
+
+@pytest.mark.parametrize("argv, words", MNIST_BAD_FLAGS, ids=[" ".join(a) for a, _ in MNIST_BAD_FLAGS])
+def test_mnist_refuses_bad_flags_while_parsing(argv, words, capsys):
+    assert words in parse_error(load("mnist"), argv, capsys)
+
+
+def interrupt_at(monkeypatch, step):
+    from tinydiff.train import Trainer
+    real_step = Trainer.train_step
+
+    def train_step(self):
+        if self.step == step:
+            raise KeyboardInterrupt
+        return real_step(self)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@needs_mnist
+def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path, monkeypatch):
+    """A class-conditional run with label dropout, Ctrl-C after 4 of 6 steps, then --resume: the
+    weights, EMA, Adam moments, RNG, data order, losses, samples and metrics equal the run that
+    was never interrupted. Then the same-run rules on MNIST's own flags."""
+    from tinydiff.checkpoint import load_checkpoint
+    mnist = load("mnist")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    first = mnist.main(MNIST + ["--out", str(straight)])
+
+    interrupt_at(monkeypatch, 4)
+    with pytest.raises(RunError, match=r"interrupted at step 4; .*checkpoint.npz holds step 4"):
+        mnist.main(MNIST + ["--out", str(broken)])
+    monkeypatch.undo()
+    assert sorted(os.listdir(broken)) == ["checkpoint.npz"]
+    resumed = mnist.main(MNIST + ["--out", str(broken), "--resume"])
+
+    a, meta_a = load_checkpoint(straight / "checkpoint.npz")
+    b, meta_b = load_checkpoint(broken / "checkpoint.npz")
+    assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert all(meta_a[k] == meta_b[k] for k in ("step", "rng", "optimizer", "data", "warmup"))
+    for name in ("samples.npy", "labels.npy"):
+        assert (straight / name).read_bytes() == (broken / name).read_bytes()
+    drop = ("train_seconds", "sample_seconds")
+    assert {k: v for k, v in first.items() if k not in drop} == {k: v for k, v in resumed.items() if k not in drop}
+
+    out = str(straight)
+    for flags, words in [(["--width", "16"], "--width 16 (the checkpoint has 8)"),
+                         (["--mults", "1,2,2"], "--mults 1,2,2 (the checkpoint has 1,2)"),
+                         (["--T", "50"], "--T 50 (the checkpoint has 20)"),
+                         (["--objective", "hybrid"], "--objective hybrid (the checkpoint has eps)"),
+                         (["--unconditional"], "--unconditional True (the checkpoint has False)"),
+                         (["--steps", "9"], "--steps 9 (the checkpoint has 6)")]:
+        with pytest.raises(RunError) as info:
+            mnist.main(MNIST + flags + ["--out", out, "--resume"])
+        assert words in str(info.value)
+    before = (straight / "grid.png").read_bytes()
+    mnist.main(MNIST + ["--out", out, "--resume", "--guidance", "5"])
+    assert (straight / "grid.guidance-5.0.png").is_file() and (straight / "metrics.guidance-5.0.json").is_file()
+    assert (straight / "grid.png").read_bytes() == before
+    with pytest.raises(RunError, match="already holds a run"):
+        mnist.main(MNIST + ["--out", out])

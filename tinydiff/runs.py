@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import re
@@ -241,6 +242,16 @@ def read_run_config(checkpoint, *, resume: bool, restart: bool = False) -> dict 
     return meta
 
 
+def _show(value) -> str:
+    """A flag's value as the user would type it: [1, 2, 2] -> 1,2,2."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def as_saved(value):
+    """A flag's value as it reads back from a checkpoint's JSON config (a tuple becomes a list)."""
+    return json.loads(json.dumps(value))
+
+
 def check_same_run(saved: dict, current: dict, run_flags, checkpoint="the checkpoint", growable=()) -> None:
     """Refuse to resume with run flags that differ from the ones saved in the checkpoint.
 
@@ -252,12 +263,12 @@ def check_same_run(saved: dict, current: dict, run_flags, checkpoint="the checkp
     """
     differ = []
     for name in run_flags:
-        old, new = saved.get(name, "<not recorded>"), current.get(name)
+        old, new = saved.get(name, "<not recorded>"), as_saved(current.get(name))
         if name in growable and isinstance(old, (int, float)) and isinstance(new, (int, float)):
             if new < old:
                 differ.append(f"{flag(name)} {new} (the checkpoint's run has {old}; it can only grow)")
         elif old != new:
-            differ.append(f"{flag(name)} {new} (the checkpoint has {old})")
+            differ.append(f"{flag(name)} {_show(new)} (the checkpoint has {_show(old)})")
     if differ:
         raise RunError(f"--resume: {checkpoint} is a different run: " + ", ".join(differ) + ". These flags "
                        "define the model, the diffusion or the data; drop them to continue that run, or "
@@ -280,8 +291,8 @@ def evaluation_tag(saved: dict | None, current: dict, eval_flags) -> str:
     """
     if saved is None:
         return ""
-    parts = [f"{name.replace('_', '-')}-{current.get(name)}" for name in eval_flags
-             if saved.get(name) != current.get(name)]
+    parts = [f"{name.replace('_', '-')}-{_show(as_saved(current.get(name)))}" for name in eval_flags
+             if saved.get(name) != as_saved(current.get(name))]
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", ".".join(parts))      # a safe file name on every system
 
 
