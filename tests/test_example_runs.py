@@ -219,8 +219,8 @@ MNIST_DIR = os.environ.get("TINYDIFF_MNIST_DIR") or os.path.join(os.path.dirname
 if not os.path.isdir(MNIST_DIR):
     MNIST_DIR = "/work/shared/data/mnist"
 needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no MNIST copy (set TINYDIFF_MNIST_DIR)")
-MNIST = ["--width", "8", "--mults", "1,2", "--steps", "6", "--batch", "8", "--train-limit", "64", "--T", "20",
-         "--n-samples", "10", "--sample-steps", "3", "--bpd-digits", "0", "--no-score", "--no-download",
+MNIST = ["--width", "8", "--mults", "1,2", "--steps", "4", "--batch", "4", "--train-limit", "32", "--T", "20",
+         "--n-samples", "10", "--sample-steps", "2", "--bpd-digits", "0", "--no-score", "--no-download",
          "--checkpoint-every", "1", "--data-dir", MNIST_DIR]
 
 MNIST_BAD_FLAGS = [
@@ -275,7 +275,7 @@ def interrupt_at(monkeypatch, step):
 
 @needs_mnist
 def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path, monkeypatch):
-    """A class-conditional run with label dropout, Ctrl-C after 4 of 6 steps, then --resume: the
+    """A class-conditional run with label dropout, Ctrl-C after 2 of 4 steps, then --resume: the
     weights, EMA, Adam moments, RNG, data order, losses, samples and metrics equal the run that
     was never interrupted. Then the same-run rules on MNIST's own flags."""
     from tinydiff.checkpoint import load_checkpoint
@@ -283,8 +283,8 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     first = mnist.main(MNIST + ["--out", str(straight)])
 
-    interrupt_at(monkeypatch, 4)
-    with pytest.raises(RunError, match=r"interrupted at step 4; .*checkpoint.npz holds step 4"):
+    interrupt_at(monkeypatch, 2)
+    with pytest.raises(RunError, match=r"interrupted at step 2; .*checkpoint.npz holds step 2"):
         mnist.main(MNIST + ["--out", str(broken)])
     monkeypatch.undo()
     assert sorted(os.listdir(broken)) == ["checkpoint.npz"]
@@ -305,7 +305,7 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
                          (["--T", "50"], "--T 50 (the checkpoint has 20)"),
                          (["--objective", "hybrid"], "--objective hybrid (the checkpoint has eps)"),
                          (["--unconditional"], "--unconditional True (the checkpoint has False)"),
-                         (["--steps", "9"], "--steps 9 (the checkpoint has 6)")]:
+                         (["--steps", "9"], "--steps 9 (the checkpoint has 4)")]:
         with pytest.raises(RunError) as info:
             mnist.main(MNIST + flags + ["--out", out, "--resume"])
         assert words in str(info.value)

@@ -37,13 +37,13 @@ from .guidance import apply_guidance
 
 
 # ---------------------------------------------------------------- strided schedules
-def space_timesteps(T: int, spec) -> np.ndarray:
+def space_timesteps(T: int, spec, name: str = "spec") -> np.ndarray:
     """Which of the T original timesteps to keep, sorted ascending, int64 [K].
 
     spec: an int K or a string "K": K steps evenly spaced from 0 to T-1 (both ends kept),
     round(i (T-1)/(K-1)) for i = 0..K-1; "ddimK": the stride s with len(range(0, T, s)) = K,
     i.e. 0, s, 2s, ... (DDIM's "uniform" skip, Song et al. 2021 appendix D.2); or an explicit
-    sequence of distinct timesteps in 0..T-1.
+    sequence of distinct timesteps in 0..T-1. ``name``: how errors call spec (respace says "steps").
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T: expected a positive int number of timesteps, got {T!r}")
@@ -52,11 +52,12 @@ def space_timesteps(T: int, spec) -> np.ndarray:
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == K:
                 return np.arange(0, T, stride, dtype=np.int64)
-        raise ValueError(f"spec: no integer stride gives exactly {spec[4:]!r} of T={T} steps for {spec!r}")
+        raise ValueError(f"{name}: no integer stride gives exactly {spec[4:]!r} of T={T} steps for {spec!r}")
     if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
         K = int(spec) if str(spec).isdigit() else -1
         if not 1 <= K <= T:
-            raise ValueError(f"spec: expected a count in 1..{T}, 'ddimK' or a list of steps, got {spec!r}")
+            raise ValueError(f"{name}: expected a number of steps in 1..{T} (the trained chain's length), "
+                             f"'ddimK' or a list of steps, got {spec!r}")
         if K == 1:
             return np.array([T - 1], dtype=np.int64)
         # floor(x + 1/2) rounds half up; a spacing >= 1 keeps the K values distinct.
@@ -64,7 +65,7 @@ def space_timesteps(T: int, spec) -> np.ndarray:
     steps = np.asarray(spec)
     if (steps.ndim != 1 or steps.size == 0 or steps.dtype.kind not in "iu" or steps.min() < 0
             or steps.max() >= T or len(np.unique(steps)) != len(steps)):
-        raise ValueError(f"spec: expected distinct int timesteps in 0..{T - 1}, got {spec!r}")
+        raise ValueError(f"{name}: expected distinct int timesteps in 0..{T - 1}, got {spec!r}")
     return np.sort(steps).astype(np.int64)
 
 
@@ -92,10 +93,7 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     learned_range v then interpolates between the new chain's beta and beta~, as in
     improved-diffusion. Respacing a respaced chain keeps mapping to the original steps.
     """
-    try:
-        kept = space_timesteps(diffusion.num_timesteps, steps)
-    except ValueError as err:
-        raise ValueError(f"steps: {err}") from None
+    kept = space_timesteps(diffusion.num_timesteps, steps, name="steps")
     return GaussianDiffusion(respaced_betas(diffusion.alphas_cumprod, kept),
                              model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
                              loss_type=diffusion.loss_type, decoder_nll=diffusion.decoder_nll,
