@@ -128,6 +128,10 @@ def parse_args(argv=None):
         runs.check_reaches_noise(make_betas(args))
     except ValueError as err:
         p.error(f"--schedule {args.schedule} with --T {args.T}: {err}")
+    typed = {word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)}
+    for flag in ("--guidance", "--label-dropout"):
+        if args.unconditional and flag in typed:
+            p.error(f"{flag} with --unconditional: a model without labels has nothing to guide toward")
     if args.unconditional:
         args.guidance, args.label_dropout = 0.0, 0.0
     return args

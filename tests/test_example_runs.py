@@ -254,6 +254,8 @@ MNIST_BAD_FLAGS = [
     (["--train-limit", "0"], "argument --train-limit: expected an integer >= 1"),
     (["--checkpoint-every", "0"], "argument --checkpoint-every: expected an integer >= 1"),
     (["--resume", "--restart"], "argument --restart: not allowed with argument --resume"),
+    (["--unconditional", "--guidance", "3"], "--guidance with --unconditional: a model without labels"),
+    (["--unconditional", "--label-dropout=0.2"], "--label-dropout with --unconditional"),
 ]
 
 

@@ -17,6 +17,12 @@ The class holds the distributions and everything computed from them, in the pape
 the forward process q and its posterior, the reverse process p and one ancestral step, then
 the training losses and the variational bound. Sampling loops (DDPM, strided, DDIM,
 Langevin) are in tinydiff/samplers.py; the Gaussian math (KL, likelihoods) in gaussian.py.
+
+Every public method checks its arguments before computing (``_check``: float32/float64 data
+with a batch axis, finite, arrays of one shape; ``extract``: t int [B] in 0..T-1) and its
+array results after (``finite_result``), and ``p_mean_variance``, which the samplers call,
+refuses a model output holding NaN or inf: a wrong argument is a ValueError or TypeError that
+names it, never a NaN found three functions later.
 """
 from __future__ import annotations
 

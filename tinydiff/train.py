@@ -142,8 +142,8 @@ class Trainer:
 
     Attributes: ``ema`` (the averaged weights: ``with trainer.ema.average_parameters(model):``
     evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``,
-    ``saved_step`` (the step of the last checkpoint written or read), ``skipped`` (steps
-    whose update was skipped). Scripts that train for long may call
+    ``saved_step`` (the step of the last checkpoint written or read), ``skipped`` (the step
+    being taken each time a batch was skipped). Scripts that train for long may call
     ``tinydiff.runtime.reuse_freed_memory()`` first.
     """
 
@@ -186,7 +186,7 @@ class Trainer:
         The loss and the gradients are checked before the update, so a NaN never reaches the
         weights: see the module docstring (NonFiniteError, skip_nonfinite).
         """
-        for attempt in range(1, MAX_SKIPS_IN_A_ROW + 1):
+        for _ in range(MAX_SKIPS_IN_A_ROW):
             batch = self.sample_batch(self.rng, self.batch_size)
             self.optimizer.zero_grad()
             loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)
