@@ -63,10 +63,13 @@ def parse_args(argv=None):
     g = p.add_argument_group("training")
     g.add_argument("--minutes", type=runs.positive_float, default=10.0,
                    help="training budget: the number of steps is set from the speed of the first steps")
-    g.add_argument("--steps", type=runs.positive_int, default=None, help="train exactly this many steps (overrides --minutes)")
+    g.add_argument("--steps", type=runs.positive_int, default=None,
+                   help="train exactly this many steps (overrides --minutes)")
     g.add_argument("--batch", type=runs.positive_int, default=64, help="batch size")
-    g.add_argument("--lr", type=runs.positive_float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
-    g.add_argument("--ema", type=runs.decay_rate, default=0.999, help="EMA decay of the weights used for sampling (with warm-up)")
+    g.add_argument("--lr", type=runs.positive_float, default=2e-3,
+                   help="peak learning rate (AdamW), cosine-decayed to 0")
+    g.add_argument("--ema", type=runs.decay_rate, default=0.999,
+                   help="EMA decay of the weights used for sampling (with warm-up)")
     g.add_argument("--label-dropout", type=runs.probability, default=0.1,
                    help="probability of training on the null label (what classifier-free guidance needs)")
     g.add_argument("--unconditional", action="store_true", help="train without labels (no guidance)")
@@ -84,10 +87,14 @@ def parse_args(argv=None):
                    help="per-timestep weight of the MSE: min_snr (Hang et al. 2023, gamma 5) or none (DDPM)")
     s = p.add_argument_group("sampling and evaluation")
     s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (eta 0) or ancestral DDPM")
-    s.add_argument("--sample-steps", type=runs.positive_int, default=50, help="sampling steps (a respaced chain of the T)")
-    s.add_argument("--guidance", type=runs.nonnegative_float, default=2.0, help="classifier-free guidance scale w (0 = none)")
-    s.add_argument("--n-samples", type=runs.positive_int, default=500, help="digits to draw (an equal number per class)")
-    s.add_argument("--bpd-digits", type=runs.nonnegative_int, default=500, help="test digits for the bits/dim bound (0: skip)")
+    s.add_argument("--sample-steps", type=runs.positive_int, default=50,
+                   help="sampling steps (a respaced chain of the T)")
+    s.add_argument("--guidance", type=runs.nonnegative_float, default=2.0,
+                   help="classifier-free guidance scale w (0 = none)")
+    s.add_argument("--n-samples", type=runs.positive_int, default=500,
+                   help="digits to draw (an equal number per class)")
+    s.add_argument("--bpd-digits", type=runs.nonnegative_int, default=500,
+                   help="test digits for the bits/dim bound (0: skip)")
     s.add_argument("--bpd-timesteps", type=runs.positive_int, default=100,
                    help="model calls per digit for the bound: the decoder term plus one t in each of the "
                         "other strata (an unbiased estimate of the full sum; T = every term exactly)")

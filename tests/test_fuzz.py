@@ -27,8 +27,9 @@ from tinydiff.engine import Tensor
 from tinydiff.schedules import (cosine_beta_schedule, extract, linear_beta_schedule, logsnr_beta_schedule,
                                 validate_betas)
 
-FUZZ = settings(max_examples=int(os.environ.get("TINYDIFF_FUZZ_EXAMPLES", 100)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
+# TINYDIFF_FUZZ_EXAMPLES=1500 python -m pytest tests/test_fuzz.py for a longer hunt.
+FUZZ = settings(max_examples=int(os.environ.get("TINYDIFF_FUZZ_EXAMPLES", 100)), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 CLEAR = (ValueError, TypeError)
 COUNTS = {}          # examples run per test, for the record (printed with pytest -s)
 
@@ -110,7 +111,8 @@ DIFFUSIONS = {(m, v): GaussianDiffusion(linear_beta_schedule(10), model_mean_typ
                                         loss_type="hybrid" if v.startswith("learned") else "mse")
               for m in MODEL_MEAN_TYPES for v in MODEL_VAR_TYPES}
 
-data_values = (st.floats(-1e4, 1e4, allow_nan=False, width=32) | st.floats(allow_nan=False, allow_infinity=False, width=32)
+data_values = (st.floats(-1e4, 1e4, allow_nan=False, width=32)
+               | st.floats(allow_nan=False, allow_infinity=False, width=32)
                | st.sampled_from([np.nan, np.inf, -np.inf, 0.0, 3.4e38, -3.4e38, 1e30]))
 
 

@@ -35,8 +35,8 @@ import time
 
 import numpy as np
 
-from .checkpoint import (CheckpointError, flatten_state, load_checkpoint, merge_arrays, rng_from_json, rng_state_to_json,
-                         save_checkpoint, split_arrays, unflatten_state)
+from .checkpoint import (CheckpointError, flatten_state, load_checkpoint, merge_arrays, rng_from_json,
+                         rng_state_to_json, save_checkpoint, split_arrays, unflatten_state)
 from .checks import check_positive_int
 from .data.arrays import EpochSampler
 from .diffusion import GaussianDiffusion
