@@ -175,7 +175,8 @@ def train(args, diffusion, model, images, labels, checkpoint, saved):
     saved: the checkpoint's metadata when resuming (runs.read_run_config), else None."""
     data = images if args.unconditional else (images, labels)
     loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
-    trainer = Trainer(model, loss, data, batch_size=args.batch, lr=args.lr, warmup_steps=100,
+    warmup = 100 if args.steps is None else min(100, args.steps // 10)
+    trainer = Trainer(model, loss, data, batch_size=args.batch, lr=args.lr, warmup_steps=warmup,
                       ema_decay=args.ema, ema_warmup=True, seed=args.seed, log_every=50,
                       checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
                       config=vars(args) if saved is None else saved["config"])
@@ -193,8 +194,10 @@ def train(args, diffusion, model, images, labels, checkpoint, saved):
         rate = 10 / (time.perf_counter() - mid)
         steps = max(20, int((args.minutes * 60 - (mid - start)) * rate) + 5)
         print(f"{rate:.2f} steps/s: {args.minutes:g} minutes is {steps} steps of batch {args.batch}")
-    trainer.warmup.warmup_steps = min(100, steps // 10)
-    trainer.warmup.decay_steps = steps
+    if saved is None:                       # the schedule now that the step count is known
+        trainer.warmup.warmup_steps = min(warmup, steps // 10)
+        trainer.warmup.decay_steps = steps
+        trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
     trainer.config["steps_resolved"] = steps
     start = time.perf_counter()
     try:
