@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import tinydiff as td
+from tinydiff import runs
 from tinydiff.checkpoint import atomic_write
 from tinydiff.data import EpochSampler, from_model_space, load_mnist, to_model_space
 from tinydiff.images import plot_image_rows, save_image_grid
@@ -48,9 +49,15 @@ from tinydiff.objectives import DiffusionLoss, make_diffusion
 from tinydiff.runtime import reuse_freed_memory
 from tinydiff.samplers import sample as run_sampler
 from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule
-from tinydiff.train import Trainer
+from tinydiff.train import CheckpointWriteError, NonFiniteError, Trainer
 
 GUIDANCE_STRIP = (0.0, 1.0, 3.0, 5.0)
+# A resumed run must be the same run (tinydiff/runs.py): these flags define what is trained (the
+# frozen VAE among them: its codes are the data).
+RUN_FLAGS = ("vae", "steps", "batch", "lr", "ema", "label_dropout", "seed", "width", "mults", "T", "schedule",
+             "weighting", "train_limit")
+# These only change what is computed from the trained model: allowed on --resume, outputs renamed.
+EVAL_FLAGS = ("sampler", "sample_steps", "guidance", "n_samples", "no_score", "timing_rounds", "timing_batch")
 
 
 def vae_example():
@@ -67,61 +74,84 @@ def parse_args(argv=None):
     v = p.add_argument_group("the frozen VAE")
     v.add_argument("--vae", default=None, help="the VAE to freeze (vae.npz written by examples/vae.py); "
                                               "default OUT/vae/vae.npz, trained first if missing")
-    v.add_argument("--vae-steps", type=int, default=None,
+    v.add_argument("--vae-steps", type=runs.positive_int, default=None,
                    help="training steps when the VAE must be trained (default: examples/vae.py's own)")
     v.add_argument("--vae-latent", default="4x7x7", help="latent shape when the VAE must be trained")
+    v.add_argument("--vae-kl-weight", type=runs.nonnegative_float, default=0.01,
+                   help="KL weight when the VAE must be trained (Rombach et al. keep it small: sharp codes)")
     v.add_argument("--vae-args", default="", help="more flags for examples/vae.py when it must be trained, "
                                                   "e.g. \"--channels 8,16\"")
     g = p.add_argument_group("training the diffusion model")
-    g.add_argument("--steps", type=int, default=3000, help="training steps")
-    g.add_argument("--batch", type=int, default=64, help="batch size")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
-    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling (with warm-up)")
-    g.add_argument("--label-dropout", type=float, default=0.1,
+    g.add_argument("--steps", type=runs.positive_int, default=2500, help="training steps")
+    g.add_argument("--batch", type=runs.positive_int, default=64, help="batch size")
+    g.add_argument("--lr", type=runs.positive_float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
+    g.add_argument("--ema", type=runs.decay_rate, default=0.999,
+                   help="EMA decay of the weights used for sampling (with warm-up)")
+    g.add_argument("--label-dropout", type=runs.probability, default=0.1,
                    help="probability of training on the null label (what classifier-free guidance needs)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    g.add_argument("--seed", type=runs.nonnegative_int, default=0, help="seed of every random draw")
     m = p.add_argument_group("model and diffusion")
-    m.add_argument("--width", type=int, default=64, help="UNet base channels")
-    m.add_argument("--mults", default="1", help="UNet channel multiplier per level (7 x 7 grids allow one level)")
-    m.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
+    m.add_argument("--width", type=runs.positive_int, default=64, help="UNet base channels (a multiple of 8)")
+    m.add_argument("--mults", default="1", help="UNet channel multiplier per level (a 7 x 7 grid allows one level)")
+    m.add_argument("--T", type=runs.positive_int, default=1000, help="number of diffusion steps")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"],
                    help="noise schedule: cosine (Nichol & Dhariwal eq. 17) or DDPM's linear 1e-4..0.02")
     m.add_argument("--weighting", default="min_snr", choices=["min_snr", "none"],
                    help="per-timestep weight of the MSE: min_snr (Hang et al. 2023, gamma 5) or none (DDPM)")
     s = p.add_argument_group("sampling, scores and timing")
     s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (eta 0) or ancestral DDPM")
-    s.add_argument("--sample-steps", type=int, default=50, help="sampling steps (a respaced chain of the T)")
-    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale w (0 = none)")
-    s.add_argument("--n-samples", type=int, default=500, help="digits to draw (an equal number per class)")
+    s.add_argument("--sample-steps", type=runs.positive_int, default=50,
+                   help="sampling steps (a respaced chain of the T)")
+    s.add_argument("--guidance", type=runs.nonnegative_float, default=2.0,
+                   help="classifier-free guidance scale w (0 = none)")
+    s.add_argument("--n-samples", type=runs.positive_int, default=500,
+                   help="digits to draw (an equal number per class)")
     s.add_argument("--no-score", action="store_true", help="skip the classifier scores")
-    s.add_argument("--timing-rounds", type=int, default=2,
+    s.add_argument("--timing-rounds", type=runs.nonnegative_int, default=2,
                    help="interleaved rounds of the latent-vs-pixel timing (0: skip it)")
-    s.add_argument("--timing-batch", type=int, default=100, help="digits per timed training step and sampling chain")
+    s.add_argument("--timing-batch", type=runs.positive_int, default=100,
+                   help="digits per timed training step and sampling chain")
     d = p.add_argument_group("data and files")
     d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
                                                     "or ~/.cache/tinydiff/mnist)")
     d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
+    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
     d.add_argument("--out", default=os.path.join("out", "latent_diffusion"), help="output folder")
-    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (or re-sample a finished run)")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz, or re-sample a finished run (other sampling "
+                            "flags write their outputs under new names)")
+    again.add_argument("--restart", action="store_true",
+                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
+    d.add_argument("--checkpoint-every", type=runs.positive_int, default=500,
+                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
     args = p.parse_args(argv)
-    for name in ("steps", "batch", "T", "width", "sample_steps", "n_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.n_samples % 10:
         p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")
     if args.sample_steps > args.T:
         p.error(f"--sample-steps {args.sample_steps} exceeds --T {args.T}")
-    if args.guidance < 0 or not 0 <= args.label_dropout <= 1 or args.lr <= 0 or args.timing_rounds < 0 \
-            or args.timing_batch < 1:
-        p.error("--guidance must be >= 0, --label-dropout in [0, 1], --lr > 0, --timing-rounds >= 0 and "
-                "--timing-batch >= 1")
     try:
         args.mults = tuple(int(v) for v in str(args.mults).split(","))
     except ValueError:
-        p.error(f"--mults: expected comma-separated integers such as 1 or 1,2, got {args.mults!r}")
+        p.error(f"--mults: expected comma-separated integers such as 1, got {args.mults!r}")
+    if not args.mults or min(args.mults) < 1:
+        p.error(f"--mults: expected positive integers such as 1, got {','.join(map(str, args.mults))}")
+    if args.width % 8:
+        p.error(f"--width {args.width}: GroupNorm's 8 groups need a multiple of 8")
+    if len(args.mults) > 1:
+        p.error(f"--mults {','.join(map(str, args.mults))}: {len(args.mults)} levels would halve the 7 x 7 latent "
+                "grid, which does not divide by 2; use one level (--mults 1) and a wider --width")
+    try:
+        runs.check_reaches_noise(make_betas(args))
+    except ValueError as err:
+        p.error(f"--schedule {args.schedule} with --T {args.T}: {err}")
     args.vae = args.vae or os.path.join(args.out, "vae", "vae.npz")
     return args
+
+
+def make_betas(args):
+    """The schedule the flags describe, float64 [T]."""
+    return cosine_beta_schedule(args.T) if args.schedule == "cosine" else linear_beta_schedule(args.T)
 
 
 # ---------------------------------------------------------------- the frozen VAE
@@ -132,11 +162,13 @@ def frozen_vae(args):
     if not os.path.exists(args.vae):
         folder = os.path.dirname(os.path.abspath(args.vae))
         print(f"no VAE at {args.vae}: training one with examples/vae.py (latent {args.vae_latent}) into {folder}")
-        argv = ["--latent", args.vae_latent, "--out", folder, "--no-score", "--seed", str(args.seed)]
+        argv = ["--latent", args.vae_latent, "--kl-weight", str(args.vae_kl_weight), "--out", folder, "--no-score",
+                "--seed", str(args.seed)]
         argv += ["--steps", str(args.vae_steps)] if args.vae_steps else []
         argv += ["--data-dir", args.data_dir] if args.data_dir else []
         argv += ["--no-download"] if args.no_download else []
         argv += ["--train-limit", str(args.train_limit)] if args.train_limit else []
+        argv += ["--resume"] if os.path.exists(os.path.join(folder, "checkpoint.npz")) else []   # a killed run
         metrics = example.main(argv + args.vae_args.split())
         if os.path.abspath(os.path.join(folder, "vae.npz")) != os.path.abspath(args.vae):
             raise FileNotFoundError(f"--vae {args.vae}: examples/vae.py writes vae.npz, so name the file vae.npz")
@@ -169,25 +201,37 @@ class LatentBatches(EpochSampler):
 
 
 def build(args, latent_shape):
-    betas = cosine_beta_schedule(args.T) if args.schedule == "cosine" else linear_beta_schedule(args.T)
-    diffusion = make_diffusion("eps", betas, mse_weighting=args.weighting)
+    """The diffusion (eps objective: a bound in bits/dim means nothing for latents) and the UNet."""
+    diffusion = make_diffusion("eps", make_betas(args), mse_weighting=args.weighting)
     model = UNet(in_channels=latent_shape[0], base_channels=args.width, channel_mults=args.mults, num_classes=10,
                  rng=np.random.default_rng(args.seed))
     return diffusion, model
 
 
-def train(args, diffusion, model, data):
-    checkpoint = os.path.join(args.out, "checkpoint.npz")
-    config = {k: v for k, v in vars(args).items()}
+def train(args, diffusion, model, data, checkpoint, saved, scale_factor):
+    """Train with DiffusionLoss; saved: the checkpoint's metadata when resuming, else None. The
+    run's config records the latent scale factor, and a resume refuses a VAE whose codes changed."""
+    config = vars(args) if saved is None else saved["config"]
+    if saved is not None and not np.isclose(config.get("scale_factor", np.nan), scale_factor, rtol=1e-6):
+        raise runs.RunError(f"--resume: {checkpoint} was trained on codes with scale factor "
+                            f"{config.get('scale_factor')}, but {args.vae} now gives {scale_factor:.6g}: the frozen "
+                            "VAE changed; pass --out to train a new run on it")
     trainer = Trainer(model, DiffusionLoss(diffusion, label_dropout=args.label_dropout), data,
                       batch_size=args.batch, lr=args.lr, warmup_steps=min(100, args.steps // 10),
                       lr_decay_steps=args.steps, ema_decay=args.ema, ema_warmup=True, seed=args.seed,
-                      log_every=100, checkpoint_path=checkpoint, checkpoint_every=500, config=config)
-    if args.resume and os.path.exists(checkpoint):
+                      log_every=100, checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
+                      config={**config, "scale_factor": scale_factor})
+    if saved is not None:
         trainer.resume(checkpoint)
         print(f"resumed from {checkpoint} at step {trainer.step} of {args.steps}")
     start = time.perf_counter()
-    trainer.train(args.steps)
+    try:
+        trainer.train(args.steps)
+    except KeyboardInterrupt:
+        kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
+        raise runs.RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
+    except (NonFiniteError, CheckpointWriteError) as err:
+        raise runs.RunError(str(err)) from None
     return trainer, time.perf_counter() - start
 
 
@@ -247,8 +291,16 @@ def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     reuse_freed_memory()
-    os.makedirs(args.out, exist_ok=True)
-    images, labels = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
+    checkpoint = os.path.join(args.out, "checkpoint.npz")
+    saved = runs.read_run_config(checkpoint, resume=args.resume, restart=args.restart)     # None: a new run
+    if saved is not None:
+        runs.check_same_run(saved["config"], vars(args), RUN_FLAGS, checkpoint)
+    tag = runs.evaluation_tag(saved and saved["config"], vars(args), EVAL_FLAGS)
+    runs.prepare_output_dir(args.out, need_bytes=50_000_000)
+    try:
+        images, labels = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
+    except (OSError, ValueError) as err:
+        raise runs.RunError(f"MNIST: {err}") from None
     x_train = to_model_space(images)
     vae, vae_train_seconds = frozen_vae(args)
     rng = np.random.default_rng(args.seed + 2)                                  # latent statistics' own stream
@@ -258,7 +310,22 @@ def main(argv=None) -> dict:
           f"{space.scale_factor:.4f}")
     diffusion, model = build(args, space.shape)
     print(f"latent UNet: {model.num_parameters():,} parameters; T = {args.T}, {args.schedule} schedule")
-    trainer, train_seconds = train(args, diffusion, model, LatentBatches(space, mean, log_variance, labels))
+    data = LatentBatches(space, mean, log_variance, labels)
+    trainer, train_seconds = train(args, diffusion, model, data, checkpoint, saved, space.scale_factor)
+    if tag:
+        print(f"evaluating with other settings than the run's own: outputs are named *.{tag}.*")
+    try:
+        return evaluate(args, diffusion, model, space, trainer, train_seconds, vae_train_seconds, tag)
+    except OSError as err:
+        raise runs.RunError(f"could not write the outputs in {args.out} ({err}); files already there are intact "
+                            f"and the checkpoint holds step {trainer.step}: --resume writes them again") from None
+
+
+def evaluate(args, diffusion, model, space, trainer, train_seconds, vae_train_seconds, tag="") -> dict:
+    """Guided samples, pictures, scores and the timing, written to args.out (names tagged with
+    ``tag`` when re-sampled with other settings: see tinydiff/runs.py)."""
+    def out(name):
+        return os.path.join(args.out, runs.tagged(name, tag))
 
     rng = np.random.default_rng(args.seed + 1)                                  # sampling's own stream
     y = np.arange(args.n_samples) % 10
@@ -282,22 +349,24 @@ def main(argv=None) -> dict:
                                                            np.random.default_rng(0), noise=strip_noise,
                                                            model_kwargs={"y": np.arange(10)}, guidance=w,
                                                            **sample_kw)))[:, 0] for w in GUIDANCE_STRIP]
-        prior = from_model_space(vae.generate(rng.standard_normal((args.n_samples, *space.shape), dtype=np.float32)))[:, 0]
+        z_prior = rng.standard_normal((args.n_samples, *space.shape), dtype=np.float32)
+        prior = from_model_space(space.vae.generate(z_prior))[:, 0]              # the VAE's own N(0, I) prior
     if args.timing_rounds:                      # outside no_grad: a training step is timed too
         metrics["timing"] = time_latent_vs_pixel(args, diffusion, model, space, args.timing_rounds,
                                                  args.timing_batch)
 
-    np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
-    np.save(os.path.join(args.out, "labels.npy"), y.astype(np.int64))
+    with atomic_write(out("samples.npy")) as f:
+        np.save(f, samples.astype(np.float32))
+    with atomic_write(out("labels.npy")) as f:
+        np.save(f, y.astype(np.int64))
     per_digit = min(10, args.n_samples // 10)
     order = np.argsort(y, kind="stable").reshape(10, -1)[:, :per_digit].ravel()          # row k = digit k
-    save_image_grid(samples[order], os.path.join(args.out, "grid.png"), nrow=per_digit)
-    plot_image_rows(strip, os.path.join(args.out, "guidance.png"), row_labels=[f"w = {w:g}" for w in GUIDANCE_STRIP],
+    save_image_grid(samples[order], out("grid.png"), nrow=per_digit)
+    plot_image_rows(strip, out("guidance.png"), row_labels=[f"w = {w:g}" for w in GUIDANCE_STRIP],
                     col_labels=[str(k) for k in range(10)], title="the same latent noise at four guidance scales")
     plot_image_rows([prior[:10], prior[10:20], samples[order][::per_digit], samples[order][1::per_digit]],
-                    os.path.join(args.out, "prior_vs_diffusion.png"),
-                    row_labels=["z ~ N(0, I)", "", "z ~ diffusion", ""],
-                    title="one decoder, two priors: the VAE's N(0, I) and the learned latent diffusion")
+                    out("prior_vs_diffusion.png"), row_labels=["z ~ N(0, I)", "", "z ~ diffusion", ""],
+                    title="one decoder, two priors: the VAE's own N(0, I) and the latent diffusion model")
 
     if not args.no_score:
         from tinydiff.scorer import DigitScorer
@@ -305,10 +374,11 @@ def main(argv=None) -> dict:
         metrics["scorer"] = scorer.score(samples, y, seed=args.seed)
         metrics["scorer_vae_prior"] = scorer.score(prior, None, seed=args.seed)
         metrics["scorer_vae_prior"]["on"] = "the same decoder fed z ~ N(0, I), the VAE's own prior"
-    with atomic_write(os.path.join(args.out, "metrics.json")) as f:
+    with atomic_write(out("metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
     print(json.dumps(metrics, indent=2))
-    print(f"wrote grid.png, guidance.png, prior_vs_diffusion.png, samples.npy, labels.npy, metrics.json to {args.out}")
+    print(f"wrote grid.png, guidance.png, prior_vs_diffusion.png, samples.npy, labels.npy, metrics.json to "
+          f"{args.out}" + (f" (named *.{tag}.*)" if tag else ""))
     return metrics
 
 

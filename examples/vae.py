@@ -38,16 +38,20 @@ import time
 import numpy as np
 
 import tinydiff as td
-from tinydiff import viz
+from tinydiff import runs, viz
 from tinydiff.checkpoint import atomic_write, flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from tinydiff.data import from_model_space, load_mnist, to_model_space
 from tinydiff.elbo import ELBOLoss, bits_per_dim, elbo_terms, kl_to_standard_normal
 from tinydiff.images import plot_image_rows, save_image_grid
 from tinydiff.models import VAE
 from tinydiff.runtime import reuse_freed_memory
-from tinydiff.train import Trainer
+from tinydiff.train import CheckpointWriteError, NonFiniteError, Trainer
 
 DIGITS = 784                     # dimensions of one MNIST digit: bits/dim = nats / (784 log 2)
+# A resumed run must be the same run (tinydiff/runs.py): these flags define what is trained.
+RUN_FLAGS = ("steps", "batch", "lr", "ema", "kl_weight", "seed", "latent", "channels", "decoder", "train_limit")
+# These only change what is computed from the trained model: allowed on --resume, outputs renamed.
+EVAL_FLAGS = ("eval_digits", "elbo_samples", "n_samples", "no_score")
 
 
 def parse_latent(text: str) -> tuple:
@@ -65,43 +69,50 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("training")
-    g.add_argument("--steps", type=int, default=3000, help="training steps")
-    g.add_argument("--batch", type=int, default=64, help="batch size")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
-    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for evaluation")
-    g.add_argument("--kl-weight", type=float, default=1.0,
+    g.add_argument("--steps", type=runs.positive_int, default=1500, help="training steps")
+    g.add_argument("--batch", type=runs.positive_int, default=64, help="batch size")
+    g.add_argument("--lr", type=runs.positive_float, default=2e-3,
+                   help="peak learning rate (AdamW), cosine-decayed to 0")
+    g.add_argument("--ema", type=runs.decay_rate, default=0.999,
+                   help="EMA decay of the weights used for evaluation (with warm-up)")
+    g.add_argument("--kl-weight", type=runs.nonnegative_float, default=1.0,
                    help="weight of the KL term in training (1: the ELBO; the bound is always reported with 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    g.add_argument("--seed", type=runs.nonnegative_int, default=0, help="seed of every random draw")
     m = p.add_argument_group("model")
     m.add_argument("--latent", type=parse_latent, default=(16,),
                    help="latent shape: d for a flat latent (2 draws the latent map), kx7x7 for a spatial one")
-    m.add_argument("--channels", default="32,64", help="widths c0,c1 at 28x28 and at 14x14/7x7")
+    m.add_argument("--channels", default="16,64", help="widths c0,c1 at 28x28 and at 14x14/7x7 (multiples of 8)")
     m.add_argument("--decoder", default="discretized", choices=["discretized", "bernoulli"],
                    help="p(x|z): a Gaussian over 8-bit bins (a likelihood, DDPM eq. 13) or Bernoulli logits")
     e = p.add_argument_group("evaluation")
-    e.add_argument("--eval-digits", type=int, default=1000, help="first N official test digits for the bound")
-    e.add_argument("--elbo-samples", type=int, default=4,
+    e.add_argument("--eval-digits", type=runs.positive_int, default=1000,
+                   help="first N official test digits for the bound")
+    e.add_argument("--elbo-samples", type=runs.positive_int, default=4,
                    help="draws of z per test digit in the bound's estimate (each one is unbiased)")
-    e.add_argument("--n-samples", type=int, default=500, help="prior samples to score")
+    e.add_argument("--n-samples", type=runs.positive_int, default=500, help="prior samples to draw and score")
     e.add_argument("--no-score", action="store_true", help="skip the classifier scores")
     d = p.add_argument_group("data and files")
     d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
                                                     "or ~/.cache/tinydiff/mnist)")
     d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
+    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
     d.add_argument("--out", default=os.path.join("out", "vae"), help="output folder")
-    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (or re-evaluate a finished run)")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz, or re-evaluate a finished run (other evaluation "
+                            "flags write their outputs under new names)")
+    again.add_argument("--restart", action="store_true",
+                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
+    d.add_argument("--checkpoint-every", type=runs.positive_int, default=500,
+                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
     args = p.parse_args(argv)
-    for name in ("steps", "batch", "eval_digits", "elbo_samples", "n_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.lr <= 0 or args.kl_weight < 0:
-        p.error("--lr must be > 0 and --kl-weight >= 0")
     try:
         args.channels = tuple(int(v) for v in str(args.channels).split(","))
-        assert len(args.channels) == 2
-    except (ValueError, AssertionError):
-        p.error(f"--channels: expected two comma-separated widths such as 32,64, got {args.channels!r}")
+    except ValueError:
+        p.error(f"--channels: expected two comma-separated widths such as 16,64, got {args.channels!r}")
+    if len(args.channels) != 2 or min(args.channels) < 8 or any(c % 8 for c in args.channels):
+        p.error(f"--channels: expected two widths, multiples of 8 (GroupNorm's 8 groups), got "
+                f"{','.join(map(str, args.channels))}")
     return args
 
 
@@ -122,17 +133,24 @@ def load_vae(path) -> VAE:
 
 
 # ---------------------------------------------------------------- training and evaluation
-def train(args, vae, x_train):
-    checkpoint = os.path.join(args.out, "checkpoint.npz")
+def train(args, vae, x_train, checkpoint, saved):
+    """Train on the ELBO (ELBOLoss) with the Trainer; saved: the checkpoint's metadata when
+    resuming (runs.read_run_config), else None."""
     trainer = Trainer(vae, ELBOLoss(kl_weight=args.kl_weight), x_train, batch_size=args.batch, lr=args.lr,
                       warmup_steps=min(100, args.steps // 10), lr_decay_steps=args.steps, ema_decay=args.ema,
                       ema_warmup=True, seed=args.seed, log_every=100, checkpoint_path=checkpoint,
-                      checkpoint_every=500, config={k: v for k, v in vars(args).items()})
-    if args.resume and os.path.exists(checkpoint):
+                      checkpoint_every=args.checkpoint_every, config=vars(args) if saved is None else saved["config"])
+    if saved is not None:
         trainer.resume(checkpoint)
         print(f"resumed from {checkpoint} at step {trainer.step} of {args.steps}")
     start = time.perf_counter()
-    trainer.train(args.steps)
+    try:
+        trainer.train(args.steps)
+    except KeyboardInterrupt:
+        kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
+        raise runs.RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
+    except (NonFiniteError, CheckpointWriteError) as err:
+        raise runs.RunError(str(err)) from None
     return trainer, time.perf_counter() - start
 
 
@@ -169,7 +187,7 @@ def first_of_each_digit(labels, n_sets: int = 1) -> np.ndarray:
     return np.array([np.flatnonzero(labels == k)[s] for s in range(n_sets) for k in range(10)])
 
 
-def plot_latent_map(vae, x0, labels, path, span: float = 2.5, n: int = 15):
+def plot_latent_map(vae, x0, labels, path, span: float = 3.0, n: int = 15):
     """Two panels: the encoder means mu(x) of test digits coloured by digit, and the decoded grid
     of z over [-span, span]^2 (Kingma & Welling 2014, fig. 4)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -185,8 +203,8 @@ def plot_latent_map(vae, x0, labels, path, span: float = 2.5, n: int = 15):
     left, right = fig.subplots(1, 2)
     scatter = left.scatter(mu[:, 0], mu[:, 1], c=labels, cmap="tab10", s=4, vmin=-0.5, vmax=9.5)
     fig.colorbar(scatter, ax=left, ticks=range(10), label="digit")
-    left.set_xlim(-span - 0.5, span + 0.5)
-    left.set_ylim(-span - 0.5, span + 0.5)
+    left.set_xlim(-span, span)
+    left.set_ylim(-span, span)
     left.set_aspect("equal")
     left.set_xlabel("z1")
     left.set_ylabel("z2")
@@ -200,21 +218,48 @@ def plot_latent_map(vae, x0, labels, path, span: float = 2.5, n: int = 15):
         fig.savefig(f, format="png")
 
 
+def load_split(args, split, limit=None):
+    try:
+        return load_mnist(split, args.data_dir, download=not args.no_download, limit=limit)
+    except (OSError, ValueError) as err:              # missing files, no network, a corrupt file: one line
+        raise runs.RunError(f"MNIST: {err}") from None
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     reuse_freed_memory()
-    os.makedirs(args.out, exist_ok=True)
-    images, _ = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
-    x_train = to_model_space(images)                                            # [N, 1, 28, 28] in [-1, 1]
+    checkpoint = os.path.join(args.out, "checkpoint.npz")
+    saved = runs.read_run_config(checkpoint, resume=args.resume, restart=args.restart)     # None: a new run
+    if saved is not None:
+        runs.check_same_run(saved["config"], vars(args), RUN_FLAGS, checkpoint)
+    tag = runs.evaluation_tag(saved and saved["config"], vars(args), EVAL_FLAGS)
     vae = VAE(args.latent, args.channels, decoder=args.decoder, rng=np.random.default_rng(args.seed))
+    runs.prepare_output_dir(args.out, need_bytes=3 * runs.checkpoint_bytes(vae) + 10_000_000)
+    images, _ = load_split(args, "train", args.train_limit)
+    x_train = to_model_space(images)                                            # [N, 1, 28, 28] in [-1, 1]
     latent = "x".join(map(str, args.latent))
     print(f"MNIST: {len(x_train)} training digits. VAE: latent {latent}, {args.decoder} decoder, "
           f"{vae.num_parameters():,} parameters")
-    trainer, train_seconds = train(args, vae, x_train)
-    viz.plot_loss(np.arange(1, len(trainer.losses) + 1), np.asarray(trainer.losses) * DIGITS,
-                  os.path.join(args.out, "loss.png"), title="training loss: -ELBO per digit (nats)")
+    trainer, train_seconds = train(args, vae, x_train, checkpoint, saved)
+    if tag:
+        print(f"evaluating with other settings than the run's own: outputs are named *.{tag}.*")
+    try:
+        return evaluate(args, vae, trainer, train_seconds, tag)
+    except OSError as err:
+        raise runs.RunError(f"could not write the outputs in {args.out} ({err}); files already there are intact "
+                            f"and the checkpoint holds step {trainer.step}: --resume writes them again") from None
 
-    test_images, test_labels = load_mnist("test", args.data_dir, download=not args.no_download)
+
+def evaluate(args, vae, trainer, train_seconds, tag="") -> dict:
+    """The bound, reconstructions, prior samples, pictures and scores of the trained VAE (EMA
+    weights), written to args.out (names tagged with ``tag`` when re-evaluated: tinydiff/runs.py)."""
+    def out(name):
+        return os.path.join(args.out, runs.tagged(name, tag))
+
+    viz.plot_loss(np.arange(1, len(trainer.losses) + 1), np.asarray(trainer.losses) * DIGITS, out("loss.png"),
+                  title="training loss: -ELBO per digit (nats)" if args.kl_weight == 1 else
+                  f"training loss: reconstruction + {args.kl_weight:g} KL per digit (nats)")
+    test_images, test_labels = load_split(args, "test")
     x_test = to_model_space(test_images)
     rng = np.random.default_rng(args.seed + 1)                                  # evaluation's own stream
     metrics = {"latent_shape": list(args.latent), "decoder": args.decoder, "kl_weight": args.kl_weight,
@@ -222,7 +267,8 @@ def main(argv=None) -> dict:
                "train_seconds": round(train_seconds, 1),
                "final_loss_nats": float(np.mean(trainer.losses[-100:]) * DIGITS)}
     with trainer.ema.average_parameters(vae), td.no_grad():
-        save_vae(os.path.join(args.out, "vae.npz"), vae)
+        if not tag:                                   # the weights themselves: the same on any re-evaluation
+            save_vae(os.path.join(args.out, "vae.npz"), vae)
         vae.eval()
         x_eval = x_test[:args.eval_digits]
         bound = evaluate_bound(vae, x_eval, args.elbo_samples, rng)
@@ -255,20 +301,19 @@ def main(argv=None) -> dict:
         decoded = vae.generate(mu_shown)
         rows = [from_model_space(x_test[shown[:10], 0]), from_model_space(decoded[:10, 0]),
                 from_model_space(x_test[shown[10:], 0]), from_model_space(decoded[10:, 0])]
-        plot_image_rows(rows, os.path.join(args.out, "reconstructions.png"),
-                        row_labels=["input", "decoded", "input", "decoded"],
+        plot_image_rows(rows, out("reconstructions.png"), row_labels=["input", "decoded", "input", "decoded"],
                         title="test digits and their reconstructions (decoder mean at z = mu(x))")
-        save_image_grid(samples[:100], os.path.join(args.out, "samples.png"), nrow=10)
+        save_image_grid(samples[:100], out("samples.png"), nrow=10)
         pairs = [(0, 6), (1, 7), (3, 8), (4, 9), (5, 2)]                            # digits to morph between
         weights = np.linspace(0.0, 1.0, 10, dtype=np.float32).reshape(-1, *([1] * len(args.latent)))
         strips = [from_model_space(vae.generate((1 - weights) * mu_shown[a] + weights * mu_shown[b]))[:, 0]
                   for a, b in pairs]
-        plot_image_rows(strips, os.path.join(args.out, "interpolation.png"),
-                        row_labels=[f"{a} to {b}" for a, b in pairs],
+        plot_image_rows(strips, out("interpolation.png"), row_labels=[f"{a} to {b}" for a, b in pairs],
                         title="decoding (1 - w) mu(x_a) + w mu(x_b), w = 0 ... 1")
         if args.latent == (2,):
-            plot_latent_map(vae, x_test[:5000], test_labels[:5000], os.path.join(args.out, "latent_map.png"))
-    np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
+            plot_latent_map(vae, x_test[:5000], test_labels[:5000], out("latent_map.png"))
+    with atomic_write(out("samples.npy")) as f:
+        np.save(f, samples.astype(np.float32))
 
     if not args.no_score:
         from tinydiff.scorer import DigitScorer
@@ -277,12 +322,12 @@ def main(argv=None) -> dict:
         score["class_counts"] = np.bincount(scorer.predict(samples), minlength=10).tolist()
         score["on"] = "decoder means of z ~ N(0, I): the VAE's own prior samples"
         metrics["scorer"] = score
-    with atomic_write(os.path.join(args.out, "metrics.json")) as f:
+    with atomic_write(out("metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
     print(json.dumps(metrics, indent=2))
     print(f"wrote reconstructions.png, samples.png, interpolation.png"
           f"{', latent_map.png' if args.latent == (2,) else ''}, loss.png, samples.npy, vae.npz, metrics.json "
-          f"to {args.out}")
+          f"to {args.out}" + (f" (named *.{tag}.*)" if tag else ""))
     return metrics
 
 
