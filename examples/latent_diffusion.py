@@ -55,7 +55,7 @@ GUIDANCE_STRIP = (0.0, 1.0, 3.0, 5.0)
 # A resumed run must be the same run (tinydiff/runs.py): these flags define what is trained (the
 # frozen VAE among them: its codes are the data).
 RUN_FLAGS = ("vae", "steps", "batch", "lr", "ema", "label_dropout", "seed", "width", "mults", "T", "schedule",
-             "weighting", "train_limit")
+             "prediction", "weighting", "train_limit")
 # These only change what is computed from the trained model: allowed on --resume, outputs renamed.
 EVAL_FLAGS = ("sampler", "sample_steps", "guidance", "n_samples", "no_score", "timing_rounds", "timing_batch")
 
@@ -96,6 +96,9 @@ def parse_args(argv=None):
     m.add_argument("--T", type=runs.positive_int, default=1000, help="number of diffusion steps")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"],
                    help="noise schedule: cosine (Nichol & Dhariwal eq. 17) or DDPM's linear 1e-4..0.02")
+    m.add_argument("--prediction", default="v", choices=["v", "eps"],
+                   help="what the UNet predicts: v = sqrt(ab) eps - sqrt(1 - ab) z0 (Salimans & Ho 2022), whose "
+                        "z0 estimate stays bounded at the noisiest step, or eps (Ho et al. 2020)")
     m.add_argument("--weighting", default="min_snr", choices=["min_snr", "none"],
                    help="per-timestep weight of the MSE: min_snr (Hang et al. 2023, gamma 5) or none (DDPM)")
     s = p.add_argument_group("sampling, scores and timing")
@@ -201,8 +204,9 @@ class LatentBatches(EpochSampler):
 
 
 def build(args, latent_shape):
-    """The diffusion (eps objective: a bound in bits/dim means nothing for latents) and the UNet."""
-    diffusion = make_diffusion("eps", make_betas(args), mse_weighting=args.weighting)
+    """The diffusion (L_simple with a fixed variance; a bound in bits/dim would mean nothing for
+    latents) predicting v or eps, and the UNet."""
+    diffusion = make_diffusion("eps", make_betas(args), model_mean_type=args.prediction, mse_weighting=args.weighting)
     model = UNet(in_channels=latent_shape[0], base_channels=args.width, channel_mults=args.mults, num_classes=10,
                  rng=np.random.default_rng(args.seed))
     return diffusion, model
