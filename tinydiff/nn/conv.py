@@ -21,6 +21,11 @@ Backward of Y = Wm @ cols:  dWm = dY @ cols^T,  dcols = Wm^T @ dY,  dx = col2im(
 
 ``conv2d`` is a fused op (``Tensor.from_op``) with that hand-written backward; the
 tests tie it to a naive loop twin and to finite differences.
+
+This file is the plain version, kept as the reference: ``conv2d(..., impl="im2col")``.
+By default (``impl="fast"``) ``conv2d`` hands the same arguments to ``conv_fast.py``
+(channels-last memory, Winograd for 3x3, dx as a transposed convolution), which the
+tests hold to this one in float64; read this file first.
 """
 from __future__ import annotations
 
@@ -29,8 +34,11 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
+from .conv_fast import conv2d_fast
 from .helpers import to_tensor, uniform_parameter
 from .module import Module
+
+IMPLS = ("fast", "im2col")
 
 
 def _pair(value, name: str, minimum: int) -> tuple:
@@ -88,13 +96,18 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.nd
     return np.ascontiguousarray(dx.transpose(1, 0, 2, 3))         # [B, C, H, W]
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
+def conv2d(x, weight, bias=None, stride=1, padding=0, impl: str = "fast") -> Tensor:
     """y = conv(x, W) + b as ONE GEMM:  Y [O, B*Ho*Wo] = W.reshape(O, C*kh*kw) @ im2col(x).
 
     x: [B, C, H, W], weight: [O, C, kh, kw], bias: [O] or None -> y: [B, O, Ho, Wo],
     Ho = floor((H + 2*padding - kh) / stride) + 1. Zero padding. A fused op whose
     backward is dW = dY @ cols^T, db = sum of dY, dx = col2im(W^T @ dY).
+
+    impl: "im2col" runs this plain version; "fast" (default) computes the same with
+    ``conv_fast.conv2d_fast``, whose output has channels-last memory (same shape and values).
     """
+    if impl not in IMPLS:
+        raise ValueError(f"conv2d: impl must be one of {IMPLS}, got {impl!r}")
     x, weight = to_tensor(x), to_tensor(weight)
     bias = None if bias is None else to_tensor(bias)
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
@@ -110,6 +123,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
     Ho, Wo = conv_output_size(H, kh, stride[0], padding[0]), conv_output_size(W, kw, stride[1], padding[1])
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d: kernel {kernel} does not fit input {(H, W)} with padding {padding}")
+    if impl == "fast":
+        return conv2d_fast(x, weight, bias, stride, padding)
 
     cols = im2col(x.data, kernel, stride, padding)                # [C*kh*kw, B*Ho*Wo]
     w_mat = weight.data.reshape(O, C * kh * kw)                   # [O, C*kh*kw]
@@ -135,16 +150,20 @@ class Conv2d(Module):
     x: [B, in, H, W] -> [B, out, Ho, Wo]. weight: (out, in, kh, kw), bias: (out,), both
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in*kh*kw, as PyTorch.
     ``kernel_size``, ``stride`` and ``padding`` are ints or (height, width) pairs.
+    ``impl``: "fast" (default) or "im2col", the plain reference (see ``conv2d``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, *, rng=None, dtype=np.float32):
+                 bias: bool = True, *, rng=None, dtype=np.float32, impl: str = "fast"):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
+        if impl not in IMPLS:
+            raise ValueError(f"Conv2d: impl must be one of {IMPLS}, got {impl!r}")
+        self.impl = impl
         rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self.weight = uniform_parameter((out_channels, in_channels, *self.kernel_size), fan_in, rng, dtype)
@@ -154,7 +173,7 @@ class Conv2d(Module):
         x = to_tensor(x, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expected input [B, {self.in_channels}, H, W], got shape {x.shape}")
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.impl)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,194 @@
+"""The fast convolution: channels-last activations, three kernels, dx as a convolution.
+
+What it computes: exactly ``conv.py``'s convolution (read that first: im2col, one GEMM,
+col2im), which stays as the plain twin and the reference ``conv2d(..., impl="im2col")``;
+tests/test_conv_fast.py holds this file to it in float64 on Hypothesis-drawn shapes.
+
+Why it is faster, in the order it matters for a UNet on a CPU:
+
+1. **Channels-last memory.** Activations keep PyTorch's logical shape [B, C, H, W], but
+   their memory is laid out as [B, H, W, C] (``a.transpose(0, 3, 1, 2)`` of a contiguous
+   NHWC buffer; PyTorch calls this ``torch.channels_last``). Then the C values under one
+   pixel are contiguous: a 1x1 convolution is a plain GEMM with no copy at all, an im2col
+   patch is kh*kw contiguous runs of C floats, and the GEMM writes the output directly
+   in the same layout. NumPy's elementwise ops keep the layout of their inputs, so the
+   GroupNorm, SiLU and residual adds between convolutions never reorder memory.
+   Weights keep PyTorch's [O, C, kh, kw] layout, so state dicts are unchanged.
+2. **Winograd for 3x3, stride 1, padding 1** (``winograd.py``): 2.25x fewer multiplies.
+3. **dx as a transposed convolution.** For stride 1, dL/dx is the convolution of dL/dy,
+   padded by k-1-p, with the kernel flipped and its in/out channels swapped. That is one
+   im2col of dy and one GEMM, instead of a GEMM into a [N, C*kh*kw] dcols array (9x the
+   size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
+4. **Both cores for the copies** (``tinydiff.parallel``): im2col, padding and layout
+   changes are split along the batch.
+
+The three kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
+least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  anything else -> channels-last
+``im2col`` (+ GEMM), which is also what a 3x3 layer with one input or output channel uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..engine import Tensor
+from ..parallel import parallel_for
+from . import winograd
+
+WINOGRAD_MIN_CHANNELS = 8       # below this the transforms' short inner loops cost more than they save
+
+
+def channels_last(a: np.ndarray) -> np.ndarray:
+    """[B, C, H, W] (any memory layout) -> a C-contiguous [B, H, W, C] array; free if ``a``
+    already has channels-last memory, else one copy split over the threads."""
+    t = a.transpose(0, 2, 3, 1)
+    if t.flags.c_contiguous:
+        return t
+    out = np.empty(t.shape, a.dtype)
+
+    def work(lo, hi):
+        out[lo:hi] = t[lo:hi]
+
+    parallel_for(work, a.shape[0], work=a.size)
+    return out
+
+
+def as_nchw(y: np.ndarray) -> np.ndarray:
+    """A channels-last buffer [B, H, W, C] seen with PyTorch's logical shape [B, C, H, W] (a view)."""
+    return y.transpose(0, 3, 1, 2)
+
+
+def pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Zero-pad the H and W axes of channels-last x [B, H, W, C] (one copy, threaded)."""
+    if not (top or bottom or left or right):
+        return x
+    Bn, H, W, C = x.shape
+    out = np.empty((Bn, H + top + bottom, W + left + right, C), x.dtype)
+
+    def work(lo, hi):
+        o = out[lo:hi]
+        o[:, :top] = 0
+        o[:, H + top:] = 0
+        o[:, top:H + top, :left] = 0
+        o[:, top:H + top, W + left:] = 0
+        o[:, top:H + top, left:W + left] = x[lo:hi]
+
+    parallel_for(work, Bn, work=out.size)
+    return out
+
+
+def im2col_nhwc(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Channels-last patches: x [B, H, W, C] -> cols [B*Ho*Wo, kh*kw*C], row (b, i, j),
+    column (p, q, c) = x_pad[b, s*i + p, s*j + q, c]. Each (p, q) is a run of C contiguous floats."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = pad_hw(x, ph, ph, pw, pw)
+    Bn, Hp, Wp, C = xp.shape
+    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    windows = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]   # view [B, Ho, Wo, C, kh, kw]
+    windows = windows[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)                  # view [B, Ho, Wo, kh, kw, C]
+    cols = np.empty((Bn, Ho, Wo, kh, kw, C), x.dtype)
+
+    def work(lo, hi):
+        np.copyto(cols[lo:hi], windows[lo:hi])
+
+    parallel_for(work, Bn, work=cols.size)
+    return cols.reshape(Bn * Ho * Wo, kh * kw * C)
+
+
+def col2im_nhwc(dcols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarray:
+    """Adjoint of ``im2col_nhwc``: dcols [B*Ho*Wo, kh*kw*C] -> dx [B, H, W, C], adding the
+    overlapping patches with one strided add per kernel offset (p, q)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Bn, H, W, C = x_shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    d = dcols.reshape(Bn, Ho, Wo, kh, kw, C)
+    dxp = np.zeros((Bn, H + 2 * ph, W + 2 * pw, C), dcols.dtype)
+
+    def work(lo, hi):
+        for p in range(kh):
+            for q in range(kw):
+                dxp[lo:hi, p:p + sh * (Ho - 1) + 1:sh, q:q + sw * (Wo - 1) + 1:sw] += d[lo:hi, :, :, p, q]
+
+    parallel_for(work, Bn, work=dcols.size)
+    return np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W])
+
+
+def _gemm_weight(w: np.ndarray) -> np.ndarray:
+    """[O, C, kh, kw] -> [kh*kw*C, O], rows in im2col_nhwc's (p, q, c) order."""
+    O, C, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O))
+
+
+def kernel_for(weight_shape, stride, padding) -> str:
+    """Which kernel ``conv2d_fast`` uses: "pointwise", "winograd" or "im2col"."""
+    O, C, kh, kw = weight_shape
+    if (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0):
+        return "pointwise"
+    if ((kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
+            and min(C, O) >= WINOGRAD_MIN_CHANNELS):
+        return "winograd"
+    return "im2col"
+
+
+def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) -> Tensor:
+    """The same y = conv(x, W) + b as ``conv.conv2d`` (arguments already checked there);
+    y: [B, O, Ho, Wo] with channels-last memory."""
+    O, C, kh, kw = weight.shape
+    kernel = kernel_for(weight.shape, stride, padding)
+    xd = channels_last(x.data)                                   # [B, H, W, C]
+    Bn, H, W, _ = xd.shape
+    b = None if bias is None else bias.data
+    need_dx = x.requires_grad
+
+    if kernel == "winograd":
+        U = winograd.weight_transform(weight.data)                # [16, C, O]
+        y, V = winograd.conv3x3_forward(xd, U, b)
+
+        def backward(g):
+            gd = channels_last(g)                                 # [B, H, W, O]
+            dx, dw = winograd.conv3x3_backward(gd, V, U, need_dx, weight.requires_grad)
+            return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    else:
+        cols = xd.reshape(-1, C) if kernel == "pointwise" else im2col_nhwc(xd, (kh, kw), stride, padding)
+        w_mat = _gemm_weight(weight.data)                         # [kh*kw*C, O]
+        y = cols @ w_mat                                          # [B*Ho*Wo, O]: the one GEMM
+        if b is not None:
+            y += b
+        Ho, Wo = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
+        y = y.reshape(Bn, Ho, Wo, O)
+
+        def backward(g):
+            gd = channels_last(g)                                 # [B, Ho, Wo, O]
+            g2 = gd.reshape(-1, O)
+            dw = None
+            if weight.requires_grad:
+                dw = (g2.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)
+            dx = _input_grad(gd, weight.data, w_mat, (Bn, H, W, C), kernel, stride, padding) if need_dx else None
+            return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor.from_op(as_nchw(y), parents, backward)
+
+
+def _bias_grad(gd, bias):
+    if bias is None or not bias.requires_grad:
+        return None
+    return gd.reshape(-1, gd.shape[-1]).sum(axis=0)
+
+
+def _input_grad(gd, w, w_mat, x_shape, kernel, stride, padding):
+    """dL/dx [B, H, W, C] from gd = dL/dy [B, Ho, Wo, O]."""
+    O, C, kh, kw = w.shape
+    if kernel == "pointwise":
+        return (gd.reshape(-1, O) @ w_mat.T).reshape(x_shape)
+    (ph, pw) = padding
+    if stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1:
+        # Transposed convolution: x_pad[i + p] fed y[i] through w[p], so dx[i'] collects
+        # dy[i' - p] w[p] over p: a convolution of dy padded by k-1-p with the kernel
+        # flipped (p -> k-1-p) and its channel axes swapped ([C, O, kh, kw]).
+        w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        cols = im2col_nhwc(gd, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw))
+        return (cols @ _gemm_weight(w_flipped)).reshape(x_shape)
+    dcols = gd.reshape(-1, O) @ w_mat.T                           # [B*Ho*Wo, kh*kw*C]
+    return col2im_nhwc(dcols, x_shape, kernel=(kh, kw), stride=stride, padding=padding)

@@ -1,0 +1,234 @@
+"""Winograd F(2x2, 3x3): a 3x3, stride-1 convolution with 2.25x fewer multiplies.
+
+What it computes: exactly the convolution of ``conv.py`` (the plain im2col twin that
+tests/test_conv_fast.py holds it to in float64) for 3x3 kernels, stride 1, padding 1,
+on channels-last activations x [B, H, W, C] -> y [B, H, W, O].
+
+Why it is fast. im2col spends 9 multiplies per input channel on each output pixel.
+Winograd (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks")
+computes a 2x2 block of outputs from the 4x4 input tile d under it as
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise over the 4x4 tile)
+
+    B^T = [[1, 0,-1, 0],    G = [[ 1,   0,   0 ],    A^T = [[1, 1, 1, 0],
+           [0, 1, 1, 0],         [1/2, 1/2, 1/2],           [0, 1,-1,-1]]
+           [0,-1, 1, 0],         [1/2,-1/2, 1/2],
+           [0, 1, 0,-1]]         [ 0,   0,   1 ]]
+
+(in 1-D: two outputs of a 3-tap filter from 4 products instead of 6). Summed over input
+channels, the 16 tile positions xi become 16 independent matrix products
+
+    M[xi] = V[xi] @ U[xi]       V = B^T d B: [16, tiles, C],  U = G g G^T: [16, C, O]
+
+that is 16 multiplies per 4 outputs per channel pair instead of 36. The transforms
+B^T . B and A^T . A are only additions: a few passes over the activations, split over
+both cores along the batch (``tinydiff.parallel``), while the GEMMs shrink 2.25x.
+
+The backward pass stays in the Winograd domain. With dM = A dY A^T (the adjoint of the
+output transform, computed once from dY):
+
+    dU[xi] = V[xi]^T @ dM[xi]          -> dW = G^T dU G         (adjoint of the weight transform)
+    dV[xi] = dM[xi] @ U[xi]^T          -> dx = B dV B^T, added over the overlapping tiles
+
+Tiles start every 2 pixels and are 4 wide, so the input is padded by 1 on each side
+(the convolution's own padding) plus one more row/column when H or W is odd; the extra
+outputs that padding produces are cropped.
+
+Accuracy: the transforms use only 1, 1/2 and additions, so F(2x2, 3x3) loses about
+one bit against direct convolution in float32 (larger tiles such as F(4x4, 3x3) lose
+much more, which is why this one is used).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..parallel import parallel_for
+
+G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])   # [4, 3]
+
+
+def tiles(H: int, W: int) -> tuple:
+    """Number of 2x2 output tiles along each axis: (ceil(H/2), ceil(W/2))."""
+    return (H + 1) // 2, (W + 1) // 2
+
+
+def weight_transform(w: np.ndarray) -> np.ndarray:
+    """U = G g G^T for every (out, in) pair: w [O, C, 3, 3] -> U [16, C, O] (xi = 4*row + col)."""
+    O, C = w.shape[:2]
+    u = np.einsum("ip,ocpq,jq->ijco", G.astype(w.dtype), w, G.astype(w.dtype))
+    return np.ascontiguousarray(u.reshape(16, C, O))
+
+
+def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
+    """dW = G^T dU G, the adjoint of ``weight_transform``: dU [16, C, O] -> dW [O, C, 3, 3]."""
+    C, O = du.shape[1:]
+    return np.einsum("ip,ijco,jq->ocpq", G.astype(du.dtype), du.reshape(4, 4, C, O), G.astype(du.dtype))
+
+
+# ---------------------------------------------------------------------- the four transforms
+# Each works on a slice [lo, hi) of the batch, so parallel_for can give halves to two cores.
+# One-dimensional forms, applied first along H and then along W (they are separable):
+#   input     B^T d:  (d0 - d2,  d1 + d2,  d2 - d1,  d1 - d3)        4 values -> 4
+#   output    A^T m:  (m0 + m1 + m2,  m1 - m2 - m3)                  4 values -> 2
+#   adjoints  A dy:   (y0,  y0 + y1,  y0 - y1,  -y1)                 2 values -> 4
+#             B v:    (v0,  v1 - v2 + v3,  -v0 + v1 + v2,  -v3)      4 values -> 4, tiles overlap by 2
+
+def _input_1d(d, out):
+    """out[k] = (B^T d)[k] for the four strided views d[0..3] (numpy ops, no Python loops over pixels)."""
+    np.subtract(d[0], d[2], out=out[0])
+    np.add(d[1], d[2], out=out[1])
+    np.subtract(d[2], d[1], out=out[2])
+    np.subtract(d[1], d[3], out=out[3])
+
+
+def input_transform(x: np.ndarray, V: np.ndarray) -> None:
+    """V = B^T d B over the overlapping 4x4 tiles of x zero-padded by 1 (and 1 more if odd).
+
+    x: [B, H, W, C] channels-last -> V: [16, B, Th, Tw, C], written in place.
+    """
+    Bn, H, W, C = x.shape
+    Th, Tw = tiles(H, W)
+
+    def work(lo, hi):
+        xp = np.zeros((hi - lo, 2 * Th + 2, 2 * Tw + 2, C), x.dtype)        # the padded tile grid
+        xp[:, 1:H + 1, 1:W + 1] = x[lo:hi]
+        t = np.empty((4, hi - lo, Th, 2 * Tw + 2, C), x.dtype)             # after the H pass
+        _input_1d([xp[:, r:r + 2 * Th:2] for r in range(4)], t)            # rows 2i + r of each tile
+        for k in range(4):
+            _input_1d([t[k][:, :, s:s + 2 * Tw:2] for s in range(4)], V[4 * k:4 * k + 4, lo:hi])
+
+    parallel_for(work, Bn, work=V.size)
+
+
+def output_transform(M: np.ndarray, y: np.ndarray, bias=None) -> None:
+    """y = A^T M A (+ bias): M [16, B, Th, Tw, O] -> y [B, H, W, O], written in place (crops odd sizes)."""
+    Bn, H, W, O = y.shape
+    Th, Tw = M.shape[2:4]
+
+    def work(lo, hi):
+        s = np.empty((4, 2, hi - lo, Th, Tw, O), M.dtype)                 # after the W pass
+        for k in range(4):
+            m = M[4 * k:4 * k + 4, lo:hi]
+            np.add(m[0], m[1], out=s[k, 0])
+            s[k, 0] += m[2]
+            np.subtract(m[1], m[2], out=s[k, 1])
+            s[k, 1] -= m[3]
+        full = y[lo:hi] if (H, W) == (2 * Th, 2 * Tw) else np.empty((hi - lo, 2 * Th, 2 * Tw, O), M.dtype)
+        for b in range(2):
+            top, bottom = full[:, 0::2, b::2], full[:, 1::2, b::2]
+            np.add(s[0, b], s[1, b], out=top)
+            top += s[2, b]
+            np.subtract(s[1, b], s[2, b], out=bottom)
+            bottom -= s[3, b]
+        if full is not y[lo:hi]:
+            y[lo:hi] = full[:, :H, :W]
+        if bias is not None:
+            y[lo:hi] += bias
+
+    parallel_for(work, Bn, work=M.size)
+
+
+def output_transform_adjoint(dy: np.ndarray, dM: np.ndarray) -> None:
+    """dM = A dY A^T per 2x2 output tile: dy [B, H, W, O] -> dM [16, B, Th, Tw, O] (in place)."""
+    Bn, H, W, O = dy.shape
+    Th, Tw = dM.shape[2:4]
+
+    def work(lo, hi):
+        g = dy[lo:hi]
+        if (H, W) != (2 * Th, 2 * Tw):                                  # odd size: zero the extra row/col
+            g = np.zeros((hi - lo, 2 * Th, 2 * Tw, O), dy.dtype)
+            g[:, :H, :W] = dy[lo:hi]
+        top, bottom = g[:, 0::2], g[:, 1::2]                             # [b, Th, 2Tw, O] each
+        r = np.empty((2, hi - lo, Th, 2 * Tw, O), dy.dtype)
+        np.add(top, bottom, out=r[0])                                    # row 1 of A dy: y0 + y1
+        np.subtract(top, bottom, out=r[1])                               # row 2: y0 - y1
+        rows = (top, r[0], r[1], bottom)                                 # row 3 is -bottom: sign below
+        for k in range(4):
+            e, o = rows[k][:, :, 0::2], rows[k][:, :, 1::2]
+            out = dM[4 * k:4 * k + 4, lo:hi]
+            sign = -1.0 if k == 3 else 1.0
+            np.multiply(e, sign, out=out[0])
+            np.add(e, o, out=out[1])
+            np.subtract(e, o, out=out[2])
+            np.multiply(o, -sign, out=out[3])
+            if k == 3:
+                np.negative(out[1], out=out[1])
+                np.negative(out[2], out=out[2])
+
+    parallel_for(work, Bn, work=dM.size)
+
+
+def _input_adjoint_1d(v, z_even, z_odd, tmp):
+    """Scatter B v of overlapping tiles (stride 2, width 4) onto even/odd positions.
+
+    v[0..3]: [..., T, ...] along the tiled axis (axis 2 of each view); z_even, z_odd:
+    [..., T + 1, ...] views of positions 2j and 2j + 1. Tile j puts (B v)[0], (B v)[1]
+    on 2j, 2j+1 and (B v)[2], (B v)[3] on 2j+2, 2j+3, i.e. on the next tile's slots.
+    """
+    T = v[0].shape[2]
+    np.copyto(z_even[:, :, :T], v[0])
+    z_even[:, :, T] = 0
+    np.add(v[1], v[2], out=tmp)
+    tmp -= v[0]                                                          # (B v)[2]
+    z_even[:, :, 1:] += tmp
+    np.subtract(v[1], v[2], out=z_odd[:, :, :T])
+    z_odd[:, :, :T] += v[3]                                              # (B v)[1]
+    z_odd[:, :, T] = 0
+    z_odd[:, :, 1:] -= v[3]                                              # (B v)[3] = -v3
+
+
+def input_transform_adjoint(dV: np.ndarray, dx: np.ndarray) -> None:
+    """dx = sum over tiles of B dV B^T, cropped to the unpadded image: dV [16, B, Th, Tw, C] -> dx [B, H, W, C]."""
+    Bn, H, W, C = dx.shape
+    Th, Tw = dV.shape[2:4]
+
+    def work(lo, hi):
+        n = hi - lo
+        z = np.empty((4, n, Th, 2 * Tw + 2, C), dV.dtype)               # after the W pass
+        tmp = np.empty((n, Th, Tw, C), dV.dtype)
+        for k in range(4):                                               # along W: tile axis 2 of [n, Th, Tw, C]
+            v = dV[4 * k:4 * k + 4, lo:hi]
+            _input_adjoint_1d(v, z[k][:, :, 0::2], z[k][:, :, 1::2], tmp)
+        # along H: move the tile axis to position 2 by viewing [n, Th, Wp, C] as [n, 1, Th, Wp*C]
+        zz = [z[k].reshape(n, 1, Th, -1) for k in range(4)]
+        full = np.empty((n, 2 * Th + 2, 2 * Tw + 2, C), dV.dtype)
+        rows = full.reshape(n, 1, 2 * Th + 2, -1)
+        _input_adjoint_1d(zz, rows[:, :, 0::2], rows[:, :, 1::2], np.empty_like(zz[0]))
+        dx[lo:hi] = full[:, 1:H + 1, 1:W + 1]                            # drop the padding
+
+    parallel_for(work, Bn, work=dV.size)
+
+
+# ---------------------------------------------------------------------- the convolution
+def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None):
+    """y = conv(x, W) + b for 3x3, stride 1, padding 1, given U = weight_transform(W).
+
+    x: [B, H, W, C] channels-last -> (y [B, H, W, O], V [16, B*Th*Tw, C] kept for backward).
+    """
+    Bn, H, W, C = x.shape
+    O = U.shape[2]
+    Th, Tw = tiles(H, W)
+    V = np.empty((16, Bn, Th, Tw, C), x.dtype)
+    input_transform(x, V)
+    V = V.reshape(16, Bn * Th * Tw, C)
+    M = np.matmul(V, U)                                                  # [16, tiles, O]: the GEMMs
+    y = np.empty((Bn, H, W, O), x.dtype)
+    output_transform(M.reshape(16, Bn, Th, Tw, O), y, bias)
+    return y, V
+
+
+def conv3x3_backward(dy: np.ndarray, V: np.ndarray, U: np.ndarray, need_dx: bool = True, need_dw: bool = True):
+    """Gradients of ``conv3x3_forward`` from dy [B, H, W, O]: (dx [B, H, W, C] or None, dW [O, C, 3, 3] or None)."""
+    Bn, H, W, O = dy.shape
+    C = U.shape[1]
+    Th, Tw = tiles(H, W)
+    dM = np.empty((16, Bn, Th, Tw, O), dy.dtype)
+    output_transform_adjoint(dy, dM)
+    dM = dM.reshape(16, Bn * Th * Tw, O)
+    dw = weight_transform_adjoint(np.matmul(V.transpose(0, 2, 1), dM)) if need_dw else None
+    dx = None
+    if need_dx:
+        dV = np.matmul(dM, U.transpose(0, 2, 1))                          # [16, tiles, C]
+        dx = np.empty((Bn, H, W, C), dy.dtype)
+        input_transform_adjoint(dV.reshape(16, Bn, Th, Tw, C), dx)
+    return dx, dw

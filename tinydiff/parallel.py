@@ -1,0 +1,90 @@
+"""Both cores for copies and elementwise work: a small process-wide thread pool.
+
+NumPy runs a ufunc or a copy on one thread, but it releases the GIL inside the loop,
+so two Python threads that each transform half of a batch really run on two cores.
+(The GEMMs need none of this: OpenBLAS already splits them over its own threads.)
+The fast convolution, GroupNorm + SiLU and Adam hand their large elementwise passes to
+
+    parallel_for(fn, n, work)      fn(lo, hi) on consecutive chunks of range(n)
+
+which splits ``range(n)`` (usually the batch) into one chunk per thread, runs the first
+chunk in the calling thread and the rest in the pool, and waits for all of them.
+Each chunk computes exactly what the whole call would have computed for its rows, so
+the result is bit-identical to ``fn(0, n)`` on one thread, as long as ``fn`` writes only
+its own rows (tests/test_parallel.py checks every threaded op against one thread).
+
+Threads are used only when the work is large: ``work`` is the number of array elements
+the call touches, and below ``MIN_WORK`` (a few hundred microseconds of NumPy time) the
+cost of waking a thread (~30 us) is not worth paying.
+
+The pool size is ``os.cpu_count()``; set the environment variable
+``TINYDIFF_NUM_THREADS`` (e.g. to 1) before importing tinydiff to override it, or call
+``set_num_threads(k)`` at run time.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+MIN_WORK = 1 << 18          # elements; smaller calls run inline on the calling thread
+
+
+def _default_threads() -> int:
+    value = os.environ.get("TINYDIFF_NUM_THREADS")
+    if value is None:
+        return max(1, os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"TINYDIFF_NUM_THREADS must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"TINYDIFF_NUM_THREADS must be a positive integer, got {value!r}")
+    return n
+
+
+_num_threads = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+
+
+def get_num_threads() -> int:
+    """How many threads ``parallel_for`` splits work over (1 means no threading)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> int:
+    """Use ``n`` threads from now on; returns the previous count. ``n = 1`` turns threading off."""
+    global _num_threads, _pool
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads needs an int >= 1, got {n!r}")
+    previous, _num_threads = _num_threads, n
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    return previous
+
+
+def chunks(n: int, parts: int) -> list:
+    """``range(n)`` cut into ``parts`` consecutive (lo, hi) pieces of near-equal size."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def parallel_for(fn, n: int, work: int | None = None) -> None:
+    """Call ``fn(lo, hi)`` for chunks of ``range(n)``, on several threads when worth it.
+
+    ``work``: elements touched by the whole call (defaults to large). Exceptions raised
+    by any chunk propagate to the caller.
+    """
+    global _pool
+    threads = _num_threads if (work is None or work >= MIN_WORK) else 1
+    pieces = chunks(n, threads)
+    if len(pieces) <= 1:
+        fn(0, n)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="tinydiff")
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in pieces[1:]]
+    fn(*pieces[0])                                      # the caller works too, not just waits
+    for future in futures:
+        future.result()                                 # re-raises a chunk's exception
