@@ -34,8 +34,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
-from .conv_fast import conv2d_fast
+from .conv_fast import conv2d_fast, kernel_for, upsample_conv2d_fast
 from .helpers import to_tensor, uniform_parameter
+from .layers import upsample_nearest
 from .module import Module
 
 IMPLS = ("fast", "im2col")
@@ -169,10 +170,16 @@ class Conv2d(Module):
         self.weight = uniform_parameter((out_channels, in_channels, *self.kernel_size), fan_in, rng, dtype)
         self.bias = uniform_parameter((out_channels,), fan_in, rng, dtype) if bias else None
 
-    def forward(self, x) -> Tensor:
+    def forward(self, x, upsample: int = 1) -> Tensor:
+        """y = conv(x); ``upsample=2`` first upsamples x by 2 (nearest), as the UNet decoder
+        does: the fast path then runs four phase convolutions on the small x instead."""
         x = to_tensor(x, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expected input [B, {self.in_channels}, H, W], got shape {x.shape}")
+        if upsample == 2 and self.impl == "fast" and kernel_for(self.weight.shape, self.stride, self.padding) == "winograd":
+            return upsample_conv2d_fast(x, self.weight, self.bias)
+        if upsample != 1:
+            x = upsample_nearest(x, upsample)
         return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.impl)
 
     def extra_repr(self):

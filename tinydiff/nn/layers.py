@@ -26,6 +26,7 @@ from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
 from .helpers import to_tensor, uniform_parameter
 from .module import Module, Parameter
+from .norm_fast import group_norm_act
 
 
 # ---------------------------------------------------------------------- Linear
@@ -129,8 +130,16 @@ def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 
     return y
 
 
+def group_norm_silu(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """silu(group_norm(x)) as one fused op (``norm_fast.py``): the pair every UNet block starts with."""
+    return group_norm_act(to_tensor(x), num_groups, weight, bias, eps, silu=True)
+
+
 class GroupNorm(Module):
     """GroupNorm(num_groups, num_channels): x [B, C, *S] -> same shape; weight 1, bias 0.
+
+    ``norm(x)`` computes ``group_norm`` above as one fused op (``norm_fast.py``, tested
+    against the composed function); ``norm(x, silu=True)`` is ``silu(norm(x))`` fused.
 
     ``rng`` is unused (the initialisation is deterministic); it is accepted so every
     layer with parameters is built the same way.
@@ -151,11 +160,11 @@ class GroupNorm(Module):
         self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
 
-    def forward(self, x) -> Tensor:
+    def forward(self, x, silu: bool = False) -> Tensor:
         x = to_tensor(x, self.weight.dtype if self.weight is not None else None)
         if x.ndim < 2 or x.shape[1] != self.num_channels:
             raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...], got shape {x.shape}")
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, silu=silu)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
