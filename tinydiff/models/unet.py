@@ -63,9 +63,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else None
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
-        h = self.conv1(nn.silu(self.norm1(x)))                              # [B, cout, H, W]
+        h = self.conv1(self.norm1(x, silu=True))                            # [B, cout, H, W]; GN+SiLU fused
         h = h + self.emb_proj(emb_act).reshape(h.shape[0], h.shape[1], 1, 1)  # the timestep, per channel
-        h = self.conv2(self.dropout(nn.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
         return h + (x if self.skip is None else self.skip(x))
 
 
@@ -215,9 +215,9 @@ class UNet(nn.Module):
         h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act)), emb_act)
         attn = iter(self.up_attn)
         for k, i in enumerate(reversed(range(self.levels - 1))):            # decoder, coarse to fine
-            h = self.upsamples[k](nn.upsample_nearest(h, 2))
+            h = self.upsamples[k](h, upsample=2)                             # nearest x2, then the conv
             h = self.up_blocks[k](concat([h, skips.pop()], axis=1), emb_act)   # the skip connection
             if i in self.attention_levels:
                 h = next(attn)(h)
-        return self.out_conv(nn.silu(self.out_norm(h)))                     # [B, out_channels, H, W]
+        return self.out_conv(self.out_norm(h, silu=True))                   # [B, out_channels, H, W]
 
