@@ -381,8 +381,13 @@ def concat(tensors, axis: int = 0) -> Tensor:
     """Join tensors along an existing axis; backward splits the gradient at the seams."""
     tensors = [t if isinstance(t, Tensor) else Tensor(np.asarray(t)) for t in tensors]
     seams = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return Tensor.from_op(np.concatenate([t.data for t in tensors], axis=axis), tensors,
-                          lambda g: tuple(np.split(g, seams, axis=axis)))
+    arrays = [t.data for t in tensors]
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    # the result takes the memory layout of the first input (e.g. channels-last stays so)
+    out = np.empty_like(arrays[0], dtype=np.result_type(*arrays), shape=shape)
+    np.concatenate(arrays, axis=axis, out=out)
+    return Tensor.from_op(out, tensors, lambda g: tuple(np.split(g, seams, axis=axis)))
 
 
 def stack(tensors, axis: int = 0) -> Tensor:

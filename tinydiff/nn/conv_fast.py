@@ -142,33 +142,43 @@ def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) 
 
     if kernel == "winograd":
         U = winograd.weight_transform(weight.data)                # [16, C, O]
-        y, V = winograd.conv3x3_forward(xd, U, b)
+        y = winograd.conv3x3_forward(xd, U, b)
 
         def backward(g):
             gd = channels_last(g)                                 # [B, H, W, O]
-            dx, dw = winograd.conv3x3_backward(gd, V, U, need_dx, weight.requires_grad)
+            dx, dw = winograd.conv3x3_backward(gd, xd, U, need_dx, weight.requires_grad)
             return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
 
     else:
-        cols = xd.reshape(-1, C) if kernel == "pointwise" else im2col_nhwc(xd, (kh, kw), stride, padding)
         w_mat = _gemm_weight(weight.data)                         # [kh*kw*C, O]
-        y = cols @ w_mat                                          # [B*Ho*Wo, O]: the one GEMM
+        Ho, Wo = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
+        y = np.empty((Bn, Ho, Wo, O), xd.dtype)
+        # Patches are 9x the image for 3x3: made in batch slices, never kept (backward remakes them).
+        slices = winograd.batch_chunks(Bn, Ho * Wo * kh * kw * C * xd.itemsize)
+        for lo, hi in slices:
+            np.matmul(_patches(xd[lo:hi], kernel, (kh, kw), stride, padding), w_mat,
+                      out=y[lo:hi].reshape(-1, O))                # the one GEMM per slice
         if b is not None:
             y += b
-        Ho, Wo = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
-        y = y.reshape(Bn, Ho, Wo, O)
 
         def backward(g):
             gd = channels_last(g)                                 # [B, Ho, Wo, O]
-            g2 = gd.reshape(-1, O)
             dw = None
             if weight.requires_grad:
-                dw = (g2.T @ cols).reshape(O, kh, kw, C).transpose(0, 3, 1, 2)
+                dw = np.zeros((O, kh * kw * C), gd.dtype)
+                for lo, hi in slices:
+                    dw += gd[lo:hi].reshape(-1, O).T @ _patches(xd[lo:hi], kernel, (kh, kw), stride, padding)
+                dw = dw.reshape(O, kh, kw, C).transpose(0, 3, 1, 2)
             dx = _input_grad(gd, weight.data, w_mat, (Bn, H, W, C), kernel, stride, padding) if need_dx else None
             return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
 
     parents = (x, weight) if bias is None else (x, weight, bias)
     return Tensor.from_op(as_nchw(y), parents, backward)
+
+
+def _patches(x, kernel, size, stride, padding):
+    """The GEMM operand [B*Ho*Wo, kh*kw*C]: x itself for a 1x1 kernel, else its patches."""
+    return x.reshape(-1, x.shape[-1]) if kernel == "pointwise" else im2col_nhwc(x, size, stride, padding)
 
 
 def _bias_grad(gd, bias):
@@ -248,7 +258,7 @@ def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
     Bn, H, W, _ = xd.shape
     U = winograd.weight_transform(phase_weight(weight.data))           # [16, C, 4O]
     b4 = None if bias is None else np.tile(bias.data, 4)
-    y4, V = winograd.conv3x3_forward(xd, U, b4)                       # [B, H, W, 4O]
+    y4 = winograd.conv3x3_forward(xd, U, b4)                          # [B, H, W, 4O]
     y = np.empty((Bn, 2 * H, 2 * W, O), xd.dtype)
     _shuffle(y4, y, to_phases=False)
     del y4
@@ -257,7 +267,7 @@ def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
         gd = channels_last(g)                                          # [B, 2H, 2W, O]
         g4 = np.empty((Bn, H, W, 4 * O), gd.dtype)
         _shuffle(gd, g4, to_phases=True)
-        dx, dw4 = winograd.conv3x3_backward(g4, V, U, x.requires_grad, weight.requires_grad)
+        dx, dw4 = winograd.conv3x3_backward(g4, xd, U, x.requires_grad, weight.requires_grad)
         dw = None if dw4 is None else phase_weight_adjoint(dw4)
         return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
 

@@ -200,35 +200,55 @@ def input_transform_adjoint(dV: np.ndarray, dx: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------- the convolution
-def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None):
+CHUNK_BYTES = 24 << 20      # largest transformed block (V, dV or M) held at once
+
+
+def batch_chunks(Bn: int, bytes_per_example: int) -> list:
+    """Consecutive (lo, hi) slices of the batch whose transformed tiles fit in CHUNK_BYTES.
+
+    The 16 transformed tiles are 4x the size of the image, so a whole batch of them would
+    dominate the memory of a training step; in slices they stay small, are recomputed in
+    backward instead of kept, and are reused while still in the processor's cache.
+    """
+    per = max(1, CHUNK_BYTES // max(1, bytes_per_example))
+    return [(lo, min(Bn, lo + per)) for lo in range(0, Bn, per)]
+
+
+def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None) -> np.ndarray:
     """y = conv(x, W) + b for 3x3, stride 1, padding 1, given U = weight_transform(W).
 
-    x: [B, H, W, C] channels-last -> (y [B, H, W, O], V [16, B*Th*Tw, C] kept for backward).
+    x: [B, H, W, C] channels-last -> y [B, H, W, O]. Nothing is kept for backward but x.
     """
     Bn, H, W, C = x.shape
     O = U.shape[2]
     Th, Tw = tiles(H, W)
-    V = np.empty((16, Bn, Th, Tw, C), x.dtype)
-    input_transform(x, V)
-    V = V.reshape(16, Bn * Th * Tw, C)
-    M = np.matmul(V, U)                                                  # [16, tiles, O]: the GEMMs
     y = np.empty((Bn, H, W, O), x.dtype)
-    output_transform(M.reshape(16, Bn, Th, Tw, O), y, bias)
-    return y, V
+    for lo, hi in batch_chunks(Bn, 16 * Th * Tw * max(C, O) * x.itemsize):
+        V = np.empty((16, hi - lo, Th, Tw, C), x.dtype)
+        input_transform(x[lo:hi], V)
+        M = np.matmul(V.reshape(16, -1, C), U)                            # [16, tiles, O]: the GEMMs
+        output_transform(M.reshape(16, hi - lo, Th, Tw, O), y[lo:hi], bias)
+    return y
 
 
-def conv3x3_backward(dy: np.ndarray, V: np.ndarray, U: np.ndarray, need_dx: bool = True, need_dw: bool = True):
-    """Gradients of ``conv3x3_forward`` from dy [B, H, W, O]: (dx [B, H, W, C] or None, dW [O, C, 3, 3] or None)."""
+def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool = True, need_dw: bool = True):
+    """Gradients of ``conv3x3_forward`` from dy [B, H, W, O] and its input x [B, H, W, C]:
+    (dx [B, H, W, C] or None, dW [O, C, 3, 3] or None). V = B^T x B is recomputed per slice."""
     Bn, H, W, O = dy.shape
     C = U.shape[1]
     Th, Tw = tiles(H, W)
-    dM = np.empty((16, Bn, Th, Tw, O), dy.dtype)
-    output_transform_adjoint(dy, dM)
-    dM = dM.reshape(16, Bn * Th * Tw, O)
-    dw = weight_transform_adjoint(np.matmul(V.transpose(0, 2, 1), dM)) if need_dw else None
-    dx = None
-    if need_dx:
-        dV = np.matmul(dM, U.transpose(0, 2, 1))                          # [16, tiles, C]
-        dx = np.empty((Bn, H, W, C), dy.dtype)
-        input_transform_adjoint(dV.reshape(16, Bn, Th, Tw, C), dx)
-    return dx, dw
+    dU = np.zeros((16, C, O), dy.dtype) if need_dw else None
+    dx = np.empty((Bn, H, W, C), dy.dtype) if need_dx else None
+    for lo, hi in batch_chunks(Bn, 16 * Th * Tw * max(C, O) * dy.itemsize):
+        dM = np.empty((16, hi - lo, Th, Tw, O), dy.dtype)
+        output_transform_adjoint(dy[lo:hi], dM)
+        dM = dM.reshape(16, -1, O)
+        if need_dw:
+            V = np.empty((16, hi - lo, Th, Tw, C), dy.dtype)
+            input_transform(x[lo:hi], V)
+            dU += np.matmul(V.reshape(16, -1, C).transpose(0, 2, 1), dM)   # [16, C, O]
+            del V
+        if need_dx:
+            dV = np.matmul(dM, U.transpose(0, 2, 1))                      # [16, tiles, C]
+            input_transform_adjoint(dV.reshape(16, hi - lo, Th, Tw, C), dx[lo:hi])
+    return dx, (None if dU is None else weight_transform_adjoint(dU))
