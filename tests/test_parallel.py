@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tinydiff import Tensor, parallel
-from tinydiff.nn import Conv2d, GroupNorm
+from tinydiff.nn import Conv2d, GroupNorm, silu
 
 
 @pytest.fixture
@@ -17,14 +17,14 @@ def threads_everywhere(monkeypatch):
 
 
 def step(seed):
-    """Outputs and gradients of a conv -> GroupNorm+SiLU -> phase conv chain (float32)."""
+    """Outputs and gradients of a conv -> GroupNorm+SiLU -> phase conv -> strided conv -> SiLU chain."""
     rng = np.random.default_rng(seed)
     conv = Conv2d(8, 8, 3, padding=1, rng=rng)
     norm = GroupNorm(4, 8)
     up = Conv2d(8, 8, 3, padding=1, rng=rng)
     down = Conv2d(8, 8, 3, stride=2, padding=1, rng=rng)
     x = Tensor(rng.standard_normal((5, 8, 7, 6)).astype(np.float32), requires_grad=True)
-    y = down(up(norm(conv(x), silu=True), upsample=2))
+    y = silu(down(up(norm(conv(x), silu=True), upsample=2)))
     y.backward(rng.standard_normal(y.shape).astype(np.float32))
     return [y.data, x.grad] + [p.grad for m in (conv, norm, up, down) for p in m.parameters()]
 

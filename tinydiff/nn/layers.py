@@ -27,6 +27,7 @@ from ..checks import check_dtype, check_positive_int, check_rng
 from .helpers import to_tensor, uniform_parameter
 from .module import Module, Parameter
 from .norm_fast import group_norm_act
+from ..parallel import parallel_for
 
 
 # ---------------------------------------------------------------------- Linear
@@ -180,21 +181,37 @@ def silu(x: Tensor) -> Tensor:
 
         d/dx x s(x) = s (1 + x (1 - s)) = s (1 + x - y)
 
-    with one temporary instead of five. tests/test_layers.py ties it to the composed form.
+    with one temporary instead of five, split over both cores along the first axis
+    (``tinydiff.parallel``). tests/test_layers.py ties it to the composed form.
     """
     x_t = to_tensor(x)
     x = x_t.data
-    s = np.multiply(x, 0.5)
-    np.tanh(s, out=s)
-    s += 1
-    s *= 0.5                                            # s = sigmoid(x), in place
-    out = x * s
+    s, out = np.empty_like(x), np.empty_like(x)         # in x's memory layout
+    X, S, Y = (a if a.ndim else a.reshape(1) for a in (x, s, out))   # both cores split axis 0
+    rows = len(X)
+
+    def forward(lo, hi):
+        sig = S[lo:hi]
+        np.multiply(X[lo:hi], 0.5, out=sig)
+        np.tanh(sig, out=sig)
+        sig += 1
+        sig *= 0.5                                      # s = sigmoid(x), in place
+        np.multiply(X[lo:hi], sig, out=Y[lo:hi])
+
+    parallel_for(forward, rows, work=x.size * 4)
 
     def backward(g):
-        d = x - out
-        d += 1
-        d *= s
-        d *= g
+        d = np.empty_like(x)
+        D, Gr = (a if a.ndim else a.reshape(1) for a in (d, np.asarray(g)))
+
+        def work(lo, hi):
+            part = D[lo:hi]
+            np.subtract(X[lo:hi], Y[lo:hi], out=part)
+            part += 1
+            part *= S[lo:hi]
+            part *= Gr[lo:hi]
+
+        parallel_for(work, rows, work=x.size * 4)
         return (d,)
 
     return Tensor.from_op(out, (x_t,), backward)
