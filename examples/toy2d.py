@@ -34,25 +34,13 @@ import tinydiff as td
 from tinydiff import viz
 from tinydiff.checkpoint import atomic_write
 from tinydiff.data import make_dataset
-from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.metrics import energy_distance, mode_coverage, mode_precision
 from tinydiff.models import ForwardResidual, ToyMLP
-from tinydiff.samplers import ddim_sample_loop, langevin_sample_loop
+from tinydiff.objectives import OBJECTIVES, DiffusionLoss, make_diffusion
+from tinydiff.runtime import reuse_freed_memory
+from tinydiff.samplers import sample as run_sampler
 from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule, logsnr_beta_schedule
 from tinydiff.train import Trainer
-
-# What each objective asks of the model and of GaussianDiffusion.
-OBJECTIVES = {
-    # Ho et al. 2020: predict eps with L_simple; variance fixed to beta_t (the better
-    # bound of the two fixed choices for data like this).
-    "eps": dict(model_mean_type="eps", model_var_type="fixed_large", loss_type="mse", heads=1),
-    # Nichol & Dhariwal 2021: eps plus an interpolation v between log beta and
-    # log beta-tilde, trained with L_simple + 0.001 L_vlb.
-    "hybrid": dict(model_mean_type="eps", model_var_type="learned_range", loss_type="hybrid", heads=2),
-    # Sohl-Dickstein et al. 2015: the network outputs the mean and log-variance of
-    # p(x_{t-1}|x_t) directly and is trained on the variational bound itself.
-    "sohl-dickstein": dict(model_mean_type="mean", model_var_type="learned", loss_type="kl", heads=2),
-}
 SCHEDULES = ("linear", "rescaled", "cosine", "logsnr")
 N_EVAL = 2000          # held-out points for the bound, samples for the metrics
 N_FRAMES = 40          # frames per GIF
@@ -92,7 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "langevin"],
                    help="ancestral DDPM, deterministic DDIM (eta=0), or annealed Langevin on the score")
     p.add_argument("--sample-steps", type=int, default=None,
-                   help="ddim/langevin: use this many evenly spaced timesteps (default: all T for ddim, "
+                   help="sample on this many evenly spaced timesteps (default: all T for ddpm and ddim, "
                         "100 for langevin)")
     p.add_argument("--out", default=os.path.join("out", "toy2d"), help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
@@ -141,16 +129,11 @@ def progress_printer(label: str):
 def sample(args, diffusion, model, rng):
     """Draw N_EVAL samples and a trajectory [frames, N, 2] from noise to data."""
     shape = (N_EVAL, 2)
-    prog = progress_printer(f"sampling ({args.sampler})")
-    if args.sampler == "ddpm":
-        return diffusion.p_sample_loop(model, shape, rng, progress=prog, return_trajectory=True)
-    timesteps = args.sample_steps                       # None: every timestep
-    if args.sampler == "ddim":
-        return ddim_sample_loop(diffusion, model, shape, rng, eta=0.0, timesteps=timesteps, progress=prog,
-                                return_trajectory=True)
-    # 10 Langevin moves per noise level: 100 levels cost as much as 1000 DDPM steps.
-    return langevin_sample_loop(diffusion, model, shape, rng, timesteps=timesteps or min(100, args.T), progress=prog,
-                                return_trajectory=True)
+    steps = args.sample_steps                           # None: every timestep
+    if args.sampler == "langevin":                    # 10 Langevin moves per noise level: 100 levels
+        steps = steps or min(100, args.T)               # cost as much as 1000 DDPM steps
+    return run_sampler(diffusion, model, shape, rng, sampler=args.sampler, steps=steps,
+                       progress=progress_printer(f"sampling ({args.sampler})"), return_trajectory=True)
 
 
 def frame_indices(length: int, n: int = N_FRAMES, dense_at_start: bool = True) -> np.ndarray:
@@ -163,19 +146,19 @@ def frame_indices(length: int, n: int = N_FRAMES, dense_at_start: bool = True) -
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    reuse_freed_memory()                       # keep NumPy's freed temporaries mapped: see tinydiff/runtime.py
     os.makedirs(args.out, exist_ok=True)
-    objective = OBJECTIVES[args.objective]
     data = make_data(args)
-    diffusion = GaussianDiffusion(make_betas(args), decoder_nll="continuous",
-                                  **{k: v for k, v in objective.items() if k != "heads"})
-    model = ToyMLP(heads=objective["heads"], hidden=args.hidden, rng=np.random.default_rng(args.seed))
+    diffusion = make_diffusion(args.objective, make_betas(args), decoder_nll="continuous")
+    model = ToyMLP(heads=2 if diffusion.learned_variance else 1, hidden=args.hidden,
+                   rng=np.random.default_rng(args.seed))
     if args.sd_mean == "residual":
         if args.objective != "sohl-dickstein":
             raise SystemExit(f"--sd-mean residual: only the sohl-dickstein objective outputs a mean, "
                              f"got --objective {args.objective}")
         model = ForwardResidual(model, diffusion.betas)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
-    trainer = Trainer(model, diffusion, lambda rng, n: data.sample(n, rng), batch_size=args.batch, lr=args.lr,
+    trainer = Trainer(model, DiffusionLoss(diffusion), data, batch_size=args.batch, lr=args.lr,
                       warmup_steps=min(200, args.steps // 10), ema_decay=args.ema,
                       lr_decay_steps=args.steps if args.lr_decay == "cosine" else None, seed=args.seed,
                       log_every=max(1, args.steps // 10), checkpoint_path=checkpoint,

@@ -10,6 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from tinydiff import Tensor
 from tinydiff.diffusion import GaussianDiffusion
+from tinydiff.samplers import ddpm_sample_loop
 from tinydiff.schedules import linear_beta_schedule
 
 FAST = settings(max_examples=30, deadline=None)
@@ -243,21 +244,21 @@ def test_p_sample_batched_equals_per_example_loop_and_no_noise_at_t0():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_p_sample_loop_progress_trajectory_dtype_and_seed(dtype):
+def test_ddpm_sample_loop_progress_trajectory_dtype_and_seed(dtype):
     d = GaussianDiffusion(linear_beta_schedule(8, 1e-3, 0.3))
     calls, model = [], lambda x, t: 0.5 * x
     x_T = np.random.default_rng(1).standard_normal((3, 2)).astype(dtype)
-    x0, traj = d.p_sample_loop(model, (3, 2), np.random.default_rng(2), progress=lambda i, T: calls.append((i, T)),
+    x0, traj = ddpm_sample_loop(d, model, (3, 2), np.random.default_rng(2), progress=lambda i, T: calls.append((i, T)),
                                return_trajectory=True, noise=x_T, dtype=dtype)
     assert calls == [(i, 8) for i in range(1, 9)]
     assert traj.shape == (9, 3, 2) and traj.dtype == dtype and x0.dtype == dtype
     assert np.array_equal(traj[0], x_T) and np.array_equal(traj[-1], x0)
-    again = d.p_sample_loop(model, (3, 2), np.random.default_rng(2), noise=x_T, dtype=dtype)
+    again = ddpm_sample_loop(d, model, (3, 2), np.random.default_rng(2), noise=x_T, dtype=dtype)
     assert np.array_equal(again, x0)
 
 
 @pytest.mark.parametrize("var_type", ["fixed_small", "fixed_large"])
-def test_p_sample_loop_with_exact_eps_samples_the_gaussian(var_type):
+def test_ddpm_sample_loop_with_exact_eps_samples_the_gaussian(var_type):
     """Data N(mu, s^2): eps*(x_t) = sqrt(1-ab) (x_t - sqrt(ab) mu) / (ab s^2 + 1 - ab) is exact,
     so ancestral samples have mean mu and std s up to the error of fixed variances. Measured
     with 1e5 samples, T = 1000 linear: std - s = -0.0027 (fixed_small), +0.0020 (fixed_large);
@@ -268,7 +269,7 @@ def test_p_sample_loop_with_exact_eps_samples_the_gaussian(var_type):
     def model(x, t):
         a = ab[t][:, None]
         return np.sqrt(1 - a) * (x - np.sqrt(a) * mu) / (a * s * s + 1 - a)
-    x = d.p_sample_loop(model, (20_000, 1), np.random.default_rng(0), dtype=np.float64)
+    x = ddpm_sample_loop(d, model, (20_000, 1), np.random.default_rng(0), dtype=np.float64)
     assert abs(x.mean() - mu) < 0.01 and abs(x.std() - s) < 0.008     # standard errors: 0.002 and 0.0015
 
 

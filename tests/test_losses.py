@@ -8,7 +8,6 @@ import pytest
 from tinydiff import Tensor
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.gradcheck import assert_grad_close
-from tinydiff.losses import vb_terms_bpd
 from tinydiff.schedules import linear_beta_schedule
 
 LN2 = math.log(2.0)
@@ -58,7 +57,7 @@ def test_oracle_makes_every_kl_zero_and_the_bound_prior_plus_decoder(decoder):
     assert calls == list(range(1, 101))
     np.testing.assert_allclose(out["vb"][:, 1:], 0.0, atol=1e-9)        # L_{t-1} = 0 for t >= 1
     np.testing.assert_allclose(out["total_bpd"], out["prior_bpd"] + out["vb"][:, 0], rtol=1e-12)
-    np.testing.assert_allclose(out["xstart_mse"], 0.0, atol=1e-18)
+    np.testing.assert_allclose(out["x0_mse"], 0.0, atol=1e-18)
     # Closed forms: the decoder mean is exactly x0, with variance beta-tilde_1.
     ab, _, beta_tilde = tables(betas)
     sigma = math.sqrt(beta_tilde[0])
@@ -180,7 +179,7 @@ def test_losses_keep_dtype_and_are_finite_at_both_ends(dtype, loss_type, var_typ
     terms["loss"].mean().backward()
     assert w.grad.dtype == dtype and np.all(np.isfinite(w.grad))
     bpd = d.calc_bpd_loop(model, x0, rng=rng)
-    assert all(v.dtype == dtype and np.all(np.isfinite(v)) for v in bpd.values())
+    assert all(v.dtype == dtype and np.all(np.isfinite(v)) for k, v in bpd.items() if k not in ("t", "weights"))
 
 
 # ---------------------------------------------------------------- gradients (engine)
@@ -215,12 +214,12 @@ def test_hybrid_vb_gradient_does_not_flow_through_the_mean():
 
     m, v = leaves()                                           # vb with the mean explicitly detached
     frozen = np.concatenate([Tensor(x_t * wm0), x_t * v], axis=1)
-    (0.001 * 20 * vb_terms_bpd(d, frozen, x0, x_t, t)["output"]).sum().backward()
+    (0.001 * 20 * d.vb_terms_bpd(frozen, x0, x_t, t)["output"]).sum().backward()
     np.testing.assert_allclose(w_var.grad, v.grad, rtol=1e-12)
 
     m, v = leaves()                                           # without the detach the mean would get more
     live = np.concatenate([x_t * m, x_t * v], axis=1)
-    vb_terms_bpd(d, live, x0, x_t, t)["output"].sum().backward()
+    d.vb_terms_bpd(live, x0, x_t, t)["output"].sum().backward()
     assert np.abs(m.grad).max() > 1e-3
 
     # and w_var's gradient of the full hybrid loss matches finite differences
@@ -235,7 +234,48 @@ def test_calc_bpd_loop_accepts_a_tensor_model_and_reports_units():
     w = Tensor(np.ones((1, 2), np.float32), requires_grad=True)
     out = d.calc_bpd_loop(lambda x, t: Tensor(x) * w, x0, rng=rng)
     assert {k: v.shape for k, v in out.items()} == {"total_bpd": (3,), "prior_bpd": (3,), "vb": (3, 10),
-                                                    "xstart_mse": (3, 10), "mse": (3, 10), "total_bits": (3,)}
+                                                    "x0_mse": (3, 10), "mse": (3, 10), "total_bits": (3,),
+                                                    "t": (3, 10), "weights": (10,)}
     np.testing.assert_allclose(out["total_bits"], 2 * (out["prior_bpd"] + out["vb"].sum(axis=1)), rtol=1e-5)
     with pytest.raises(TypeError, match="rng"):
         d.calc_bpd_loop(lambda x, t: x, x0)
+
+
+def test_stratified_bound_is_unbiased_for_the_exact_sum():
+    """calc_bpd_loop(num_timesteps=K) against the exact loop: with a model whose terms are known
+    per t (deterministic x_t, so each L_t is fixed), the stratified estimate averaged over many
+    draws equals the exact total; every draw keeps t = 0 exactly and one t per stratum."""
+    d = GaussianDiffusion(linear_beta_schedule(50, 1e-3, 0.2), decoder_nll="discretized")
+    x0 = np.linspace(-1, 1, 4 * 2 * 2).reshape(4, 1, 2, 2)
+    model = lambda x, t: 0.3 * x                                                # noqa: E731
+    exact = d.calc_bpd_loop(model, x0, rng=np.random.default_rng(0))
+    # the bound's terms depend on the random x_t; compare expectations with many repeats
+    reps = [d.calc_bpd_loop(model, x0, rng=np.random.default_rng(s), num_timesteps=8)["total_bpd"]
+            for s in range(300)]
+    full = [d.calc_bpd_loop(model, x0, rng=np.random.default_rng(1000 + s))["total_bpd"] for s in range(30)]
+    est, ref = np.mean(reps, axis=0), np.mean(full, axis=0)
+    se = np.sqrt(np.var(reps, axis=0) / len(reps) + np.var(full, axis=0) / len(full))
+    assert np.all(np.abs(est - ref) < 4 * se + 1e-9), (est, ref, se)
+    one = d.calc_bpd_loop(model, x0, rng=np.random.default_rng(1), num_timesteps=8)
+    assert one["vb"].shape == (4, 8) and np.all(one["t"][:, 0] == 0) and one["weights"].sum() == 50
+    edges = np.concatenate([[1], 1 + np.cumsum(one["weights"][1:])])
+    assert np.all((one["t"][:, 1:] >= edges[:-1]) & (one["t"][:, 1:] < edges[1:]))
+    assert exact["weights"].sum() == 50
+
+
+def test_min_snr_weights():
+    """Hang et al. 2023: min(SNR, gamma)/SNR for eps (1 where SNR <= gamma), min(SNR, gamma) for x0."""
+    betas = linear_beta_schedule(100)
+    d = GaussianDiffusion(betas, mse_weighting="min_snr", snr_gamma=5.0)
+    ab = np.cumprod(1 - betas)
+    snr = ab / (1 - ab)
+    t = np.arange(100)
+    np.testing.assert_allclose(d.mse_weight(t), np.minimum(snr, 5.0) / snr)
+    assert d.mse_weight(np.array([99]))[0] == 1.0 and d.mse_weight(np.array([0]))[0] < 0.01
+    x0d = GaussianDiffusion(betas, model_mean_type="x0", mse_weighting="min_snr")
+    np.testing.assert_allclose(x0d.mse_weight(t), np.minimum(snr, 5.0))
+    x0 = np.random.default_rng(0).standard_normal((100, 3))
+    noise = np.random.default_rng(1).standard_normal((100, 3))
+    plain = GaussianDiffusion(betas).training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
+    weighted = d.training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
+    np.testing.assert_allclose(weighted["loss"], plain["mse"] * np.minimum(snr, 5.0) / snr)

@@ -15,8 +15,9 @@ from hypothesis import given, settings, strategies as st
 
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.oracles import GaussianMixtureOracle, eight_gaussians
-from tinydiff.samplers import (RespacedModel, ddim_sample_loop, ddim_step, langevin_sample_loop,
-                               langevin_step, respace, respaced_betas, space_timesteps)
+from tinydiff.guidance import ClassifierFreeGuidance
+from tinydiff.samplers import (ddim_sample_loop, ddim_step, ddpm_sample_loop, langevin_sample_loop,
+                               langevin_step, respace, respaced_betas, sample, space_timesteps)
 from tinydiff.schedules import linear_beta_schedule
 
 MU, S = np.array([1.0, -0.5]), 0.5
@@ -97,7 +98,7 @@ N = 4000   # mean se = 0.5/sqrt(4000) = 0.008, std se = 0.0056 (1.1% of s)
 
 def test_ancestral_matches_its_law_and_recovers_data():
     d, model = gaussian_setup(1000)
-    x = d.p_sample_loop(model, (N, 2), np.random.default_rng(0), dtype=np.float64)
+    x = ddpm_sample_loop(d, model, (N, 2), np.random.default_rng(0), dtype=np.float64)
     mean, std = law_ancestral(d.alphas_cumprod)
     assert abs(std / S - 1) < 0.01                        # discretisation bias at T = 1000: -0.8%
     assert_moments(x, mean, std)
@@ -109,32 +110,31 @@ def test_strided_fixed_small_matches_law_and_optimal_variance_recovers_data():
     learning sigma); the optimal variance (learned_range oracle on the respaced chain) is exact."""
     d, model = gaussian_setup(1000)
     steps = space_timesteps(1000, 50)
-    d50, wrap = respace(d, steps)
-    x = d50.p_sample_loop(wrap(model), (N, 2), np.random.default_rng(1), dtype=np.float64)
+    x = ddpm_sample_loop(d, model, (N, 2), np.random.default_rng(1), steps=steps, dtype=np.float64)
     mean, std = law_ancestral(d.alphas_cumprod[steps])
     assert std / S - 1 < -0.1
     assert_moments(x, mean, std)
-    d50r, _ = respace(ddpm(1000, model_var_type="learned_range", loss_type="kl"), steps)
+    d50r = respace(ddpm(1000, model_var_type="learned_range", loss_type="kl"), steps)
     best = GaussianMixtureOracle(MU, S, diffusion=d50r).learned_range_model()
-    x = d50r.p_sample_loop(best, (N, 2), np.random.default_rng(2), dtype=np.float64)
+    x = ddpm_sample_loop(d50r, best, (N, 2), np.random.default_rng(2), dtype=np.float64)
     mean, std = law_ancestral(d.alphas_cumprod[steps], "optimal")
     assert abs(std / S - 1) < 1e-3
     assert_moments(x, mean, std)
     assert_moments(x, MU, S)
 
 
-@pytest.mark.parametrize("eta, timesteps, bias", [(0.0, None, 0.005), (1.0, None, 0.01),
+@pytest.mark.parametrize("eta, steps, bias", [(0.0, None, 0.005), (1.0, None, 0.01),
                                                    (0.0, "ddim50", 0.06), (1.0, "ddim50", 0.12)])
-def test_ddim_matches_its_law(eta, timesteps, bias):
+def test_ddim_matches_its_law(eta, steps, bias):
     """Full chain: recovers the data (eta = 0 within 0.5%: the ODE; its mean is off by
     ~s sqrt(ab_T) |mu| from starting at N(0, I) instead of q(x_T)). 50 steps: its law."""
     d, model = gaussian_setup(1000)
-    x = ddim_sample_loop(d, model, (N, 2), np.random.default_rng(3), eta=eta, timesteps=timesteps,
+    x = ddim_sample_loop(d, model, (N, 2), np.random.default_rng(3), eta=eta, steps=steps,
                          dtype=np.float64)
-    mean, std = law_ddim(d.alphas_cumprod[space_timesteps(1000, timesteps or 1000)], eta)
+    mean, std = law_ddim(d.alphas_cumprod[space_timesteps(1000, steps or 1000)], eta)
     assert abs(std / S - 1) < bias
     assert_moments(x, mean, std)
-    if timesteps is None:
+    if steps is None:
         assert_moments(x, MU, S)
 
 
@@ -162,7 +162,7 @@ def test_langevin_recovers_data_with_many_steps():
 # ---------------------------------------------------------------- exact identities between samplers
 def test_ddim_eta1_is_ancestral_fixed_small_draw_for_draw():
     d, model = gaussian_setup(50)
-    a = d.p_sample_loop(model, (64, 2), np.random.default_rng(6), dtype=np.float64)
+    a = ddpm_sample_loop(d, model, (64, 2), np.random.default_rng(6), dtype=np.float64)
     b = ddim_sample_loop(d, model, (64, 2), np.random.default_rng(6), eta=1.0, dtype=np.float64)
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
@@ -170,9 +170,8 @@ def test_ddim_eta1_is_ancestral_fixed_small_draw_for_draw():
 def test_strided_ddim_eta1_is_ancestral_on_the_respaced_chain():
     d, model = gaussian_setup(1000)
     steps = space_timesteps(1000, "ddim25")
-    d25, wrap = respace(d, steps)
-    a = d25.p_sample_loop(wrap(model), (64, 2), np.random.default_rng(7), dtype=np.float64)
-    b = ddim_sample_loop(d, model, (64, 2), np.random.default_rng(7), eta=1.0, timesteps=steps, dtype=np.float64)
+    a = ddpm_sample_loop(respace(d, steps), model, (64, 2), np.random.default_rng(7), dtype=np.float64)
+    b = ddim_sample_loop(d, model, (64, 2), np.random.default_rng(7), eta=1.0, steps=steps, dtype=np.float64)
     np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-9)
 
 
@@ -184,11 +183,12 @@ def test_respaced_betas_reproduce_alpha_bar_at_kept_steps(T, data):
         [len(range(0, T, s)) for s in range(1, T + 1)]))))
     d = ddpm(T)
     steps = space_timesteps(T, spec)
-    new, _ = respace(d, steps)
+    new = respace(d, steps)
     # Exact up to rounding: 1 - beta_i = 1 - (1 - r) carries an absolute error ~1e-16, so
     # relative 1e-12, absolute 1e-15 (a tiny final alpha_bar, ~1e-8 at T = 21, is absolute-limited).
     np.testing.assert_allclose(new.alphas_cumprod, d.alphas_cumprod[steps], rtol=1e-12, atol=1e-15)
     assert new.num_timesteps == len(steps) and new.model_var_type == d.model_var_type
+    np.testing.assert_array_equal(new.timestep_map, steps)
 
 
 def test_space_timesteps_specs():
@@ -201,15 +201,20 @@ def test_space_timesteps_specs():
     for bad in (0, 11, "ddim7", "fifty", [3, 3], [0, 10]):
         with pytest.raises(ValueError, match="spec"):
             space_timesteps(10, bad)
-    with pytest.raises(ValueError, match="use_timesteps"):
+    with pytest.raises(ValueError, match="steps"):
         respace(ddpm(30), "ddim7")
 
 
-def test_respaced_model_sees_original_timesteps():
+def test_respaced_chain_calls_the_model_with_original_timesteps():
+    """The chain counts 0..K-1 and maps them back itself, also when respaced twice."""
     seen = []
-    model = RespacedModel(lambda x, t: seen.append(t.copy()) or x, [0, 20, 40])
-    model(np.zeros((3, 2)), np.array([2, 0, 1]))
+    d = respace(ddpm(100), [0, 20, 40, 60])
+    d.run_model(lambda x, t: seen.append(t.copy()) or x, np.zeros((3, 2)), np.array([2, 0, 1]))
     np.testing.assert_array_equal(seen[0], [40, 0, 20])
+    twice = respace(d, [1, 3])                                   # steps 1 and 3 of the chain: 20 and 60
+    twice.run_model(lambda x, t: seen.append(t.copy()) or x, np.zeros((2, 2)), np.array([0, 1]))
+    np.testing.assert_array_equal(seen[1], [20, 60])
+    np.testing.assert_allclose(twice.alphas_cumprod, ddpm(100).alphas_cumprod[[20, 60]], rtol=1e-12)
 
 
 # ---------------------------------------------------------------- vectorised steps vs naive loops
@@ -219,14 +224,13 @@ def test_ddim_and_langevin_steps_match_per_example_loop():
     rng = np.random.default_rng(8)
     B = 6
     x, noise = rng.normal(size=(B, 2)), rng.normal(size=(B, 2))
-    t = rng.integers(1, 100, B)
-    t_prev = np.array([-1, 0, *(t[2:] - rng.integers(1, 3, B - 2))])
+    t = np.array([0, 1, *rng.integers(2, 100, B - 2)])
     step = np.full((B, 1), 0.01)
-    fast = ddim_step(d, model, x, t, t_prev, eta=0.7, noise=noise)["sample"]
+    fast = ddim_step(d, model, x, t, eta=0.7, noise=noise)["sample"]
     fast_y, fast_score = langevin_step(d, model, x, t, step, noise=noise)
     for b in range(B):                                    # the twin: one example at a time
         one = slice(b, b + 1)
-        slow = ddim_step(d, model, x[one], t[one], t_prev[one], eta=0.7, noise=noise[one])["sample"]
+        slow = ddim_step(d, model, x[one], t[one], eta=0.7, noise=noise[one])["sample"]
         np.testing.assert_allclose(fast[one], slow, rtol=1e-12)
         slow_y, slow_score = langevin_step(d, model, x[one], t[one], 0.01, noise=noise[one])
         np.testing.assert_allclose(fast_y[one], slow_y, rtol=1e-12)
@@ -235,12 +239,12 @@ def test_ddim_and_langevin_steps_match_per_example_loop():
 
 # ---------------------------------------------------------------- the 8-mode mixture
 SAMPLERS = {
-    "ancestral": lambda d, m, r: d.p_sample_loop(m, (800, 2), r),
-    "strided50": lambda d, m, r: (lambda d2, wrap: d2.p_sample_loop(wrap(m), (800, 2), r))(*respace(d, 50)),
-    "ddim_eta0": lambda d, m, r: ddim_sample_loop(d, m, (800, 2), r, eta=0.0, timesteps="ddim50"),
-    "ddim_eta1": lambda d, m, r: ddim_sample_loop(d, m, (800, 2), r, eta=1.0, timesteps="ddim50"),
+    "ancestral": lambda d, m, r: ddpm_sample_loop(d, m, (800, 2), r),
+    "strided50": lambda d, m, r: ddpm_sample_loop(d, m, (800, 2), r, steps=50),
+    "ddim_eta0": lambda d, m, r: ddim_sample_loop(d, m, (800, 2), r, eta=0.0, steps="ddim50"),
+    "ddim_eta1": lambda d, m, r: ddim_sample_loop(d, m, (800, 2), r, eta=1.0, steps="ddim50"),
     "langevin": lambda d, m, r: langevin_sample_loop(d, m, (800, 2), r, n_steps_each=5, step_lr=1e-4,
-                                                     timesteps=100),
+                                                     steps=100),
 }
 
 
@@ -270,12 +274,12 @@ def test_same_seed_same_samples(name):
 def test_progress_and_trajectory():
     d, model = gaussian_setup(50)
     calls = []
-    x, traj = ddim_sample_loop(d, model, (4, 2), np.random.default_rng(0), timesteps=10,
+    x, traj = ddim_sample_loop(d, model, (4, 2), np.random.default_rng(0), steps=10,
                                progress=lambda i, n: calls.append((i, n)), return_trajectory=True)
     assert calls == [(i, 10) for i in range(1, 11)] and traj.shape == (11, 4, 2)
     np.testing.assert_array_equal(traj[-1], x)
     calls.clear()
-    y, traj = langevin_sample_loop(d, model, (4, 2), np.random.default_rng(0), n_steps_each=2, timesteps=5,
+    y, traj = langevin_sample_loop(d, model, (4, 2), np.random.default_rng(0), n_steps_each=2, steps=5,
                                    progress=lambda i, n: calls.append((i, n)), return_trajectory=True)
     assert calls == [(i, 10) for i in range(1, 11)] and traj.shape == (6, 4, 2) and y.dtype == np.float32
 

@@ -10,6 +10,11 @@ from tinydiff.data import make_dataset
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.models import ToyMLP
 from tinydiff.schedules import linear_beta_schedule
+from tinydiff.data import EpochSampler
+from tinydiff.engine import Tensor
+from tinydiff.guidance import drop_labels
+from tinydiff.nn import Linear
+from tinydiff.objectives import DiffusionLoss
 from tinydiff.train import Trainer
 
 DATA = make_dataset("8gaussians")
@@ -83,13 +88,13 @@ def test_timesteps_are_per_example_and_cover_the_whole_chain():
     (the paper's t = 1, our t = 0) never trained. Record the t the loss sees."""
     trainer = make_trainer(loss_type="kl", T=10)
     seen = []
-    original = trainer.diffusion.training_losses
+    original = trainer.loss_fn.diffusion.training_losses
 
     def spy(model, x0, t, **kw):
         seen.append(np.array(t))
         return original(model, x0, t, **kw)
 
-    trainer.diffusion.training_losses = spy
+    trainer.loss_fn.diffusion.training_losses = spy
     trainer.train(20)
     assert all(len(np.unique(t)) > 1 for t in seen)            # per example, not per batch
     assert set(np.concatenate(seen)) == set(range(10))          # t = 0 (paper t = 1) through T-1
@@ -105,3 +110,88 @@ def test_progress_lines_and_nonfinite_loss_is_reported():
     bad.grad_clip = None
     with pytest.raises(FloatingPointError, match="loss became"), np.errstate(all="ignore"):
         bad.train(50)                                       # diverges on purpose: overflow is expected
+
+
+def test_trainer_takes_any_loss_function():
+    """A least-squares fit y = 3x - 1 through the same loop (no diffusion): the loss goes to ~0
+    and the weights to the truth, which is what a VAE's ELBO will use."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 1)).astype(np.float32)
+    data = (x, 3 * x[:, 0] - 1)
+
+    def loss_fn(model, batch, rng):
+        xb, kwargs = batch
+        err = model(xb)[:, 0] - Tensor(kwargs["y"].astype(np.float32))
+        loss = (err * err).mean()
+        return loss, {"mse": loss.item()}
+
+    model = Linear(1, 1, rng=np.random.default_rng(1))
+    trainer = Trainer(model, loss_fn, data, batch_size=32, lr=0.05, ema_decay=0.0, log_every=0)
+    trainer.train(300)
+    assert trainer.losses[-1] < 1e-4 and set(trainer.last_logs) == {"mse"}
+    np.testing.assert_allclose([model.weight.data[0, 0], model.bias.data[0]], [3, -1], atol=1e-2)
+
+
+def test_epochs_visit_every_example_once_and_resume_exactly(tmp_path):
+    """EpochSampler: one epoch = a permutation (each index once); a resumed trainer's data order
+    (mid-epoch) equals the uninterrupted one's, checked through the losses bit for bit."""
+    sampler, rng = EpochSampler(np.arange(10)), np.random.default_rng(0)
+    seen = np.concatenate([sampler(rng, 3) for _ in range(10)])          # 30 = three epochs
+    for epoch in range(3):
+        assert sorted(seen[10 * epoch:10 * epoch + 10]) == list(range(10))
+
+    x = DATA.sample(100, np.random.default_rng(5))                        # 100 points, batch 64
+    def run(n_first, path=None):
+        diffusion = GaussianDiffusion(linear_beta_schedule(20), model_var_type="fixed_large")
+        model = ToyMLP(hidden=16, rng=np.random.default_rng(0))
+        trainer = Trainer(model, diffusion, x, batch_size=64, log_every=0, checkpoint_path=path)
+        trainer.train(n_first)
+        return trainer, diffusion
+    straight, _ = run(7)
+    first, diffusion = run(3, tmp_path / "ck.npz")
+    resumed = Trainer(ToyMLP(hidden=16, rng=np.random.default_rng(9)), diffusion, x, batch_size=64,
+                      log_every=0).resume(tmp_path / "ck.npz")
+    resumed.train(7)
+    np.testing.assert_array_equal(resumed.losses, straight.losses)
+
+
+def test_label_dropout_replaces_labels_by_null_independently():
+    """drop_labels against its definition: each entry is kept or set to its own attribute's null,
+    with the dropped fraction near p; p = 0 keeps everything, p = 1 drops everything."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, size=(20000, 2))
+    out = drop_labels(y, 0.1, (10, 6), rng)
+    dropped = out != y
+    assert np.all(out[dropped[:, 0], 0] == 10) and np.all(out[dropped[:, 1], 1] == 6)
+    assert abs(dropped.mean() - 0.1) < 0.01
+    assert abs(np.mean(dropped[:, 0] & dropped[:, 1]) - 0.01) < 0.003       # independent: p^2
+    np.testing.assert_array_equal(drop_labels(y[:, 0], 0.0, 10, rng), y[:, 0])
+    assert np.all(drop_labels(y[:, 0], 1.0, 10, rng) == 10)
+
+
+def test_diffusion_loss_drops_labels_for_the_model():
+    """DiffusionLoss(label_dropout=p) hands the model labels dropped to null at rate p."""
+    seen = []
+
+    class Spy:
+        null_labels = (3,)
+
+        def __call__(self, x, t, y=None):
+            seen.append(np.array(y))
+            return Tensor(np.zeros_like(x))
+
+    loss = DiffusionLoss(GaussianDiffusion(linear_beta_schedule(10)), label_dropout=0.5)
+    x0, y = np.zeros((4000, 2), np.float32), np.zeros(4000, dtype=np.int64)
+    loss(Spy(), (x0, {"y": y}), np.random.default_rng(0))
+    assert set(np.unique(seen[0])) == {0, 3} and abs(np.mean(seen[0] == 3) - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("data, message", [
+    ("not data", "data: expected a dataset"),
+    (lambda n, rng: np.zeros((n, 2)), r"drawing a trial batch of 2 failed .* sample\(rng, n\)"),
+    (lambda rng, n: [0.0] * n, "a trial batch of 2 came back as list"),
+])
+def test_bad_data_fails_when_the_trainer_is_built(data, message):
+    diffusion = GaussianDiffusion(linear_beta_schedule(10))
+    with pytest.raises((TypeError, ValueError), match=message):
+        Trainer(ToyMLP(hidden=8, rng=np.random.default_rng(0)), diffusion, data)

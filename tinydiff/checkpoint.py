@@ -14,7 +14,8 @@ An exception inside Python also removes the temporary file; only a hard kill
 
 Nested training state (model weights, optimizer moments, EMA weights) is flattened
 to ``"model/layer1.weight"``-style keys with ``flatten_state`` and rebuilt with
-``unflatten_state``; a Generator's exact state goes into the metadata with
+``unflatten_state`` (``split_arrays`` / ``merge_arrays`` separate the arrays from the
+scalars that go into the JSON); a Generator's exact state goes into the metadata with
 ``rng_state_to_json`` and comes back with ``rng_from_json``.
 """
 import contextlib
@@ -201,6 +202,32 @@ def unflatten_state(flat, sep="/"):
     return nested
 
 
+def split_arrays(state: dict):
+    """Separate a nested state dict into arrays (for the .npz) and scalars (for the JSON
+    metadata): {"lr": 0.1, "m": {"w": a}} -> ({"m": {"w": a}}, {"lr": 0.1})."""
+    arrays, scalars = {}, {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            sub_arrays, sub_scalars = split_arrays(value)
+            if sub_arrays:
+                arrays[key] = sub_arrays
+            if sub_scalars:
+                scalars[key] = sub_scalars
+        elif isinstance(value, np.ndarray) and value.ndim > 0:
+            arrays[key] = value
+        else:
+            scalars[key] = value.item() if isinstance(value, np.generic) else value
+    return arrays, scalars
+
+
+def merge_arrays(arrays: dict, scalars: dict) -> dict:
+    """Inverse of ``split_arrays``: put the arrays and the scalars back into one nested dict."""
+    merged = dict(arrays)
+    for key, value in scalars.items():
+        merged[key] = merge_arrays(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
 def _to_json(obj):
     """Bit-generator state -> JSON types. MT19937 keeps its key in a uint32 array; its state
     setter accepts the list back, so arrays simply become lists."""
@@ -242,4 +269,4 @@ def rng_from_json(state):
 
 
 __all__ = ["CheckpointError", "atomic_write", "save_checkpoint", "load_checkpoint", "flatten_state",
-           "unflatten_state", "rng_state_to_json", "rng_from_json"]
+           "unflatten_state", "split_arrays", "merge_arrays", "rng_state_to_json", "rng_from_json"]

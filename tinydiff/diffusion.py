@@ -11,17 +11,24 @@ x_{t+1}, and "x_{t-1}" at t = 0 is the data x_0 itself (so p_sample at t = 0 add
 Every method takes per-example timesteps t: int array [B], data of shape [B, *D], and
 returns arrays in the data's dtype (float32 in, float32 out); buffers are float64.
 
-Names follow openai/improved-diffusion (gaussian_diffusion.py) so the two read side by side.
-The loss and bound methods live in tinydiff/losses.py.
+Names follow openai/improved-diffusion (gaussian_diffusion.py) so the two read side by side,
+with one exception: x0 where it writes x_start (README: "Names in other codebases").
+The class holds the distributions and everything computed from them, in the papers' order:
+the forward process q and its posterior, the reverse process p and one ancestral step, then
+the training losses and the variational bound. Sampling loops (DDPM, strided, DDIM,
+Langevin) are in tinydiff/samplers.py; the Gaussian math (KL, likelihoods) in gaussian.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import losses
-from .engine import Tensor
-from .gaussian import standard_normal_noise
+import math
+
+from .engine import Tensor, unwrap
+from .gaussian import decoder_nll, mean_flat, normal_kl, standard_normal_noise
 from .schedules import extract, validate_betas
+
+LOG2 = math.log(2.0)
 
 MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channels predict
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -52,10 +59,20 @@ class GaussianDiffusion:
         (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see losses.training_losses.
     decoder_nll -- the decoder L_0 = -log p(x_0|x_1): "continuous" Gaussian density (any
         float data, e.g. 2-D points) or "discretized" over 256 bins (8-bit images in [-1, 1]).
+    mse_weighting -- how L_simple weighs the timesteps: "none" (DDPM) or "min_snr": each
+        example's MSE times min(SNR_t, gamma) / SNR_t for eps (Hang et al. 2023, Min-SNR
+        weighting, with SNR_t = alpha_bar_t / (1 - alpha_bar_t); min(SNR, gamma) for x0,
+        min(SNR, gamma) / (SNR + 1) for v). It stops the nearly-clean timesteps, where the
+        eps target is hardest to predict and matters least for samples, from dominating.
+    timestep_map -- int [T]: the timestep the model is called with at each of this chain's
+        steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
+        model's steps; it counts them 0..K-1 and maps them back here, so a model is always
+        asked about the timesteps it was trained on.
     """
 
     def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
-                 loss_type="mse", decoder_nll="continuous", hybrid_vb_weight=0.001):
+                 loss_type="mse", decoder_nll="continuous", hybrid_vb_weight=0.001, mse_weighting="none",
+                 snr_gamma=5.0, timestep_map=None):
         self.model_mean_type = _choose("model_mean_type", model_mean_type, MODEL_MEAN_TYPES)
         self.model_var_type = _choose("model_var_type", model_var_type, MODEL_VAR_TYPES)
         self.loss_type = _choose("loss_type", loss_type, LOSS_TYPES)
@@ -64,9 +81,17 @@ class GaussianDiffusion:
             raise ValueError(f"loss_type='mse' with model_var_type={model_var_type!r}: the MSE "
                              "gives the variance no gradient; use loss_type='hybrid' or 'kl'")
         self.hybrid_vb_weight = float(hybrid_vb_weight)
+        self.mse_weighting = _choose("mse_weighting", mse_weighting, ("none", "min_snr"))
+        if not snr_gamma > 0:
+            raise ValueError(f"snr_gamma: expected a positive clipping value, got {snr_gamma!r}")
+        self.snr_gamma = float(snr_gamma)
 
         b = self.betas = validate_betas(betas)                          # [T], float64
         T = self.num_timesteps = len(b)
+        self.timestep_map = np.arange(T) if timestep_map is None else np.asarray(timestep_map, dtype=np.int64)
+        if self.timestep_map.shape != (T,):
+            raise ValueError(f"timestep_map: expected {T} model timesteps, one per step, got shape "
+                             f"{self.timestep_map.shape}")
         self.alphas = 1.0 - b
         self.sqrt_betas = np.sqrt(b)
         self.log_betas = np.log(b)
@@ -83,6 +108,7 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = np.log(1.0 - ab)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ab)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ab - 1.0)
+        self.snr = ab / (1.0 - ab)                                      # signal-to-noise ratio
 
         # q(x_{t-1} | x_t, x_0), DDPM eq. 7: beta-tilde_t and the two coefficients of mu-tilde_t.
         pv = self.posterior_variance = b * (1.0 - ab_prev) / (1.0 - ab)
@@ -107,8 +133,17 @@ class GaussianDiffusion:
             "fixed_small": (np.exp(self.posterior_log_variance_clipped), self.posterior_log_variance_clipped),
             "fixed_large": (self.fixed_large_variance, self.fixed_large_log_variance)}
 
+    @property
+    def learned_variance(self) -> bool:
+        """True if the model must also output the variance (2C channels instead of C)."""
+        return self.model_var_type.startswith("learned")
+
     # ------------------------------------------------------------------ helpers
-    def _coef(self, arr, t, x):
+    def run_model(self, model, x_t, t, model_kwargs=None):
+        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
+        return model(x_t, self.timestep_map[np.asarray(t)], **(model_kwargs or {}))
+
+    def coef(self, arr, t, x):
         """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"data: expected a float32 or float64 array [B, *D], got dtype {x.dtype} "
@@ -117,7 +152,7 @@ class GaussianDiffusion:
 
     def _full(self, arr, t, x):
         """A per-timestep value broadcast to the full data shape [B, *D] (a read-only view)."""
-        return np.broadcast_to(self._coef(arr, t, x), x.shape)
+        return np.broadcast_to(self.coef(arr, t, x), x.shape)
 
     # ------------------------------------------------------------------ forward process q
     def q_step_mean_variance(self, x_prev, t):
@@ -125,20 +160,20 @@ class GaussianDiffusion:
 
         x_prev: [B, *D] (the data x_0 when t = 0). Returns (mean, variance, log_variance), each [B, *D].
         """
-        return (self._coef(self.sqrt_alphas, t, x_prev) * x_prev,
+        return (self.coef(self.sqrt_alphas, t, x_prev) * x_prev,
                 self._full(self.betas, t, x_prev), self._full(self.log_betas, t, x_prev))
 
     def q_step(self, x_prev, t, noise=None, rng=None):
         """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D]."""
         noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
-        return self._coef(self.sqrt_alphas, t, x_prev) * x_prev + self._coef(self.sqrt_betas, t, x_prev) * noise
+        return self.coef(self.sqrt_alphas, t, x_prev) * x_prev + self.coef(self.sqrt_betas, t, x_prev) * noise
 
     def q_mean_variance(self, x0, t):
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
 
         x0: [B, *D]. Returns (mean, variance, log_variance), each [B, *D].
         """
-        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * x0,
+        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0,
                 self._full(1.0 - self.alphas_cumprod, t, x0),
                 self._full(self.log_one_minus_alphas_cumprod, t, x0))
 
@@ -146,8 +181,8 @@ class GaussianDiffusion:
         """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
         the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D]."""
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
-        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self._coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
+                + self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
     def q_posterior_mean_variance(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), DDPM eq. 6-7:
@@ -159,8 +194,8 @@ class GaussianDiffusion:
         x0, x_t: [B, *D]. Returns (mean, variance, log_variance_clipped), each [B, *D]; at t = 0
         the variance is 0 and the log-variance is clipped to log beta-tilde_1 (see __init__).
         """
-        mean = (self._coef(self.posterior_mean_coef1, t, x_t) * x0
-                + self._coef(self.posterior_mean_coef2, t, x_t) * x_t)
+        mean = (self.coef(self.posterior_mean_coef1, t, x_t) * x0
+                + self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
         return (mean, self._full(self.posterior_variance, t, x_t),
                 self._full(self.posterior_log_variance_clipped, t, x_t))
 
@@ -168,41 +203,41 @@ class GaussianDiffusion:
     def predict_x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
         written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D]."""
-        return (self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self._coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+                - self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
         predict_x0_from_eps. [B, *D]."""
-        return ((self._coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-                / self._coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return ((self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
+                / self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
     def predict_x0_from_v(self, x_t, t, v):
         """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
-        return (self._coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
-                - self._coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+        return (self.coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
+                - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
 
     def velocity(self, x0, t, eps):
         """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
         (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
-        return (self._coef(self.sqrt_alphas_cumprod, t, x0) * eps
-                - self._coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * eps
+                - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
     def predict_x0_from_mean(self, x_t, t, mean):
         """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
         improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
-        return ((mean - self._coef(self.posterior_mean_coef2, t, x_t) * x_t)
-                / self._coef(self.posterior_mean_coef1, t, x_t))
+        return ((mean - self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
+                / self.coef(self.posterior_mean_coef1, t, x_t))
 
     def score_from_eps(self, x_t, t, eps):
         """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
         an eps-predictor is a scaled score estimator. [B, *D]."""
-        return -eps / self._coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return -eps / self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     # ------------------------------------------------------------------ reverse process p
     def p_mean_variance(self, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
         """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output."""
-        out = model(x_t, t, **(model_kwargs or {}))
+        out = self.run_model(model, x_t, t, model_kwargs)
         return self.p_mean_variance_from_output(out, x_t, t, clip_denoised, denoised_fn)
 
     def p_mean_variance_from_output(self, model_output, x_t, t, clip_denoised=False, denoised_fn=None):
@@ -232,8 +267,8 @@ class GaussianDiffusion:
         elif self.model_var_type == "learned_range":    # Nichol & Dhariwal eq. 15
             # v = (v_raw + 1)/2: v_raw = -1 gives beta-tilde_t, +1 gives beta_t; not clamped, as in the paper.
             frac = (model_output[:, C:] + 1.0) / 2.0
-            log_variance = (frac * self._coef(self.log_betas, t, x_t)
-                            + (1.0 - frac) * self._coef(self.posterior_log_variance_clipped, t, x_t))
+            log_variance = (frac * self.coef(self.log_betas, t, x_t)
+                            + (1.0 - frac) * self.coef(self.posterior_log_variance_clipped, t, x_t))
             variance = np.exp(log_variance)
         else:                                           # fixed_small or fixed_large: a table lookup
             variance_table, log_variance_table = self._fixed_variances[self.model_var_type]
@@ -276,39 +311,165 @@ class GaussianDiffusion:
         recording a graph).
         """
         out = self.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
-        mean, log_variance, pred_x0 = (v.data if isinstance(v, Tensor) else v
-                                       for v in (out["mean"], out["log_variance"], out["pred_x0"]))
+        mean, log_variance, pred_x0 = (unwrap(out[k]) for k in ("mean", "log_variance", "pred_x0"))
         noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
         last_step = extract(np.arange(self.num_timesteps), t, x_t.shape) == 0   # [B, 1, ..., 1]
         sample = mean + np.where(last_step, 0.0, np.exp(0.5 * log_variance) * noise)
         return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
-    def p_sample_loop(self, model, shape, rng, progress=None, return_trajectory=False, noise=None,
-                      clip_denoised=False, denoised_fn=None, model_kwargs=None, dtype=np.float32):
-        """Ancestral sampling, DDPM Algorithm 2: x_T ~ N(0, I), then p_sample for t = T-1, ..., 0.
+    # ------------------------------------------------------------------ the bound and the losses
+    # The bound (DDPM eq. 5, the paper's 1-based steps):
+    #
+    #   -log p(x_0) <= L_T + sum_{t=2..T} L_{t-1} + L_0,
+    #   L_T     = KL( q(x_T | x_0) || N(0, I) )                    prior term, no parameters
+    #   L_{t-1} = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) )    Gaussian vs Gaussian, closed form
+    #   L_0     = -log p(x_0 | x_1)                                  decoder
+    #
+    # With 0-based code index t the term at index t is the paper's L_t: index 0 is the decoder
+    # L_0, and index t >= 1 the KL of the model's step from code x_t to x_{t-1}. "bpd" is bits
+    # per dimension: nats / log 2, averaged over the D values of one example.
+    def vb_terms_bpd(self, model_output, x0, x_t, t, clip_denoised=False):
+        """The bound's term for each example at its own timestep t, in bits per dimension.
 
-        shape: (B, *D); rng: numpy.random.Generator for x_T and every step's noise; noise:
-        optional x_T [B, *D]; progress: optional callback progress(i, T) after each step,
-        i = 1..T steps done. Returns x_0 [B, *D] in `dtype`, or (x_0, trajectory) with
-        trajectory [T + 1, B, *D] = (x_T, ..., x_0) if return_trajectory (memory: T+1 copies).
+        output[b] = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) (DDPM eq. 5) where t[b] > 0, and the
+        decoder NLL -log p(x_0|x_1) where t[b] = 0; both are computed for the whole batch and
+        np.where picks one per example (no loop over the batch).
+        model_output: [B, C_out, *rest] as returned by the model. x0, x_t: [B, *D]; t: int [B].
+        Returns {"output": [B] bits/dim, "pred_x0": [B, *D]} (Tensors if model_output is one).
         """
-        x = standard_normal_noise(shape, dtype, noise, rng)
-        trajectory = [x] if return_trajectory else None
-        T = self.num_timesteps
-        for i in reversed(range(T)):                    # the chain: a loop over T, never over the batch
-            t = np.full(x.shape[0], i, dtype=np.int64)
-            x = self.p_sample(model, x, t, rng=rng, clip_denoised=clip_denoised,
-                              denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
-            if return_trajectory:
-                trajectory.append(x)
-            if progress is not None:
-                progress(T - i, T)
-        return (x, np.stack(trajectory)) if return_trajectory else x
+        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
+        p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
+        kl = mean_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"])) / LOG2
+        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_nll)) / LOG2
+        return {"output": np.where(np.asarray(t) == 0, nll, kl), "pred_x0": p["pred_x0"]}
 
-    # ------------------------------------------------------------------ losses and bounds (losses.py)
-    # Functions whose first argument is the diffusion become methods when assigned to the class:
-    # diffusion.training_losses(model, x0, t) calls losses.training_losses(diffusion, model, x0, t).
-    training_losses = losses.training_losses
-    vb_terms_bpd = losses.vb_terms_bpd
-    prior_bpd = losses.prior_bpd
-    calc_bpd_loop = losses.calc_bpd_loop
+    def training_losses(self, model, x0, t, noise=None, rng=None, model_kwargs=None):
+        """Per-example training losses for x0 [B, *D] at timesteps t [B] (DDPM Algorithm 1).
+
+        x_t = q_sample(x0, t, noise); out = model(x_t, t). Returns a dict of [B] arrays, Tensors
+        when the model output is a Tensor (so terms["loss"].mean().backward() trains it):
+          "mse"  L_simple (DDPM eq. 14): mean over dimensions of (target - prediction)^2, where
+                 the target is eps, x_0, v or the posterior mean mu-tilde, per model_mean_type;
+          "vb"   the bound term at t in bits/dim (vb_terms_bpd): the paper's L_t, the decoder at
+                 t = 0. This is the raw term; improved-diffusion's terms["vb"] already carries
+                 its factor T/1000 (so the two differ by that factor);
+          "loss" what to minimise:
+            mse    -> mse
+            kl     -> vb  (so T * E_t[loss] + L_T is the bound on -log p(x_0) in bits/dim)
+            hybrid -> mse + lambda * T * vb, lambda = hybrid_vb_weight (0.001),
+                      L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal sec. 3.1. L_vlb is a
+                      sum of T terms; with t uniform, T * vb is its unbiased one-sample estimate,
+                      hence the factor T. Inside vb the mean is stop-gradiented (.detach()), so
+                      vb trains only the variance and L_simple alone trains the mean.
+        """
+        noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
+        x_t = self.q_sample(x0, t, noise=noise)
+        out = self.run_model(model, x_t, t, model_kwargs)
+        terms = {}
+        if self.loss_type == "kl":
+            terms["vb"] = self.vb_terms_bpd(out, x0, x_t, t)["output"]
+            terms["loss"] = terms["vb"]
+            return terms
+
+        C = x_t.shape[1]
+        learned = self.model_var_type.startswith("learned")
+        prediction = out[:, :C] if learned else out
+        target = {"eps": lambda: noise,
+                  "x0": lambda: x0,
+                  "v": lambda: self.velocity(x0, t, noise),
+                  "mean": lambda: self.q_posterior_mean_variance(x0, x_t, t)[0]}[self.model_mean_type]()
+        terms["mse"] = mean_flat((target - prediction) ** 2)
+        terms["loss"] = terms["mse"] if self.mse_weighting == "none" else terms["mse"] * self.mse_weight(t)
+        if self.loss_type == "hybrid":
+            frozen = prediction.detach() if isinstance(prediction, Tensor) else prediction
+            if learned:                                  # stop-gradient on the mean part only
+                frozen = np.concatenate([frozen, out[:, C:]], axis=1)
+            terms["vb"] = self.vb_terms_bpd(frozen, x0, x_t, t)["output"]
+            terms["loss"] = terms["mse"] + self.hybrid_vb_weight * self.num_timesteps * terms["vb"]
+        return terms
+
+    def mse_weight(self, t):
+        """Min-SNR-gamma weights (Hang et al. 2023, eq. 9 and sec. 3.4) for timesteps t [B]:
+        min(SNR_t, gamma) / SNR_t when the model predicts eps, min(SNR_t, gamma) for x0,
+        min(SNR_t, gamma) / (SNR_t + 1) for v; float64 [B]. For eps the weight is 1 wherever
+        SNR_t <= gamma (the noisy half of the chain) and falls as gamma / SNR_t near the data."""
+        snr = self.snr[np.asarray(t)]
+        clipped = np.minimum(snr, self.snr_gamma)
+        if self.model_mean_type == "eps":
+            return clipped / snr
+        if self.model_mean_type == "v":
+            return clipped / (snr + 1.0)
+        return clipped
+
+    def prior_bpd(self, x0):
+        """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits/dim, [B], for x0 [B, *D] (DDPM eq. 5).
+
+        No parameters: it measures how close the last step is to pure noise. Per value it is
+        1/2 (alpha_bar x_0^2 - alpha_bar - log(1 - alpha_bar)) nats with alpha_bar = alpha_bar_{T-1},
+        ~0 for a schedule that ends near alpha_bar = 0.
+        """
+        t = np.full(x0.shape[0], self.num_timesteps - 1, dtype=np.int64)
+        mean, _, log_variance = self.q_mean_variance(x0, t)
+        zero = np.zeros((), dtype=x0.dtype)               # N(0, I); np.exp(0.0) would be float64
+        return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
+
+    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=False, model_kwargs=None,
+                      num_timesteps=None):
+        """The whole variational bound on -log p(x_0), per example and per term.
+
+        For each t (a loop over the chain, vectorised over the batch) draw x_t ~ q(x_t|x_0) with
+        a fresh eps from rng, run the model, and record the bound term at t. x0: [B, *D].
+        The decoder term follows decoder_nll: "discretized" gives a bound on the probability of
+        8-bit data (the convention of published bits/dim on images); "continuous" a bound on a
+        density (for real-valued data; it can be negative). progress(i, K) is called after each
+        of the K model calls.
+
+        num_timesteps=K < T estimates the sum instead of computing all T terms (a T/K-fold
+        saving for images): the decoder term t = 0 exactly, and sum_{t=1}^{T-1} L_t by
+        stratified sampling: the steps 1..T-1 are cut into K-1 strata of sizes n_k and each
+        example draws one t_k uniformly in each, so sum_k n_k L_{t_k} is an unbiased estimate
+        of the sum (with a small variance, since L_t varies slowly with t). Returns (arrays in
+        x0's dtype):
+          "vb"          [B, K] bits/dim: the terms computed; vb[:, 0] = L_0, the decoder, and for
+                        the exact loop (K = T) vb[:, t] = the paper's L_t (t >= 1: KL(q(x_{t-1}|x_t,x_0)
+                        || p(x_{t-1}|x_t)) in code indices)
+          "t"           [B, K] the timestep of each column; "weights" [K] its stratum size
+          "prior_bpd"   [B]    bits/dim: L_T
+          "total_bpd"   [B]    bits/dim: L_T + sum_k weights_k vb[:, k], the bound on -log p(x_0) / D / log 2
+          "total_bits"  [B]    bits per example: total_bpd * D (for 2-D points: bits per point)
+          "x0_mse"      [B, K] mean over dims of (pred_x0 - x_0)^2
+          "mse"         [B, K] mean over dims of (pred_eps - eps)^2
+        A Tensor model output is read through .data; wrap the call in tinydiff.no_grad() to
+        skip recording graphs.
+        """
+        B, T = x0.shape[0], self.num_timesteps
+        if num_timesteps is None or num_timesteps >= T:
+            ts = np.tile(np.arange(T), (B, 1))                             # [B, T]: every term
+            weights = np.ones(T)
+        else:
+            K = int(num_timesteps)
+            if K < 2:
+                raise ValueError(f"num_timesteps: expected at least 2 (the decoder and one stratum), got {num_timesteps!r}")
+            edges = 1 + np.floor(np.arange(K) * (T - 1) / (K - 1)).astype(np.int64)   # strata [edges_k, edges_k+1)
+            weights = np.concatenate([[1], np.diff(edges)])
+            u = rng.random((B, K - 1))
+            ts = np.concatenate([np.zeros((B, 1), np.int64),
+                                 edges[:-1] + np.floor(u * weights[1:]).astype(np.int64)], axis=1)
+        K = ts.shape[1]
+        vb, x0_mse, mse = (np.zeros((B, K), dtype=x0.dtype) for _ in range(3))
+        for i in reversed(range(K)):                      # order does not matter: the bound is a sum
+            t = ts[:, i]
+            noise = standard_normal_noise(x0.shape, x0.dtype, None, rng)
+            x_t = self.q_sample(x0, t, noise=noise)
+            out = unwrap(self.run_model(model, x_t, t, model_kwargs))
+            terms = self.vb_terms_bpd(out, x0, x_t, t, clip_denoised=clip_denoised)
+            vb[:, i] = terms["output"]
+            x0_mse[:, i] = mean_flat((terms["pred_x0"] - x0) ** 2)
+            mse[:, i] = mean_flat((self.predict_eps_from_x0(x_t, t, terms["pred_x0"]) - noise) ** 2)
+            if progress is not None:
+                progress(K - i, K)
+        prior = self.prior_bpd(x0)
+        total_bpd = (vb * weights.astype(x0.dtype)).sum(axis=1) + prior
+        dims = int(np.prod(x0.shape[1:]))
+        return {"total_bpd": total_bpd, "prior_bpd": prior, "vb": vb, "t": ts, "weights": weights,
+                "x0_mse": x0_mse, "mse": mse, "total_bits": total_bpd * dims}

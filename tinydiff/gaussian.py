@@ -16,6 +16,11 @@ import numpy as np
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def mean_flat(x):
+    """Mean over every axis but the batch axis: [B, *D] -> [B]. Works on Tensors."""
+    return x.reshape(x.shape[0], -1).mean(axis=1)
+
+
 def standard_normal_noise(shape, dtype, noise=None, rng=None):
     """epsilon ~ N(0, I) of the given shape and dtype: `noise` itself if given (tests
     inject it; its shape is checked), else drawn from `rng`, a numpy.random.Generator.
@@ -107,3 +112,16 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     # Thresholds at +-0.999 rather than +-1 so values a rounding error off the grid count too.
     return np.where(x < -0.999, log_cdf_plus,
                     np.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+
+
+def decoder_nll(x, mean, log_variance, kind="continuous"):
+    """-log p(x | mean, exp(log_variance)) per value, in nats, the shape of x: the decoder
+    term L_0 = -log p(x_0 | x_1) of the bound (DDPM eq. 5). kind="continuous" is minus a
+    density (real-valued data; it can be negative), kind="discretized" minus the 8-bit bin
+    probability of DDPM eq. 13 (always >= 0)."""
+    log_scales = 0.5 * log_variance                       # log sigma
+    if kind == "discretized":
+        return -discretized_gaussian_log_likelihood(x, mean, log_scales)
+    if kind != "continuous":
+        raise ValueError(f"kind: expected 'continuous' or 'discretized', got {kind!r}")
+    return -gaussian_log_likelihood(x, mean, log_scales)

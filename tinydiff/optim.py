@@ -205,9 +205,14 @@ class EMA:
     averaged weights via ``copy_to(model)`` or, keeping the training weights,
     ``with ema.average_parameters(model): ...``. ``state_dict()`` is
     {"decay", "num_updates", "shadow.<parameter name>"}.
+
+    warmup=True uses decay_n = min(decay, (1 + n) / (10 + n)) at update n (0.1, 0.18, ...,
+    reaching 0.999 after ~9,000 updates), as TensorFlow's ExponentialMovingAverage with
+    num_updates does: with a fixed 0.999 a 2,000-step run's average still holds
+    0.999^2000 = 14% of the random initial weights.
     """
 
-    def __init__(self, model_or_params, decay: float = 0.9999):
+    def __init__(self, model_or_params, decay: float = 0.9999, warmup: bool = False):
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
         if isinstance(model_or_params, Module):
@@ -218,10 +223,16 @@ class EMA:
         self.params = [p for _, p in named]
         self.shadow = [p.data.copy() for p in self.params]
         self.decay = float(decay)
+        self.warmup = bool(warmup)
         self.num_updates = 0
 
+    def current_decay(self) -> float:
+        """The decay the next update uses (see warmup)."""
+        n = self.num_updates
+        return min(self.decay, (1.0 + n) / (10.0 + n)) if self.warmup else self.decay
+
     def update(self) -> None:
-        d = self.decay
+        d = self.current_decay()
         for s, p in zip(self.shadow, self.params):
             s *= d
             s += (1.0 - d) * p.data

@@ -153,6 +153,18 @@ class GaussianMixtureOracle:
             raise ValueError(f"t: expected an int array [B={x.shape[0]}] in 0..{T - 1}, got {t!r}")
         return x.reshape(x.shape[0], self.dim).astype(np.float64), t
 
+    def _chain_index(self, t):
+        """A model is called with the trained timesteps (diffusion.timestep_map[t]); on a
+        respaced chain map them back to the chain's own 0..K-1 indices."""
+        steps = getattr(self.diffusion, "timestep_map", None)
+        t = np.asarray(t)
+        if steps is None or np.array_equal(steps, np.arange(len(steps))):
+            return t
+        idx = np.clip(np.searchsorted(steps, t), 0, len(steps) - 1)
+        if not np.array_equal(steps[idx], t):
+            raise ValueError(f"t: expected timesteps of the respaced chain {steps.tolist()[:8]}..., got {t!r}")
+        return idx
+
     def _out(self, value, x_t):
         """float64 [B, D] back to the shape and dtype of x_t."""
         x = np.asarray(x_t)
@@ -251,12 +263,14 @@ class GaussianMixtureOracle:
     def eps_model(self):
         """model(x_t, t) -> eps*(x_t, t), shape of x_t: a perfect eps-prediction network."""
         def model(x_t, t, **_):
+            t = self._chain_index(t)
             return self.eps(x_t, t)
         return model
 
     def x0_model(self):
         """model(x_t, t) -> E[x_0 | x_t], shape of x_t: a perfect x_0-prediction network."""
         def model(x_t, t, **_):
+            t = self._chain_index(t)
             return self.x0_mean(x_t, t)
         return model
 
@@ -269,6 +283,7 @@ class GaussianMixtureOracle:
         output at its optimum. At t = 0 the variance is Var[x_0|x_t], which is > 0.
         """
         def model(x_t, t, **_):
+            t = self._chain_index(t)
             mean, var = self.reverse_moments(x_t, t)
             return np.concatenate([self._out(mean, x_t), self._out(np.log(var), x_t)], axis=1)
         return model
@@ -286,6 +301,7 @@ class GaussianMixtureOracle:
         above 1 (e.g. the 8 modes at radius 2) hit the upper end often.
         """
         def model(x_t, t, **_):
+            t = self._chain_index(t)
             _, tt = self._flat(x_t, t)
             d = self.diffusion
             _, var = self.reverse_moments(x_t, t)

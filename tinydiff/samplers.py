@@ -1,14 +1,24 @@
-"""Samplers beyond ancestral DDPM: strided schedules, DDIM and annealed Langevin dynamics.
+"""Samplers: ancestral DDPM, strided, DDIM and annealed Langevin, all with one call shape.
 
-Ancestral sampling (DDPM Algorithm 2) is GaussianDiffusion.p_sample_loop. Here:
+    x0 = ddpm_sample_loop(diffusion, model, shape, rng, steps=None, model_kwargs=None,
+                          guidance=None, progress=None, return_trajectory=False, ...)
 
-    space_timesteps / respace   run a trained model on K of its T steps, with betas re-derived
-                                so alpha_bar is unchanged at the kept steps (Nichol & Dhariwal
-                                2021, section 4); any sampler then runs on the short chain.
-    ddim_sample_loop            DDIM (Song, Meng & Ermon 2021, eq. 12 and 16): eta = 0 is a
-                                deterministic map from noise to data, eta = 1 is DDPM.
-    langevin_sample_loop        annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1)
-                                with the score read off the eps-prediction.
+and the same for ddim_sample_loop and langevin_sample_loop (each adds its own options:
+eta; n_steps_each, step_lr); sample(..., sampler="ddim") picks one by name.
+
+    steps       run on K of the T trained steps (an int K, "ddimK" or a list: see
+                space_timesteps): respace() builds the short chain, with betas re-derived so
+                alpha_bar is unchanged at the kept steps (Nichol & Dhariwal 2021, section 4);
+                the chain maps its steps back to the model's own timesteps itself.
+    model_kwargs  passed to every model call, e.g. {"y": labels} for a class-conditional model.
+    guidance    a classifier-free guidance scale w (Ho & Salimans 2022; a float, or one per
+                label attribute), or a function model -> guided model (tinydiff.guidance).
+
+    ddpm_sample_loop       DDPM Algorithm 2: x_T ~ N(0, I), then p(x_{t-1} | x_t) down to x_0.
+    ddim_sample_loop       DDIM (Song, Meng & Ermon 2021, eq. 12 and 16): eta = 0 is a
+                           deterministic map from noise to data, eta = 1 is DDPM.
+    langevin_sample_loop   annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) with
+                           the score read off the eps-prediction.
 
 Timesteps are 0-based (tinydiff/schedules.py). Every loop runs over the chain, never over
 the batch; noise comes from an explicit numpy.random.Generator; model calls run under
@@ -20,18 +30,10 @@ import math
 
 import numpy as np
 
-from .engine import Tensor, no_grad
+from .diffusion import GaussianDiffusion
+from .engine import no_grad, unwrap
 from .gaussian import standard_normal_noise
-from .schedules import extract
-
-
-def _array(x):
-    return x.data if isinstance(x, Tensor) else x
-
-
-def _coef(arr, t, x):
-    """Per-example table value arr[t] shaped [B, 1, ..., 1] in the dtype of x (no float32 upcast)."""
-    return extract(arr, t, x.shape).astype(x.dtype, copy=False)
+from .guidance import apply_guidance
 
 
 # ---------------------------------------------------------------- strided schedules
@@ -80,35 +82,58 @@ def respaced_betas(alphas_cumprod, use_timesteps) -> np.ndarray:
     return 1.0 - kept / np.append(1.0, kept[:-1])
 
 
-class RespacedModel:
-    """model(x, t_new) -> original_model(x, timestep_map[t_new]): the respaced chain counts
-    its steps 0..K-1, the network was trained on the original indices."""
+def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
+    """The chain that visits only the kept steps of ``diffusion``: a GaussianDiffusion with
+    ``respaced_betas`` [K], the same model_mean_type / model_var_type / loss_type /
+    decoder_nll, and a timestep_map that calls the model with the original timesteps.
 
-    def __init__(self, model, timestep_map):
-        self.model, self.timestep_map = model, np.asarray(timestep_map, dtype=np.int64)
-
-    def __call__(self, x_t, t, **model_kwargs):
-        return self.model(x_t, self.timestep_map[np.asarray(t)], **model_kwargs)
-
-
-def respace(diffusion, use_timesteps):
-    """A diffusion on the kept steps only, and a function that adapts models to it.
-
-    Returns (new_diffusion, wrap) where new_diffusion has `respaced_betas` [K] and the same
-    model_mean_type / model_var_type / loss_type / decoder_nll, and wrap(model) is a
-    `RespacedModel`. Use: d2, wrap = respace(d, space_timesteps(T, 50));
-    d2.p_sample_loop(wrap(model), shape, rng). A learned_range v then interpolates between
-    the new chain's beta and beta~, as in improved-diffusion.
+    steps: anything space_timesteps accepts (an int K, "ddimK", a list of steps). Use:
+    ddpm_sample_loop(respace(d, 50), model, shape, rng), which is what steps=50 does. A
+    learned_range v then interpolates between the new chain's beta and beta~, as in
+    improved-diffusion. Respacing a respaced chain keeps mapping to the original steps.
     """
     try:
-        steps = space_timesteps(diffusion.num_timesteps, use_timesteps)
+        kept = space_timesteps(diffusion.num_timesteps, steps)
     except ValueError as err:
-        raise ValueError(f"use_timesteps: {err}") from None
-    betas = respaced_betas(diffusion.alphas_cumprod, steps)
-    new = type(diffusion)(betas, model_mean_type=diffusion.model_mean_type,
-                          model_var_type=diffusion.model_var_type, loss_type=diffusion.loss_type,
-                          decoder_nll=diffusion.decoder_nll, hybrid_vb_weight=diffusion.hybrid_vb_weight)
-    return new, lambda model: RespacedModel(model, steps)
+        raise ValueError(f"steps: {err}") from None
+    return GaussianDiffusion(respaced_betas(diffusion.alphas_cumprod, kept),
+                             model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
+                             loss_type=diffusion.loss_type, decoder_nll=diffusion.decoder_nll,
+                             hybrid_vb_weight=diffusion.hybrid_vb_weight, mse_weighting=diffusion.mse_weighting,
+                             snr_gamma=diffusion.snr_gamma, timestep_map=diffusion.timestep_map[kept])
+
+
+def _setup(diffusion, model, steps, guidance):
+    """The chain to run (respaced if steps is given) and the model to call (guided if asked)."""
+    chain = diffusion if steps is None else respace(diffusion, steps)
+    return chain, apply_guidance(model, guidance)
+
+
+# ---------------------------------------------------------------- ancestral (DDPM)
+def ddpm_sample_loop(diffusion, model, shape, rng, *, steps=None, model_kwargs=None, guidance=None,
+                     progress=None, return_trajectory=False, noise=None, clip_denoised=False,
+                     denoised_fn=None, dtype=np.float32):
+    """Ancestral sampling, DDPM Algorithm 2: x_T ~ N(0, I), then p_sample for t = T-1, ..., 0.
+
+    shape: (B, *D); rng: numpy.random.Generator for x_T and every step's noise; noise:
+    optional x_T [B, *D]; steps: sample on a respaced chain of K steps (None: all T).
+    Returns x_0 [B, *D] in `dtype`, or (x_0, trajectory) with trajectory [K + 1, B, *D] =
+    (x_T, ..., x_0) if return_trajectory (memory: K + 1 copies).
+    """
+    chain, model = _setup(diffusion, model, steps, guidance)
+    x = standard_normal_noise(shape, dtype, noise, rng)
+    trajectory = [x]
+    T = chain.num_timesteps
+    for i in reversed(range(T)):                        # the chain: a loop over T, never over the batch
+        t = np.full(x.shape[0], i, dtype=np.int64)
+        with no_grad():
+            x = chain.p_sample(model, x, t, rng=rng, clip_denoised=clip_denoised,
+                               denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+        if return_trajectory:
+            trajectory.append(x)
+        if progress is not None:
+            progress(T - i, T)
+    return (x, np.stack(trajectory)) if return_trajectory else x
 
 
 # ---------------------------------------------------------------- DDIM
@@ -121,55 +146,56 @@ def ddim_sigma(alpha_bar, alpha_bar_prev, eta):
     return eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
 
 
-def ddim_step(diffusion, model, x_t, t, t_prev, eta=0.0, rng=None, noise=None, clip_denoised=False,
+def ddim_step(diffusion, model, x_t, t, eta=0.0, rng=None, noise=None, clip_denoised=False,
               denoised_fn=None, model_kwargs=None):
-    """One DDIM step from timestep t to t_prev < t (t_prev = -1: to the data), Song et al. eq. 12:
+    """One DDIM step from x_t to x_{t-1} of the diffusion's chain (to the data at t = 0),
+    Song et al. eq. 12:
 
-        x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps_hat + sigma z
+        x_{t-1} = sqrt(ab_{t-1}) x0_hat + sqrt(1 - ab_{t-1} - sigma^2) eps_hat + sigma z
 
     with x0_hat, eps_hat the model's predictions (p_mean_variance's pred_x0, pred_eps, so any
-    model_mean_type works), sigma = ddim_sigma(ab_t, ab_prev, eta), ab_prev = 1 at t_prev = -1.
-    x_t: [B, *D]; t, t_prev: int [B]. A noise array is drawn even when sigma = 0, so eta = 1
-    consumes the generator exactly like p_sample. Returns {"sample", "pred_x0"} ndarrays.
+    model_mean_type works), sigma = ddim_sigma(ab_t, ab_{t-1}, eta), ab_{-1} = 1. On a respaced
+    chain t-1 is the previous kept step. x_t: [B, *D]; t: int [B]. A noise array is drawn
+    even when sigma = 0, so eta = 1 consumes the generator exactly like p_sample.
+    Returns {"sample", "pred_x0"} ndarrays.
     """
     with no_grad():
         out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
-    pred_x0, pred_eps = _array(out["pred_x0"]), _array(out["pred_eps"])
+    pred_x0, pred_eps = unwrap(out["pred_x0"]), unwrap(out["pred_eps"])
     noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
-    ab = _coef(diffusion.alphas_cumprod, t, x_t)
-    ab_prev = _coef(np.append(1.0, diffusion.alphas_cumprod), np.asarray(t_prev) + 1, x_t)
+    ab = diffusion.coef(diffusion.alphas_cumprod, t, x_t)
+    ab_prev = diffusion.coef(diffusion.alphas_cumprod_prev, t, x_t)
     sigma = ddim_sigma(ab, ab_prev, eta)
     direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0))   # 0 at the data; rounding-safe
     sample = np.sqrt(ab_prev) * pred_x0 + direction * pred_eps + sigma * noise
     return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
 
-def ddim_sample_loop(diffusion, model, shape, rng, eta=0.0, timesteps=None, progress=None,
-                     return_trajectory=False, noise=None, clip_denoised=False, denoised_fn=None,
-                     model_kwargs=None, dtype=np.float32):
+def ddim_sample_loop(diffusion, model, shape, rng, *, steps=None, eta=0.0, model_kwargs=None, guidance=None,
+                     progress=None, return_trajectory=False, noise=None, clip_denoised=False,
+                     denoised_fn=None, dtype=np.float32):
     """DDIM sampling: x ~ N(0, I) at the last kept step, then ddim_step down to the data.
 
-    timesteps: the kept steps (anything space_timesteps accepts, e.g. "ddim50" or 50; None:
-    all T). DDIM needs only alpha_bar at those steps, so the model sees its own timesteps
-    and no respacing is needed. eta in [0, 1]. With eta = 0 the map is deterministic, so the
-    mismatch between N(0, I) and q(x_T) = N(sqrt(ab_T) mu, ...) is carried to the output (a
-    mean bias ~ s sqrt(ab_T) |mu| for N(mu, s^2) data); noise (eta > 0) washes it out.
+    steps: the kept steps (anything space_timesteps accepts, e.g. "ddim50" or 50; None: all
+    T). DDIM needs only alpha_bar at those steps, which respacing keeps exactly. eta in
+    [0, 1]. With eta = 0 the map is deterministic, so the mismatch between N(0, I) and
+    q(x_T) = N(sqrt(ab_T) mu, ...) is carried to the output (a mean bias ~ s sqrt(ab_T) |mu|
+    for N(mu, s^2) data); noise (eta > 0) washes it out.
     Returns x_0 [*shape] in `dtype`, or (x_0, trajectory [K + 1, *shape]) if return_trajectory.
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
-    steps = space_timesteps(diffusion.num_timesteps, diffusion.num_timesteps if timesteps is None else timesteps)
+    chain, model = _setup(diffusion, model, steps, guidance)
     x = standard_normal_noise(shape, dtype, noise, rng)
-    trajectory = [x]
-    previous = np.append(-1, steps[:-1])                               # t_prev of each kept step
-    for i in range(len(steps) - 1, -1, -1):
-        t = np.full(x.shape[0], steps[i], dtype=np.int64)
-        x = ddim_step(diffusion, model, x, t, np.full_like(t, previous[i]), eta=eta, rng=rng,
-                      clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+    trajectory, K = [x], chain.num_timesteps
+    for i in reversed(range(K)):
+        t = np.full(x.shape[0], i, dtype=np.int64)
+        x = ddim_step(chain, model, x, t, eta=eta, rng=rng, clip_denoised=clip_denoised,
+                      denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
         if return_trajectory:
             trajectory.append(x)
         if progress is not None:
-            progress(len(steps) - i, len(steps))
+            progress(K - i, K)
     return (x, np.stack(trajectory)) if return_trajectory else x
 
 
@@ -193,31 +219,31 @@ def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model
     (score_from_eps), and x_t = sqrt(ab) y gives grad_y = sqrt(ab) grad_{x_t} = -eps / sigma_t.
     y: [B, *D]; t: int [B]; step_size alpha: scalar or [B, 1, ...]. Returns (y_new, s(y)).
     """
-    x_t = _coef(diffusion.sqrt_alphas_cumprod, t, y) * y
+    x_t = diffusion.coef(diffusion.sqrt_alphas_cumprod, t, y) * y
     with no_grad():
-        eps = _array(diffusion.p_mean_variance(model, x_t, t, model_kwargs=model_kwargs)["pred_eps"])
-    score = -eps / _coef(langevin_noise_level(diffusion.alphas_cumprod), t, y)
+        eps = unwrap(diffusion.p_mean_variance(model, x_t, t, model_kwargs=model_kwargs)["pred_eps"])
+    score = -eps / diffusion.coef(langevin_noise_level(diffusion.alphas_cumprod), t, y)
     noise = standard_normal_noise(y.shape, y.dtype, noise, rng)
     alpha = np.asarray(step_size, dtype=y.dtype)
     return (y + 0.5 * alpha * score + np.sqrt(alpha) * noise).astype(y.dtype, copy=False), score
 
 
-def langevin_sample_loop(diffusion, model, shape, rng, n_steps_each=10, step_lr=2e-5, timesteps=None,
-                         denoise=True, progress=None, return_trajectory=False, noise=None,
-                         model_kwargs=None, dtype=np.float32):
+def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_each=10, step_lr=2e-5,
+                         denoise=True, model_kwargs=None, guidance=None, progress=None,
+                         return_trajectory=False, noise=None, dtype=np.float32):
     """Annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) on the diffusion's noise levels.
 
-    Levels: the kept timesteps (as in ddim_sample_loop; None: all T), from the noisiest down,
-    with sigma_t = langevin_noise_level(ab_t) and step size
+    Levels: the chain's steps (steps=K keeps K of them, as for the other samplers), from the
+    noisiest down, with sigma_t = langevin_noise_level(ab_t) and step size
 
         alpha_t = step_lr * sigma_t^2 / sigma_min^2          (Algorithm 1 line 3)
 
-    where sigma_min is the smallest kept level, so alpha_t / sigma_t^2 is the same at every
+    where sigma_min is the smallest level, so alpha_t / sigma_t^2 is the same at every
     level. We work in y = x_t / sqrt(ab_t) because there all levels share the data's scale and
     y carries over from one level to the next unchanged (in x_t one would rescale by
     sqrt(ab_t' / ab_t) between levels; a Langevin step of size a in x_t is one of size
     a / ab_t in y, so the two are the same dynamics). Start: x ~ N(0, I) at the noisiest
-    kept level, i.e. y = x / sqrt(ab). n_steps_each updates per level (`langevin_step`); then,
+    level, i.e. y = x / sqrt(ab). n_steps_each updates per level (`langevin_step`); then,
     if denoise, one Tweedie step y <- y + sigma_min^2 s(y) = E[x_0 | y] (the "denoising" of
     Jolicoeur-Martineau et al. 2021) removes the last level's noise sigma_min.
 
@@ -232,22 +258,36 @@ def langevin_sample_loop(diffusion, model, shape, rng, n_steps_each=10, step_lr=
         raise ValueError(f"n_steps_each: expected an int >= 1, got {n_steps_each!r}")
     if not step_lr > 0:
         raise ValueError(f"step_lr: expected a positive step size, got {step_lr!r}")
-    steps = space_timesteps(diffusion.num_timesteps, diffusion.num_timesteps if timesteps is None else timesteps)
-    sigmas = langevin_noise_level(diffusion.alphas_cumprod[steps])     # [L], increasing
+    chain, model = _setup(diffusion, model, steps, guidance)
+    sigmas = langevin_noise_level(chain.alphas_cumprod)                 # [L], increasing
+    L = chain.num_timesteps
     x = standard_normal_noise(shape, dtype, noise, rng)
-    y = x / np.asarray(math.sqrt(diffusion.alphas_cumprod[steps[-1]]), dtype=x.dtype)
-    trajectory, n, done = [y], len(steps) * n_steps_each, 0
-    for level in range(len(steps) - 1, -1, -1):
-        t = np.full(y.shape[0], steps[level], dtype=np.int64)
+    y = x / np.asarray(math.sqrt(chain.alphas_cumprod[-1]), dtype=x.dtype)
+    trajectory, n, done = [y], L * n_steps_each, 0
+    for level in reversed(range(L)):
+        t = np.full(y.shape[0], level, dtype=np.int64)
         alpha = step_lr * (sigmas[level] / sigmas[0]) ** 2
         for _ in range(n_steps_each):
-            y, _ = langevin_step(diffusion, model, y, t, alpha, rng=rng, model_kwargs=model_kwargs)
+            y, _ = langevin_step(chain, model, y, t, alpha, rng=rng, model_kwargs=model_kwargs)
             done += 1
             if progress is not None:
                 progress(done, n)
         if return_trajectory:
             trajectory.append(y)
     if denoise:
-        _, score = langevin_step(diffusion, model, y, t, 0.0, noise=np.zeros_like(y), model_kwargs=model_kwargs)
+        _, score = langevin_step(chain, model, y, t, 0.0, noise=np.zeros_like(y), model_kwargs=model_kwargs)
         y = (y + np.asarray(sigmas[0] ** 2, dtype=y.dtype) * score).astype(y.dtype, copy=False)
     return (y, np.stack(trajectory)) if return_trajectory else y
+
+
+# ---------------------------------------------------------------- by name
+SAMPLERS = {"ddpm": ddpm_sample_loop, "ddim": ddim_sample_loop, "langevin": langevin_sample_loop}
+
+
+def sample(diffusion, model, shape, rng, sampler: str = "ddpm", **kwargs):
+    """Run the sampler called ``sampler`` ("ddpm", "ddim" or "langevin") with ``kwargs``:
+    sample(d, model, (16, 1, 28, 28), rng, sampler="ddim", steps=50, guidance=3.0,
+    model_kwargs={"y": labels})."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
+    return SAMPLERS[sampler](diffusion, model, shape, rng, **kwargs)

@@ -1,19 +1,23 @@
-"""The training loop every example shares, with crash-safe checkpoints and resume.
+"""The training loop every example shares, for any model and any loss, with crash-safe
+checkpoints and exact resume.
 
-One step (DDPM Algorithm 1, with the objective chosen by the diffusion's loss type):
+One step:
 
-    x0, kwargs ~ data                      sample_batch(rng, batch_size)
-    t ~ Uniform{0, ..., T-1}               one timestep per example
-    loss = mean_b training_losses(model, x0, t)[b]
+    batch ~ data                           sample(rng, batch_size)
+    loss, logs = loss_fn(model, batch, rng)
     grads = d loss / d theta;  clip ||grads|| to grad_clip
-    theta <- AdamW(theta, grads, lr warmed up linearly)
+    theta <- AdamW(theta, grads, lr warmed up linearly, then optionally cosine-decayed)
     theta_ema <- decay theta_ema + (1 - decay) theta
 
+For a diffusion model the loss is ``DiffusionLoss(diffusion)`` (tinydiff/objectives.py):
+a timestep per example and the diffusion's own objective, which is DDPM Algorithm 1;
+passing the GaussianDiffusion itself is shorthand for that. A VAE passes its ELBO.
+
 A checkpoint is one ``.npz`` (read back with ``allow_pickle=False``) holding the model
-weights, the optimizer moments and the EMA weights, with JSON metadata (config, step,
-optimizer scalars, the exact RNG state and the loss history). It is written to a
-temporary file and renamed, so a crash leaves the previous checkpoint intact. Resuming
-restores all of it, so a resumed run continues exactly as the uninterrupted one would.
+weights, the optimizer moments, the EMA weights and the data order, with JSON metadata
+(config, step, optimizer scalars, the exact RNG state and the loss history). It is written
+to a temporary file and renamed, so a crash leaves the previous checkpoint intact.
+Resuming restores all of it, so a resumed run continues exactly as the uninterrupted one.
 """
 from __future__ import annotations
 
@@ -22,10 +26,13 @@ import time
 
 import numpy as np
 
-from .checkpoint import flatten_state, load_checkpoint, rng_from_json, rng_state_to_json, \
-    save_checkpoint, unflatten_state
+from .checkpoint import (flatten_state, load_checkpoint, merge_arrays, rng_from_json, rng_state_to_json,
+                         save_checkpoint, split_arrays, unflatten_state)
+from .checks import check_positive_int
+from .data.arrays import EpochSampler
+from .diffusion import GaussianDiffusion
+from .objectives import DiffusionLoss
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
-from .runtime import reuse_freed_memory
 
 
 def _format_seconds(s: float) -> str:
@@ -33,53 +40,97 @@ def _format_seconds(s: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def as_batch_sampler(data):
+    """``data`` as a function sample(rng, n) -> batch. Accepts:
+
+    * a dataset with ``sample(n, rng)`` (the toy 2-D sets),
+    * an array x [N, *D], or a tuple (x, y) of arrays (y: labels, passed to the model as
+      y=...): batches go through the data in epochs (``EpochSampler``),
+    * a function ``sample(rng, n)`` returning x0 [n, *D] or (x0, model_kwargs).
+    The result is tried once on a throwaway Generator, so a wrong kind of data fails here,
+    not at the first training step.
+    """
+    if hasattr(data, "sample") and callable(data.sample):
+        sampler = lambda rng, n: data.sample(n, rng)  # noqa: E731
+    elif isinstance(data, np.ndarray):
+        sampler = EpochSampler(data)
+    elif isinstance(data, tuple) and all(isinstance(a, np.ndarray) for a in data) and len(data) == 2:
+        sampler = EpochSampler(*data)
+    elif callable(data):
+        sampler = data
+    else:
+        raise TypeError(f"data: expected a dataset with .sample(n, rng), an array, a tuple (x, y) of arrays "
+                        f"or a function sample(rng, n), got {type(data).__name__}")
+    try:
+        trial = sampler.peek(2) if isinstance(sampler, EpochSampler) else sampler(np.random.default_rng(0), 2)
+    except Exception as err:
+        raise TypeError(f"data: drawing a trial batch of 2 failed ({type(err).__name__}: {err}); a function "
+                        "must be called as sample(rng, n), a dataset as data.sample(n, rng)") from err
+    x0 = trial[0] if isinstance(trial, tuple) else trial
+    if not isinstance(x0, np.ndarray) or len(x0) != 2 or (isinstance(trial, tuple) and (
+            len(trial) != 2 or not isinstance(trial[1], dict))):
+        raise TypeError(f"data: a trial batch of 2 came back as {type(trial).__name__}"
+                        f"{'' if not isinstance(x0, np.ndarray) else ' of shape ' + str(x0.shape)}; expected "
+                        "an array x0 [2, *D] or a tuple (x0, dict of model keyword arguments)")
+    return sampler
+
+
 class Trainer:
-    """Trains ``model`` on ``diffusion.training_losses`` with data from ``sample_batch``.
+    """Trains ``model`` on ``loss_fn`` with batches drawn from ``data``.
 
     Args:
-        model: a Module called as ``model(x_t, t, **kwargs)``.
-        diffusion: a GaussianDiffusion (its loss type picks the objective).
-        sample_batch: ``sample_batch(rng, n)`` -> x0 [n, *D], or (x0, model_kwargs) for
-            conditional models (e.g. class labels).
+        model: a Module.
+        loss_fn: ``loss_fn(model, batch, rng) -> (loss Tensor, dict of floats to log)``, or a
+            GaussianDiffusion (shorthand for ``DiffusionLoss(diffusion)``).
+        data: anything ``as_batch_sampler`` accepts (a dataset, arrays, a function).
         batch_size, lr, weight_decay, warmup_steps, grad_clip (None: no clipping), ema_decay.
         lr_decay_steps: cosine-decay the learning rate to 0 at this step (None: keep it constant).
-        seed: seeds the one Generator that draws data, timesteps and noise.
+        ema_warmup: let the EMA decay grow as min(ema_decay, (1 + n) / (10 + n)) over its first
+            updates, so a short run's average is not dominated by the random initial weights.
+        seed: seeds the one Generator that draws data, timesteps, noise and label dropout.
         log_every: print a progress line every this many steps (0: silent).
         checkpoint_path, checkpoint_every: write a checkpoint every this many steps and
             at the end (0 or None path: never).
         config: a JSON-able dict saved in checkpoints (how to rebuild the run).
         log: where progress lines go (default ``print``).
+
+    Attributes: ``ema`` (the averaged weights: ``with trainer.ema.average_parameters(model):``
+    evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``.
+    Scripts that train for long may call ``tinydiff.runtime.reuse_freed_memory()`` first.
     """
 
-    def __init__(self, model, diffusion, sample_batch, *, batch_size: int = 256, lr: float = 1e-3,
-                 weight_decay: float = 0.0, warmup_steps: int = 0, lr_decay_steps: int | None = None, grad_clip: float | None = 1.0,
-                 ema_decay: float = 0.999, seed: int = 0, log_every: int = 100,
-                 checkpoint_path=None, checkpoint_every: int = 0, config: dict | None = None, log=print):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        reuse_freed_memory()                    # keep NumPy's freed temporaries mapped: see runtime.py
-        self.model, self.diffusion, self.sample_batch = model, diffusion, sample_batch
-        self.batch_size, self.grad_clip = batch_size, grad_clip
+    def __init__(self, model, loss_fn, data, *, batch_size: int = 256, lr: float = 1e-3,
+                 weight_decay: float = 0.0, warmup_steps: int = 0, lr_decay_steps: int | None = None,
+                 grad_clip: float | None = 1.0, ema_decay: float = 0.999, ema_warmup: bool = False,
+                 seed: int = 0, log_every: int = 100, checkpoint_path=None, checkpoint_every: int = 0,
+                 config: dict | None = None, log=print):
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.model = model
+        self.loss_fn = DiffusionLoss(loss_fn) if isinstance(loss_fn, GaussianDiffusion) else loss_fn
+        if not callable(self.loss_fn):
+            raise TypeError(f"loss_fn: expected a function loss_fn(model, batch, rng) or a GaussianDiffusion, "
+                            f"got {type(loss_fn).__name__}")
+        self.sample_batch = as_batch_sampler(data)
+        self.grad_clip = grad_clip
         self.params = list(model.parameters())
         self.optimizer = AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.warmup = LinearWarmup(self.optimizer, warmup_steps, lr_decay_steps)
-        self.ema = EMA(model, decay=ema_decay)
+        self.ema = EMA(model, decay=ema_decay, warmup=ema_warmup)
         self.rng = np.random.default_rng(seed)
         self.log_every, self.log = log_every, log
         self.checkpoint_path, self.checkpoint_every = checkpoint_path, checkpoint_every
         self.config = dict(config or {})
         self.step = 0
         self.losses: list[float] = []
+        self.last_logs: dict = {}
+        self.resumed_config: dict | None = None      # the config saved in the checkpoint, after resume()
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> float:
-        """One optimisation step; returns the batch's mean loss."""
+        """One optimisation step; returns the batch's loss."""
         batch = self.sample_batch(self.rng, self.batch_size)
-        x0, kwargs = batch if isinstance(batch, tuple) else (batch, {})
-        t = self.rng.integers(0, self.diffusion.num_timesteps, size=len(x0))
         self.optimizer.zero_grad()
-        terms = self.diffusion.training_losses(self.model, x0, t, rng=self.rng, model_kwargs=kwargs)
-        loss = terms["loss"].mean()
+        loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)
         loss.backward()
         if self.grad_clip is not None:
             clip_grad_norm(self.params, self.grad_clip)
@@ -115,51 +166,30 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
         """Write everything needed to continue training to ``path`` (atomically)."""
-        opt_arrays, opt_meta = _split_arrays(self.optimizer.state_dict())
+        opt_arrays, opt_meta = split_arrays(self.optimizer.state_dict())
+        data_arrays, data_meta = split_arrays(getattr(self.sample_batch, "state_dict", dict)())
         arrays = flatten_state({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                                "optimizer": opt_arrays})
+                                "optimizer": opt_arrays, "data": data_arrays})
         arrays["losses"] = np.asarray(self.losses, dtype=np.float64)
-        meta = {"step": self.step, "config": self.config, "optimizer": opt_meta,
+        meta = {"step": self.step, "config": self.config, "optimizer": opt_meta, "data": data_meta,
                 "warmup": self.warmup.state_dict(), "rng": rng_state_to_json(self.rng)}
         folder = os.path.dirname(os.path.abspath(os.fspath(path)))
         os.makedirs(folder, exist_ok=True)
         save_checkpoint(path, arrays, meta)
 
     def resume(self, path) -> "Trainer":
-        """Load model, optimizer, EMA, RNG, step and loss history from ``path``."""
+        """Load model, optimizer, EMA, data order, RNG, step and loss history from ``path``."""
         arrays, meta = load_checkpoint(path, expect_keys=("losses",))
         losses = arrays.pop("losses")
         state = unflatten_state(arrays)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(_merge(state.get("optimizer", {}), meta["optimizer"]))
+        self.optimizer.load_state_dict(merge_arrays(state.get("optimizer", {}), meta["optimizer"]))
+        if hasattr(self.sample_batch, "load_state_dict"):
+            self.sample_batch.load_state_dict(merge_arrays(state.get("data", {}), meta.get("data", {})))
         self.warmup.load_state_dict(meta["warmup"])
         self.rng = rng_from_json(meta["rng"])
         self.step = int(meta["step"])
         self.losses = [float(v) for v in losses]
+        self.resumed_config = meta.get("config")
         return self
-
-
-def _split_arrays(state: dict):
-    """Separate an optimizer state dict into arrays (for the .npz) and scalars (for JSON)."""
-    arrays, scalars = {}, {}
-    for key, value in state.items():
-        if isinstance(value, dict):
-            sub_arrays, sub_scalars = _split_arrays(value)
-            if sub_arrays:
-                arrays[key] = sub_arrays
-            if sub_scalars:
-                scalars[key] = sub_scalars
-        elif isinstance(value, np.ndarray) and value.ndim > 0:
-            arrays[key] = value
-        else:
-            scalars[key] = value.item() if isinstance(value, np.generic) else value
-    return arrays, scalars
-
-
-def _merge(arrays: dict, scalars: dict) -> dict:
-    """Inverse of ``_split_arrays``: put the arrays and the scalars back into one nested dict."""
-    merged = dict(arrays)
-    for key, value in scalars.items():
-        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged

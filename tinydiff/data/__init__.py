@@ -1,4 +1,20 @@
-"""Datasets for tinydiff. ``toy2d``: 2-D point clouds, several with known densities."""
+"""Datasets for tinydiff. ``toy2d``: 2-D point clouds, several with known densities;
+``mnist``: the MNIST digits, read from IDX files and downloaded with checksums;
+``arrays``: batches from in-memory arrays, in epochs."""
+from .arrays import EpochSampler
+from .mnist import (
+    MNIST,
+    MNIST_FILES,
+    MNIST_MD5,
+    MNIST_MIRRORS,
+    DownloadError,
+    download_mnist,
+    from_model_space,
+    load_mnist,
+    mnist_dir,
+    read_idx,
+    to_model_space,
+)
 from .toy2d import (
     DATASETS,
     Checkerboard,
@@ -9,5 +25,7 @@ from .toy2d import (
     make_dataset,
 )
 
-__all__ = ["DATASETS", "Checkerboard", "Gaussian", "GaussianMixture", "SwissRoll", "TwoMoons",
-           "make_dataset"]
+__all__ = ["EpochSampler", "DATASETS", "Checkerboard", "Gaussian", "GaussianMixture", "SwissRoll", "TwoMoons",
+           "make_dataset",
+           "MNIST", "MNIST_FILES", "MNIST_MD5", "MNIST_MIRRORS", "DownloadError", "download_mnist",
+           "from_model_space", "load_mnist", "mnist_dir", "read_idx", "to_model_space"]
