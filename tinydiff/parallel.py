@@ -7,8 +7,8 @@ The fast convolution, GroupNorm + SiLU and Adam hand their large elementwise pas
 
     parallel_for(fn, n, work)      fn(lo, hi) on consecutive chunks of range(n)
 
-which splits ``range(n)`` (usually the batch) into one chunk per thread, runs the first
-chunk in the calling thread and the rest in the pool, and waits for all of them.
+which splits ``range(n)`` (usually the batch) into chunks that the calling thread and the
+pool's threads take one by one, and returns when all are done.
 Each chunk computes exactly what the whole call would have computed for its rows, so
 the result is bit-identical to ``fn(0, n)`` on one thread, as long as ``fn`` writes only
 its own rows (tests/test_parallel.py checks every threaded op against one thread).
@@ -23,6 +23,7 @@ The pool size is ``os.cpu_count()``; set the environment variable
 """
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,18 +74,33 @@ def chunks(n: int, parts: int) -> list:
 def parallel_for(fn, n: int, work: int | None = None) -> None:
     """Call ``fn(lo, hi)`` for chunks of ``range(n)``, on several threads when worth it.
 
-    ``work``: elements touched by the whole call (defaults to large). Exceptions raised
-    by any chunk propagate to the caller.
+    ``work``: elements touched by the whole call (defaults to large). The range is cut
+    into twice as many chunks as threads, and every thread, the caller included, takes
+    the next undone chunk until none is left: if another process holds a core and one
+    thread stalls, the others finish its share instead of waiting for it. Exceptions
+    raised by any chunk propagate to the caller.
     """
     global _pool
     threads = _num_threads if (work is None or work >= MIN_WORK) else 1
-    pieces = chunks(n, threads)
+    pieces = chunks(n, 2 * threads if threads > 1 else 1)
     if len(pieces) <= 1:
         fn(0, n)
         return
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="tinydiff")
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in pieces[1:]]
-    fn(*pieces[0])                                      # the caller works too, not just waits
+    todo = itertools.count()                            # next(todo) is atomic under the GIL
+
+    def drain():
+        for i in iter(lambda: next(todo), None):
+            if i >= len(pieces):
+                return
+            fn(*pieces[i])
+
+    futures = [_pool.submit(drain) for _ in range(min(threads, len(pieces)) - 1)]
+    try:
+        drain()                                         # the caller works too, not just waits
+    finally:                                            # never return while a chunk still runs
+        for future in futures:
+            future.exception()
     for future in futures:
         future.result()                                 # re-raises a chunk's exception
