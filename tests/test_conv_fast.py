@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from tinydiff import Tensor
 from tinydiff.nn import Conv2d, conv2d, upsample_nearest
 from tinydiff.nn import winograd
-from tinydiff.nn.conv_fast import kernel_for, phase_weight, phase_weight_adjoint
+from tinydiff.nn.conv_fast import kernel_for, phase_blocks, phase_weight, phase_weight_adjoint
 
 
 def run(x, w, b, stride, padding, impl, g_seed=0, x_layout="nchw"):
@@ -119,3 +119,14 @@ def test_phase_convolution_matches_upsample_then_conv(B, C, O, H, W, seed):
 def test_impl_is_checked():
     with pytest.raises(ValueError, match="impl"):
         conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 1, 1)), impl="winograd")
+
+
+def test_phase_blocks_cover_every_nonzero_winograd_weight():
+    """The GEMMs of the phase convolution skip columns outside phase_blocks: they must be exactly 0."""
+    O = 3
+    U = winograd.weight_transform(phase_weight(np.random.default_rng(2).standard_normal((O, 4, 3, 3))))
+    keep = np.zeros(U.shape, bool)
+    for xi, ranges in enumerate(phase_blocks(O)):
+        for lo, hi in ranges:
+            keep[xi, :, lo:hi] = True
+    assert np.all(U[~keep] == 0) and keep.sum() == 9 * 4 * O * 4     # 9 of 16 positions per phase

@@ -214,10 +214,21 @@ def _input_grad(gd, w, w_mat, x_shape, kernel, stride, padding):
 # Written as ONE 3x3 convolution of the small image with 4*O output channels ([a, b, o]; each
 # phase's 2x2 kernel sits inside a 3x3 one, the rest zeros) it runs on the Winograd kernel,
 # then a pixel shuffle interleaves the phases. The 4x larger upsampled image is never built,
-# and the multiplies drop from 36 to 16 per small pixel and channel pair (Winograd's tile
-# computes the zeros for free).
+# and the multiplies per small pixel and channel pair drop from 36 (upsample, then 3x3) to 16
+# (four 2x2 kernels), and to 9 with Winograd's tiles once the GEMMs skip the columns where
+# the transformed phase kernels are exactly zero (``phase_blocks``).
 PHASE_ROWS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],      # R[a, u, p]: kernel row p -> small row offset u
                        [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=float)
+
+
+def phase_blocks(O: int) -> list:
+    """Where the phase kernels' Winograd weights U[xi] can be nonzero: for tile position
+    xi = 4i + j, the (lo, hi) ranges of the 4*O columns [a, b, o]. A phase with a = 0 has
+    no kernel row at small offset +1, and G's last row reads only that row, so U[3, j] = 0;
+    with a = 1 the offset -1 is missing and U[0, j] = 0 (G's first row); likewise for b, j."""
+    allowed = [(0,), (0, 1), (0, 1), (1,)]                  # phases a (or b) present at i (or j)
+    return [[((2 * a + allowed[j][0]) * O, (2 * a + allowed[j][-1] + 1) * O) for a in allowed[i]]
+            for i in range(4) for j in range(4)]
 
 
 def phase_weight(w: np.ndarray) -> np.ndarray:
@@ -258,7 +269,8 @@ def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
     Bn, H, W, _ = xd.shape
     U = winograd.weight_transform(phase_weight(weight.data))           # [16, C, 4O]
     b4 = None if bias is None else np.tile(bias.data, 4)
-    y4 = winograd.conv3x3_forward(xd, U, b4)                          # [B, H, W, 4O]
+    blocks = phase_blocks(O)
+    y4 = winograd.conv3x3_forward(xd, U, b4, blocks)                  # [B, H, W, 4O]
     y = np.empty((Bn, 2 * H, 2 * W, O), xd.dtype)
     _shuffle(y4, y, to_phases=False)
     del y4
@@ -267,7 +279,7 @@ def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
         gd = channels_last(g)                                          # [B, 2H, 2W, O]
         g4 = np.empty((Bn, H, W, 4 * O), gd.dtype)
         _shuffle(gd, g4, to_phases=True)
-        dx, dw4 = winograd.conv3x3_backward(g4, xd, U, x.requires_grad, weight.requires_grad)
+        dx, dw4 = winograd.conv3x3_backward(g4, xd, U, x.requires_grad, weight.requires_grad, blocks)
         dw = None if dw4 is None else phase_weight_adjoint(dw4)
         return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
 
