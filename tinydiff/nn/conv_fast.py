@@ -32,7 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
-from ..parallel import parallel_for
+from ..parallel import parallel_for, parallel_slices
 from . import winograd
 
 WINOGRAD_MIN_CHANNELS = 8       # below this the transforms' short inner loops cost more than they save
@@ -155,19 +155,28 @@ def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) 
         y = np.empty((Bn, Ho, Wo, O), xd.dtype)
         # Patches are 9x the image for 3x3: made in batch slices, never kept (backward remakes them).
         slices = winograd.batch_chunks(Bn, Ho * Wo * kh * kw * C * xd.itemsize)
-        for lo, hi in slices:
-            np.matmul(_patches(xd[lo:hi], kernel, (kh, kw), stride, padding), w_mat,
-                      out=y[lo:hi].reshape(-1, O))                # the one GEMM per slice
-        if b is not None:
-            y += b
+
+        def run(lo, hi):
+            out = y[lo:hi].reshape(-1, O)
+            np.matmul(_patches(xd[lo:hi], kernel, (kh, kw), stride, padding), w_mat, out=out)   # the GEMM
+            if b is not None:
+                out += b
+
+        parallel_slices(run, slices)
 
         def backward(g):
             gd = channels_last(g)                                 # [B, Ho, Wo, O]
             dw = None
             if weight.requires_grad:
+                partial = {}
+
+                def run_dw(lo, hi):
+                    partial[lo] = gd[lo:hi].reshape(-1, O).T @ _patches(xd[lo:hi], kernel, (kh, kw), stride, padding)
+
+                parallel_slices(run_dw, slices)
                 dw = np.zeros((O, kh * kw * C), gd.dtype)
-                for lo, hi in slices:
-                    dw += gd[lo:hi].reshape(-1, O).T @ _patches(xd[lo:hi], kernel, (kh, kw), stride, padding)
+                for lo, _ in slices:                              # a fixed order: same sum on any thread count
+                    dw += partial[lo]
                 dw = dw.reshape(O, kh, kw, C).transpose(0, 3, 1, 2)
             dx = _input_grad(gd, weight.data, w_mat, (Bn, H, W, C), kernel, stride, padding) if need_dx else None
             return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel import parallel_for
+from ..parallel import parallel_for, parallel_slices
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])   # [4, 3]
 
@@ -280,11 +280,14 @@ def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None, blocks=None) -> np.
     O = U.shape[2]
     Th, Tw = tiles(H, W)
     y = np.empty((Bn, H, W, O), x.dtype)
-    for lo, hi in batch_chunks(Bn, 16 * Th * Tw * max(C, O) * x.itemsize):
+
+    def run(lo, hi):
         V = np.empty((16, hi - lo, Th, Tw, C), x.dtype)
         input_transform(x[lo:hi], V)
         M = _products(V.reshape(16, -1, C), U, blocks)                    # [16, tiles, O]: the GEMMs
         output_transform(M.reshape(16, hi - lo, Th, Tw, O), y[lo:hi], bias)
+
+    parallel_slices(run, batch_chunks(Bn, 16 * Th * Tw * max(C, O) * x.itemsize))
     return y
 
 
@@ -295,9 +298,11 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
     Bn, H, W, O = dy.shape
     C = U.shape[1]
     Th, Tw = tiles(H, W)
-    dU = np.zeros((16, C, O), dy.dtype) if need_dw else None
     dx = np.empty((Bn, H, W, C), dy.dtype) if need_dx else None
-    for lo, hi in batch_chunks(Bn, 16 * Th * Tw * max(C, O) * dy.itemsize):
+    slices = batch_chunks(Bn, 16 * Th * Tw * max(C, O) * dy.itemsize)
+    partial_dU = {}                                                      # per slice, summed in order below
+
+    def run(lo, hi):
         dM = np.empty((16, hi - lo, Th, Tw, O), dy.dtype)
         output_transform_adjoint(dy[lo:hi], dM)
         dM = dM.reshape(16, -1, O)
@@ -306,11 +311,12 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
             input_transform(x[lo:hi], V)
             Vt = V.reshape(16, -1, C).transpose(0, 2, 1)                  # [16, C, tiles]
             if blocks is None:
-                dU += np.matmul(Vt, dM)                                   # [16, C, O]
+                partial_dU[lo] = np.matmul(Vt, dM)                        # [16, C, O]
             else:
+                part = partial_dU[lo] = np.zeros((16, C, O), dy.dtype)
                 for xi, ranges in enumerate(blocks):
                     for a, b in ranges:
-                        dU[xi, :, a:b] += Vt[xi] @ dM[xi, :, a:b]
+                        np.matmul(Vt[xi], dM[xi, :, a:b], out=part[xi, :, a:b])
             del V, Vt
         if need_dx:
             if blocks is None:
@@ -321,4 +327,11 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
                     for a, b in ranges:
                         dV[xi] += dM[xi, :, a:b] @ U[xi, :, a:b].T
             input_transform_adjoint(dV.reshape(16, hi - lo, Th, Tw, C), dx[lo:hi])
+
+    parallel_slices(run, slices)
+    dU = None
+    if need_dw:
+        dU = np.zeros((16, C, O), dy.dtype)
+        for lo, _ in slices:                                             # a fixed order: same sum on any thread count
+            dU += partial_dU[lo]
     return dx, (None if dU is None else weight_transform_adjoint(dU))
