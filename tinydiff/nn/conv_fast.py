@@ -197,20 +197,31 @@ def _bias_grad(gd, bias):
 
 
 def _input_grad(gd, w, w_mat, x_shape, kernel, stride, padding):
-    """dL/dx [B, H, W, C] from gd = dL/dy [B, Ho, Wo, O]."""
+    """dL/dx [B, H, W, C] from gd = dL/dy [B, Ho, Wo, O], in batch slices (``parallel_slices``)."""
     O, C, kh, kw = w.shape
-    if kernel == "pointwise":
-        return (gd.reshape(-1, O) @ w_mat.T).reshape(x_shape)
     (ph, pw) = padding
-    if stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1:
+    dx = np.empty(x_shape, gd.dtype)
+    transposed = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
+    if transposed:
         # Transposed convolution: x_pad[i + p] fed y[i] through w[p], so dx[i'] collects
         # dy[i' - p] w[p] over p: a convolution of dy padded by k-1-p with the kernel
         # flipped (p -> k-1-p) and its channel axes swapped ([C, O, kh, kw]).
-        w_flipped = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        cols = im2col_nhwc(gd, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw))
-        return (cols @ _gemm_weight(w_flipped)).reshape(x_shape)
-    dcols = gd.reshape(-1, O) @ w_mat.T                           # [B*Ho*Wo, kh*kw*C]
-    return col2im_nhwc(dcols, x_shape, kernel=(kh, kw), stride=stride, padding=padding)
+        w_flipped = _gemm_weight(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    per_example = gd[0].size * (1 if kernel == "pointwise" else kh * kw) * gd.itemsize
+
+    def run(lo, hi):
+        g = gd[lo:hi]
+        if kernel == "pointwise":
+            np.matmul(g.reshape(-1, O), w_mat.T, out=dx[lo:hi].reshape(-1, C))
+        elif transposed:
+            cols = im2col_nhwc(g, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw))
+            np.matmul(cols, w_flipped, out=dx[lo:hi].reshape(-1, C))
+        else:
+            dcols = g.reshape(-1, O) @ w_mat.T                    # [b*Ho*Wo, kh*kw*C]
+            dx[lo:hi] = col2im_nhwc(dcols, (hi - lo,) + tuple(x_shape[1:]), (kh, kw), stride, padding)
+
+    parallel_slices(run, winograd.batch_chunks(x_shape[0], per_example))
+    return dx
 
 
 # ---------------------------------------------------------------------- upsample x2, then 3x3 conv
