@@ -96,6 +96,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.steps is not None and args.steps < 1 or args.minutes <= 0:
         p.error("--steps and --minutes must be positive")
+    if args.n_samples % 10 and not args.unconditional:
+        p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")
     if args.sample_steps > args.T:
         p.error(f"--sample-steps {args.sample_steps} exceeds --T {args.T}")
     if args.guidance < 0 or not 0 <= args.label_dropout <= 1 or args.lr <= 0:
@@ -226,8 +228,10 @@ def main(argv=None) -> dict:
 
     np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
     np.save(os.path.join(args.out, "labels.npy"), y.astype(np.int64))
-    order = np.argsort(y, kind="stable").reshape(10, -1)[:, :10].ravel() if conditional else np.arange(100)
-    save_image_grid(samples[order[:100]], os.path.join(args.out, "grid.png"), nrow=10)
+    per_digit = min(10, args.n_samples // 10)                               # row k = digit k
+    order = (np.argsort(y, kind="stable").reshape(10, -1)[:, :per_digit].ravel() if conditional
+             else np.arange(min(100, args.n_samples)))
+    save_image_grid(samples[order], os.path.join(args.out, "grid.png"), nrow=per_digit if conditional else 10)
     if conditional:
         plot_image_rows([s[:, 0] for s in strip], os.path.join(args.out, "guidance.png"),
                         row_labels=[f"w = {w:g}" for w in GUIDANCE_STRIP], col_labels=[str(k) for k in range(10)],
