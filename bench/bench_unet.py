@@ -10,6 +10,7 @@ the peak memory of each:
     python bench/bench_unet.py --check             # outputs and gradients agree (float32)?
     python bench/bench_unet.py --breakdown         # where the time goes, layer by layer
     python bench/bench_unet.py --impl im2col       # tinydiff's plain convolution instead
+    python bench/bench_unet.py --cpu-time           # one thread each, CPU time: robust on a busy machine
 
 Peak memory is measured two ways. ``tinydiff_peak_mb`` is tracemalloc's peak of live
 NumPy buffers during one step. ``*_rss_peak_mb`` is the same for both frameworks: the
@@ -214,12 +215,15 @@ def set_conv_impl(model, impl):
 
 
 # ---------------------------------------------------------------------- measurements
+CLOCK = time.perf_counter        # --cpu-time: time.process_time, with every framework on one thread
+
+
 def median_ms(fn, reps):
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((CLOCK() - start) * 1e3)
     return times
 
 
@@ -361,6 +365,9 @@ def main(argv=None):
     parser.add_argument("--no-rss", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--check", action="store_true", help="only compare outputs and gradients with PyTorch")
     parser.add_argument("--breakdown", action="store_true", help="only the per-layer time breakdown")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread each and CPU time instead of wall time: a ratio that another "
+                             "process on the machine barely disturbs")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:                      # glibc's default malloc here (see the module docstring)
@@ -374,13 +381,21 @@ def main(argv=None):
         print(json.dumps(breakdown(args.batch, args.impl), indent=2))
         return
 
+    global CLOCK
+    threads = os.cpu_count()
+    if args.cpu_time:
+        from tinydiff import parallel
+        CLOCK, threads = time.process_time, 1
+        parallel.set_num_threads(1)
+        if parallel._blas is not None:
+            parallel._blas[0](1)                                 # NumPy's OpenBLAS on one thread
     model, data, fns = build(args.batch, args.impl)
-    results = {"batch": args.batch, "impl": args.impl, "numpy": np.__version__, "rounds": args.rounds,
+    results = {"batch": args.batch, "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "impl": args.impl, "numpy": np.__version__, "rounds": args.rounds,
                "reps_per_round": args.reps, "cpu_count": os.cpu_count()}
     if not args.no_torch:
         try:
             torch = add_torch(fns, model, data)
-            torch.set_num_threads(os.cpu_count())
+            torch.set_num_threads(threads)
             results["torch"], results["torch_threads"] = torch.__version__, torch.get_num_threads()
         except ImportError:
             results["torch"] = "not installed: only tinydiff was timed"
