@@ -302,12 +302,12 @@ def breakdown(batch, impl, steps=3):
 
     def timed_call(self, *args, **kwargs):                          # exclusive forward time per module
         label = f"{self._bench_name} ({type(self).__name__})"
-        start = time.perf_counter()
+        start = CLOCK()
         stack.append([label, 0.0])
         try:
             return original_call(self, *args, **kwargs)
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = CLOCK() - start
             _, children = stack.pop()
             fwd[label] = fwd.get(label, 0.0) + elapsed - children
             if stack:
@@ -317,9 +317,9 @@ def breakdown(batch, impl, steps=3):
         label = stack[-1][0] if stack else "(outside modules: loss, q_sample)"
 
         def timed_backward(g):
-            start = time.perf_counter()
+            start = CLOCK()
             out = backward(g)
-            bwd[label] = bwd.get(label, 0.0) + time.perf_counter() - start
+            bwd[label] = bwd.get(label, 0.0) + CLOCK() - start
             return out
         return original_from_op(cls, data, parents, timed_backward)
 
@@ -329,9 +329,9 @@ def breakdown(batch, impl, steps=3):
     try:
         total = 0.0
         for _ in range(steps):
-            start = time.perf_counter()
+            start = CLOCK()
             fns["tinydiff_train"]()
-            total += time.perf_counter() - start
+            total += CLOCK() - start
     finally:
         Module.__call__, Tensor.from_op = original_call, classmethod(original_from_op)
     rows = sorted(set(fwd) | set(bwd), key=lambda k: -(fwd.get(k, 0) + bwd.get(k, 0)))
@@ -343,7 +343,7 @@ def breakdown(batch, impl, steps=3):
         from torch.profiler import ProfilerActivity, profile
     except ImportError:
         return result
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(1 if CLOCK is time.process_time else os.cpu_count())
     add_torch(fns, model, data)
     fns["torch_train"]()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -374,13 +374,6 @@ def main(argv=None):
         print(rss_peak_child(args.rss_child, args.batch, args.impl))
         return
     reuse_freed_memory()
-    if args.check:
-        print(json.dumps(check(), indent=2))
-        return
-    if args.breakdown:
-        print(json.dumps(breakdown(args.batch, args.impl), indent=2))
-        return
-
     global CLOCK
     threads = os.cpu_count()
     if args.cpu_time:
@@ -389,6 +382,12 @@ def main(argv=None):
         parallel.set_num_threads(1)
         if parallel._blas is not None:
             parallel._blas[0](1)                                 # NumPy's OpenBLAS on one thread
+    if args.check:
+        print(json.dumps(check(), indent=2))
+        return
+    if args.breakdown:
+        print(json.dumps(breakdown(args.batch, args.impl), indent=2))
+        return
     model, data, fns = build(args.batch, args.impl)
     results = {"batch": args.batch, "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "impl": args.impl, "numpy": np.__version__, "rounds": args.rounds,
                "reps_per_round": args.reps, "cpu_count": os.cpu_count()}

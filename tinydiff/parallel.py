@@ -165,6 +165,16 @@ def _single_threaded_blas():
         setter(previous)
 
 
+def batch_slices(n: int, bytes_per_item: int, budget: int) -> list:
+    """Consecutive (lo, hi) slices of range(n) holding at most ``budget`` bytes each (at least one item).
+
+    NumPy makes one pass over memory per operation, so a kernel of several operations runs
+    at the speed of the cache its working set fits in: slicing the batch keeps it there.
+    """
+    per = max(1, budget // max(1, bytes_per_item))
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
+
+
 def parallel_slices(fn, slices: list) -> None:
     """Call ``fn(lo, hi)`` for every (lo, hi) in ``slices``, whole slices on different threads.
 
