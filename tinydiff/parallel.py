@@ -2,10 +2,13 @@
 
 NumPy runs a ufunc or a copy on one thread, but it releases the GIL inside the loop,
 so two Python threads that each transform half of a batch really run on two cores.
-(The GEMMs need none of this: OpenBLAS already splits them over its own threads.)
-The fast convolution, GroupNorm + SiLU and Adam hand their large elementwise passes to
+Two ways to use them:
 
-    parallel_for(fn, n, work)      fn(lo, hi) on consecutive chunks of range(n)
+    parallel_for(fn, n, work)      fn(lo, hi) on consecutive chunks of range(n): copies
+                                   and elementwise passes (padding, layout changes, silu)
+    parallel_slices(fn, slices)    fn(lo, hi) on given batch slices, one whole slice per
+                                   thread, OpenBLAS on one thread meanwhile: convolutions
+                                   (transforms and GEMMs) and GroupNorm, slice by slice
 
 which splits ``range(n)`` (usually the batch) into chunks that the calling thread and the
 pool's threads take one by one, and returns when all are done.
@@ -17,7 +20,8 @@ Threads are used only when the work is large: ``work`` is the number of array el
 the call touches, and below ``MIN_WORK`` (a few hundred microseconds of NumPy time) the
 cost of waking a thread (~30 us) is not worth paying.
 
-The pool size is ``os.cpu_count()``; set the environment variable
+Both hand the pieces out from a shared counter, so a thread that another process delays
+does not hold the others up. The pool size is ``os.cpu_count()``; set the environment variable
 ``TINYDIFF_NUM_THREADS`` (e.g. to 1) before importing tinydiff to override it, or call
 ``set_num_threads(k)`` at run time.
 """

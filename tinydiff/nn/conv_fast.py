@@ -19,8 +19,10 @@ Why it is faster, in the order it matters for a UNet on a CPU:
    padded by k-1-p, with the kernel flipped and its in/out channels swapped. That is one
    im2col of dy and one GEMM, instead of a GEMM into a [N, C*kh*kw] dcols array (9x the
    size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
-4. **Both cores for the copies** (``tinydiff.parallel``): im2col, padding and layout
-   changes are split along the batch.
+4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
+   dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
+   rather than kept, and whole slices go to the cores (``tinydiff.parallel``).
+5. **Upsample x2 + 3x3 conv as phase convolutions** (at the end of this file).
 
 The three kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
 least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  anything else -> channels-last
