@@ -30,7 +30,10 @@ def validate_betas(betas) -> np.ndarray:
     would make a step that adds no noise (and a posterior variance of 0 inside the
     chain); beta = 1 would erase the signal in one step (alpha_bar = 0 from then on).
     """
-    arr = np.asarray(betas, dtype=np.float64)
+    try:
+        arr = np.asarray(betas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: expected a 1-D array of floats [T], got {betas!r:.80}") from None
     if arr.ndim != 1:
         raise ValueError(f"betas: expected a 1-D array of shape [T], got shape {arr.shape}")
     if arr.size == 0:
@@ -131,6 +134,10 @@ def extract(arr: np.ndarray, t, shape) -> np.ndarray:
     `_extract_into_tensor`), so no other code depends on how many axes D has.
     """
     t = np.asarray(t)
+    if np.ndim(arr) != 1:
+        raise ValueError(f"arr: expected per-timestep values of shape [T], got shape {np.shape(arr)}")
+    if len(shape) < 1:
+        raise ValueError(f"shape: expected the data's shape (B, *D) with a batch axis, got {tuple(shape)}")
     if t.ndim != 1 or t.dtype.kind not in "iu":
         raise ValueError(f"t: expected an int array of shape [B], got dtype {t.dtype}, shape {t.shape}")
     if t.shape[0] != shape[0]:
