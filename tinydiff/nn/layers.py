@@ -199,7 +199,7 @@ def silu(x: Tensor) -> Tensor:
         sig *= 0.5                                      # s = sigmoid(x), in place
         np.multiply(X[lo:hi], sig, out=Y[lo:hi])
 
-    parallel_for(forward, rows, work=x.size * 4)
+    parallel_for(forward, rows, work=x.size)
 
     def backward(g):
         d = np.empty_like(x)
@@ -212,7 +212,7 @@ def silu(x: Tensor) -> Tensor:
             part *= S[lo:hi]
             part *= Gr[lo:hi]
 
-        parallel_for(work, rows, work=x.size * 4)
+        parallel_for(work, rows, work=x.size)
         return (d,)
 
     return Tensor.from_op(out, (x_t,), backward)
