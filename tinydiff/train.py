@@ -22,7 +22,6 @@ Resuming restores all of it, so a resumed run continues exactly as the uninterru
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
@@ -33,11 +32,7 @@ from .data.arrays import EpochSampler
 from .diffusion import GaussianDiffusion
 from .objectives import DiffusionLoss
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
-
-
-def _format_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+from .progress import Progress
 
 
 def as_batch_sampler(data):
@@ -145,17 +140,20 @@ class Trainer:
         return value
 
     def train(self, steps: int) -> list[float]:
-        """Train until ``self.step == steps`` (a resumed trainer continues where it stopped)."""
-        start_step, start = self.step, time.perf_counter()
+        """Train until ``self.step == steps`` (a resumed trainer continues where it stopped).
+
+        Progress (``tinydiff.progress.Progress``): one line redrawn in place on a terminal or
+        in a notebook, else a line every ``log_every`` steps; the loss shown is the mean of
+        the last ``log_every`` steps, the speed and ETA are measured over recent steps.
+        """
+        progress = None
+        if self.log_every:
+            progress = Progress(steps, "step", every=self.log_every, initial=self.step, unit="steps",
+                                log=None if self.log is print else self.log)
         while self.step < steps:
             self.train_step()
-            done = self.step - start_step
-            if self.log_every and (self.step % self.log_every == 0 or self.step == steps):
-                elapsed = time.perf_counter() - start
-                rate = done / max(elapsed, 1e-9)
-                recent = np.mean(self.losses[-self.log_every:])
-                self.log(f"step {self.step:>6}/{steps}  loss {recent:.4f}  {rate:6.1f} steps/s  "
-                         f"elapsed {_format_seconds(elapsed)}  ETA {_format_seconds((steps - self.step) / rate)}")
+            if progress is not None:
+                progress.update(self.step, loss=float(np.mean(self.losses[-self.log_every:])))
             if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save(self.checkpoint_path)
         if self.checkpoint_path:
