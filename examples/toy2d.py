@@ -1,11 +1,12 @@
 """Train a diffusion model on 2-D toy data and check it against the truth.
 
-The first thing to run. It trains TOY-MLP on points from a distribution whose
+The first thing to run. It trains ToyMLP on points from a distribution whose
 density we know, then
 
 * draws samples and plots them beside the data (samples.png),
 * animates the forward process destroying the data and the reverse process
-  rebuilding it (forward.gif, reverse.gif; cloud and density over t),
+  rebuilding it (forward.gif, reverse.gif; both labelled by the papers' t, with the
+  true density of q(x_t) beside the forward cloud where it is known),
 * computes the variational bound on -log p(x) in bits per point on 2,000
   held-out points (calc_bpd_loop: L_T + sum_t L_{t-1} + L_0) and sets it beside
   the true negative log-likelihood (the entropy, which no model can beat),
@@ -18,7 +19,9 @@ Run (about a minute on 2 cores):
     python examples/toy2d.py --dataset swiss_roll --T 40 --objective sohl-dickstein
 
 Everything lands in --out (default out/toy2d): samples.npy, samples.png, loss.png,
-forward.gif, reverse.gif, metrics.json and checkpoint.npz (resume with --resume).
+forward.gif, reverse.gif, metrics.json and checkpoint.npz (resume with --resume). The run
+ends by printing that folder and one line per target, e.g.
+"gap 0.136 bits (target <= 0.3): ok".
 """
 from __future__ import annotations
 
@@ -31,30 +34,35 @@ import time
 import numpy as np
 
 import tinydiff as td
-from tinydiff import viz
 from tinydiff.checkpoint import atomic_write
-from tinydiff.data import make_dataset
-from tinydiff.metrics import energy_distance, mode_coverage, mode_precision
-from tinydiff.models import ForwardResidual, ToyMLP
-from tinydiff.objectives import OBJECTIVES, DiffusionLoss, make_diffusion
-from tinydiff.runtime import reuse_freed_memory
-from tinydiff.samplers import sample as run_sampler
-from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule, logsnr_beta_schedule
-from tinydiff.train import Trainer
+
 SCHEDULES = ("linear", "rescaled", "cosine", "logsnr")
 N_EVAL = 2000          # held-out points for the bound, samples for the metrics
 N_FRAMES = 40          # frames per GIF
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" after each flag, except where there is no single default value
+    (None): those flags say in their own words what happens when they are left out."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="8gaussians",
                    choices=["8gaussians", "gaussian", "swiss_roll", "moons", "checkerboard"], help="training data")
-    p.add_argument("--objective", default="hybrid", choices=sorted(OBJECTIVES), help="what the model learns")
+    p.add_argument("--objective", default="hybrid", choices=sorted(td.OBJECTIVES),
+                   help="what the network predicts and what it is trained on (td.OBJECTIVES): eps = the noise, "
+                        "variance fixed to beta_t, loss L_simple (Ho et al. 2020); hybrid = the noise and a "
+                        "variance between beta-tilde_t and beta_t, loss L_simple + 0.001 L_vlb (Nichol & Dhariwal "
+                        "2021; model_var_type='learned_range', loss_type='hybrid', two output heads); "
+                        "sohl-dickstein = the mean and variance of each reverse step, trained on the bound itself "
+                        "(Sohl-Dickstein et al. 2015)"),
     p.add_argument("--noise", type=float, default=None,
                    help="swiss_roll / moons: std of the Gaussian noise around the curve, in the data's raw "
-                        "units before standardising (default: the dataset's own, 0.5 / 0.1)")
+                        "units before standardising (default: the dataset's own, 0.5 for swiss_roll, 0.1 for moons)")
     p.add_argument("--schedule", default="linear", choices=SCHEDULES,
                    help="noise schedule beta_t: linear from --beta-start to --beta-end; rescaled: the same with "
                         "both ends times 1000/T (improved-diffusion); cosine (Nichol & Dhariwal eq. 17); "
@@ -75,7 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--lr-decay", default="cosine", choices=["cosine", "none"],
                    help="after warm-up, cosine-decay the learning rate to 0 at --steps, or keep it")
     p.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights used for evaluation")
-    p.add_argument("--hidden", type=int, default=256, help="width of TOY-MLP's hidden layers")
+    p.add_argument("--hidden", type=int, default=256, help="width of ToyMLP's hidden layers")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "langevin"],
                    help="ancestral DDPM, deterministic DDIM (eta=0), or annealed Langevin on the score")
@@ -83,7 +91,9 @@ def parse_args(argv=None):
                    help="sample on this many evenly spaced timesteps (default: all T for ddpm and ddim, "
                         "100 for langevin)")
     p.add_argument("--out", default=os.path.join("out", "toy2d"), help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
+    p.add_argument("--resume", action="store_true",
+                   help="continue training from OUT/checkpoint.npz up to --steps; on a finished run this only "
+                        "re-evaluates and re-samples (e.g. with another --sampler or --sample-steps)")
     p.add_argument("--no-gifs", action="store_true", help="skip the animations (faster)")
     args = p.parse_args(argv)
     for name in ("T", "steps", "batch"):
@@ -95,45 +105,39 @@ def parse_args(argv=None):
 def make_betas(args) -> np.ndarray:
     """The schedule chosen on the command line, float64 [T]."""
     if args.schedule == "linear":
-        return linear_beta_schedule(args.T, args.beta_start, args.beta_end)
+        return td.linear_beta_schedule(args.T, args.beta_start, args.beta_end)
     if args.schedule == "rescaled":          # improved-diffusion: T = 1000's betas stretched to T steps
         scale = 1000.0 / args.T
         if args.beta_end * scale >= 1:
             raise SystemExit(f"--schedule rescaled: the last beta, --beta-end * 1000 / T = {args.beta_end * scale:g}, "
                              f"must stay below 1; use a larger --T or a smaller --beta-end")
-        return linear_beta_schedule(args.T, args.beta_start * scale, args.beta_end * scale)
+        return td.linear_beta_schedule(args.T, args.beta_start * scale, args.beta_end * scale)
     if args.schedule == "cosine":
-        return cosine_beta_schedule(args.T)
-    return logsnr_beta_schedule(args.T, args.logsnr_max, args.logsnr_min)
+        return td.cosine_beta_schedule(args.T)
+    return td.logsnr_beta_schedule(args.T, args.logsnr_max, args.logsnr_min)
 
 
 def make_data(args):
     """The dataset, with --noise passed on where the dataset has a noise level."""
     if args.noise is None:
-        return make_dataset(args.dataset)
+        return td.data.make_dataset(args.dataset)
     if args.dataset not in ("swiss_roll", "moons"):
         raise SystemExit(f"--noise: only swiss_roll and moons have a noise level, got --dataset {args.dataset}")
-    return make_dataset(args.dataset, noise=args.noise)
+    return td.data.make_dataset(args.dataset, noise=args.noise)
 
 
-def progress_printer(label: str):
-    """A progress(i, n) callback that prints about ten lines."""
-    start = time.perf_counter()
-
-    def progress(i, n):
-        if i == n or i % max(1, n // 10) == 0:
-            print(f"  {label}: {i}/{n}  ({time.perf_counter() - start:.1f} s)", flush=True)
-    return progress
+def sample_steps(args):
+    """The sampler's steps= argument: None (every timestep), or --sample-steps; Langevin
+    defaults to 100 noise levels, whose 10 moves each cost as much as 1000 DDPM steps."""
+    if args.sampler == "langevin":
+        return args.sample_steps or min(100, args.T)
+    return args.sample_steps
 
 
 def sample(args, diffusion, model, rng):
     """Draw N_EVAL samples and a trajectory [frames, N, 2] from noise to data."""
-    shape = (N_EVAL, 2)
-    steps = args.sample_steps                           # None: every timestep
-    if args.sampler == "langevin":                    # 10 Langevin moves per noise level: 100 levels
-        steps = steps or min(100, args.T)               # cost as much as 1000 DDPM steps
-    return run_sampler(diffusion, model, shape, rng, sampler=args.sampler, steps=steps,
-                       progress=progress_printer(f"sampling ({args.sampler})"), return_trajectory=True)
+    return td.sample(diffusion, model, (N_EVAL, 2), rng, sampler=args.sampler, steps=sample_steps(args),
+                     progress=td.Progress(0, f"sampling ({args.sampler})"), return_trajectory=True)
 
 
 def frame_indices(length: int, n: int = N_FRAMES, dense_at_start: bool = True) -> np.ndarray:
@@ -144,25 +148,74 @@ def frame_indices(length: int, n: int = N_FRAMES, dense_at_start: bool = True) -
     return np.unique(idx.round().astype(int))
 
 
+def animate(args, data, diffusion, held_out, trajectory, rng):
+    """forward.gif and reverse.gif, both labelled by the papers' t (1..T; t = 0 is the data)."""
+    lims = td.viz.square_limits(held_out, trajectory[0], trajectory[-1])
+    ts = frame_indices(args.T)                                     # code indices: the papers' t = ts + 1
+    forward = [held_out] + [diffusion.q_sample(held_out, np.full(N_EVAL, t), rng=rng) for t in ts]
+    density, title = "histogram", None
+    if isinstance(data, td.data.GaussianMixture):                 # q(x_t) is a mixture too: draw the truth
+        grid = td.viz.grid_points(lims, 64)
+        oracle = td.oracles.GaussianMixtureOracle(data.means, data.std, data.weights, diffusion)
+        density = [np.exp(data.log_prob(grid))] + [np.exp(oracle.log_prob(grid, np.full(len(grid), t))) for t in ts]
+        density, title = np.stack(density).reshape(-1, 64, 64), "true density of $x_t$, $q(x_t)$"
+    td.viz.animate_clouds(forward, ["t = 0 (data)"] + [f"t = {t + 1}" for t in ts],
+                          os.path.join(args.out, "forward.gif"), title=r"forward $q(x_t \mid x_0)$", lims=lims,
+                          reference=held_out, points_label="$x_t$", density=density, density_title=title)
+    # trajectory[k] follows k reverse steps from the noise: on a chain of K kept steps it sits at
+    # chain index K-1-k, i.e. the papers' t = timestep_map[K-1-k] + 1, and trajectory[K] is x_0.
+    steps = sample_steps(args)
+    kept = (td.respace(diffusion, steps) if steps else diffusion).timestep_map + 1        # papers' t, [K]
+    K = len(kept)
+    keep = frame_indices(len(trajectory), dense_at_start=False)
+    if args.sampler == "langevin":       # its frames are y = x_t / sqrt(alpha_bar_t) after each noise level
+        labels = [f"level t = {kept[K - max(k, 1)]}" for k in keep]   # frame k > 0: after level K-k
+        title, points = "annealed Langevin on the score", r"$x_t / \sqrt{\bar\alpha_t}$"
+    else:
+        labels = [f"t = {kept[K - 1 - k]}" if k < K else "t = 0 (sample)" for k in keep]
+        title, points = rf"reverse $p_\theta(x_{{t-1}} \mid x_t)$, {args.sampler}", "$x_t$"
+    td.viz.animate_clouds(trajectory[keep], labels, os.path.join(args.out, "reverse.gif"), title=title, lims=lims,
+                          reference=held_out, points_label=points, density="histogram")
+
+
+def report(args, metrics):
+    """The folder the run wrote to, then one line per number with its target."""
+    print(f"\nwrote {os.path.abspath(args.out)}: samples.png, loss.png" +
+          ("" if args.no_gifs else ", forward.gif, reverse.gif") + ", metrics.json, samples.npy, checkpoint.npz")
+    m = metrics
+    print(f"bound on -log p(x): {m['nll_bound_bits']:.3f} +- {m['nll_bound_bits_stderr']:.3f} bits per point "
+          f"(prior L_T {m['prior_bits']:.3f}, decoder L_0 {m['decoder_bits']:.2f}: a density, so it can be < 0)")
+    ok = {True: "ok", False: "MISSED"}
+    if "bound_gap_bits" in m:
+        gap, floor = m["bound_gap_bits"], -4 * m["nll_bound_bits_stderr"]
+        print(f"gap {gap:.3f} bits to the true NLL {m['true_nll_bits']:.3f} (target <= 0.3, and not below "
+              f"{floor:.3f}, or the bound is wrong): {ok[floor < gap <= 0.3]}")
+    if "mode_coverage" in m:
+        print(f"modes covered {m['mode_coverage']}/8 (target 8/8): {ok[m['mode_coverage'] == 8]}")
+        print(f"mode precision {m['mode_precision']:.3f} (target >= 0.95; a perfect sampler scores 0.989): "
+              f"{ok[m['mode_precision'] >= 0.95]}")
+    print(f"energy distance {m['energy_distance']:.4f} (0: indistinguishable from fresh data)")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    reuse_freed_memory()                       # keep NumPy's freed temporaries mapped: see tinydiff/runtime.py
+    td.runtime.reuse_freed_memory()            # keep NumPy's freed temporaries mapped: see tinydiff/runtime.py
     os.makedirs(args.out, exist_ok=True)
     data = make_data(args)
-    diffusion = make_diffusion(args.objective, make_betas(args), decoder_nll="continuous")
-    model = ToyMLP(heads=2 if diffusion.learned_variance else 1, hidden=args.hidden,
-                   rng=np.random.default_rng(args.seed))
+    diffusion = td.make_diffusion(args.objective, make_betas(args), decoder_nll="continuous")
+    model = td.models.ToyMLP(heads=2 if diffusion.learned_variance else 1, hidden=args.hidden,
+                             rng=np.random.default_rng(args.seed))
     if args.sd_mean == "residual":
         if args.objective != "sohl-dickstein":
             raise SystemExit(f"--sd-mean residual: only the sohl-dickstein objective outputs a mean, "
                              f"got --objective {args.objective}")
-        model = ForwardResidual(model, diffusion.betas)
+        model = td.models.ForwardResidual(model, diffusion.betas)
     checkpoint = os.path.join(args.out, "checkpoint.npz")
-    trainer = Trainer(model, DiffusionLoss(diffusion), data, batch_size=args.batch, lr=args.lr,
-                      warmup_steps=min(200, args.steps // 10), ema_decay=args.ema,
-                      lr_decay_steps=args.steps if args.lr_decay == "cosine" else None, seed=args.seed,
-                      log_every=max(1, args.steps // 10), checkpoint_path=checkpoint,
-                      checkpoint_every=max(1, args.steps // 4), config=vars(args))
+    trainer = td.Trainer(model, td.DiffusionLoss(diffusion), data, batch_size=args.batch, lr=args.lr,
+                         warmup_steps=min(200, args.steps // 10), ema_decay=args.ema,
+                         lr_decay_steps=args.steps if args.lr_decay == "cosine" else None, seed=args.seed,
+                         log_every=max(1, args.steps // 10), checkpoint_path=checkpoint,
+                         checkpoint_every=max(1, args.steps // 4), config=vars(args))
     if args.resume:
         trainer.resume(checkpoint)
         print(f"resumed from {checkpoint} at step {trainer.step}")
@@ -174,7 +227,7 @@ def main(argv=None) -> dict:
     eval_rng = np.random.default_rng(args.seed + 1)            # separate from training's stream
     held_out = data.sample(N_EVAL, eval_rng)
     with trainer.ema.average_parameters(model), td.no_grad():
-        bound = diffusion.calc_bpd_loop(model, held_out, rng=eval_rng, progress=progress_printer("bound"))
+        bound = diffusion.calc_bpd_loop(model, held_out, rng=eval_rng, progress=td.Progress(args.T, "bound"))
         samples, trajectory = sample(args, diffusion, model, eval_rng)
     bits = bound["total_bits"].astype(np.float64)
 
@@ -186,31 +239,25 @@ def main(argv=None) -> dict:
         "nll_bound_bits_stderr": float(bits.std(ddof=1) / np.sqrt(len(bits))),
         "prior_bits": float(bound["prior_bpd"].mean() * 2),
         "decoder_bits": float(bound["vb"][:, 0].mean() * 2),
-        "energy_distance": energy_distance(samples, data.sample(N_EVAL, eval_rng)),
+        "energy_distance": td.metrics.energy_distance(samples, data.sample(N_EVAL, eval_rng)),
     }
     if hasattr(data, "entropy_bits") and getattr(data, "noise", 1.0) > 0:     # a noiseless roll has no density
         metrics["true_nll_bits"] = float(data.entropy_bits())
         metrics["bound_gap_bits"] = metrics["nll_bound_bits"] - metrics["true_nll_bits"]
     if args.dataset == "8gaussians":
-        metrics["mode_coverage"] = int(mode_coverage(samples, data.means, data.std))
-        metrics["mode_precision"] = float(mode_precision(samples, data.means, data.std))
+        metrics["mode_coverage"] = int(td.metrics.mode_coverage(samples, data.means, data.std))
+        metrics["mode_precision"] = float(td.metrics.mode_precision(samples, data.means, data.std))
 
     np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
-    viz.plot_samples(samples, held_out, os.path.join(args.out, "samples.png"),
-                     title=f"{args.objective} on {args.dataset}, {args.sampler} sampler")
-    viz.plot_loss(np.arange(1, len(trainer.losses) + 1), np.asarray(trainer.losses),
-                  os.path.join(args.out, "loss.png"))
+    td.viz.plot_samples(samples, held_out, os.path.join(args.out, "samples.png"),
+                        title=f"{args.objective} on {args.dataset}, {args.sampler} sampler")
+    td.viz.plot_loss(np.arange(1, len(trainer.losses) + 1), np.asarray(trainer.losses),
+                     os.path.join(args.out, "loss.png"), title=f"training loss ({args.objective})")
     if not args.no_gifs:
-        ts = frame_indices(args.T)
-        forward = [diffusion.q_sample(held_out, np.full(N_EVAL, t), rng=eval_rng) for t in ts]
-        viz.save_cloud_gif([held_out] + forward, ["data"] + [f"t = {t + 1}" for t in ts],
-                           os.path.join(args.out, "forward.gif"), reference=held_out, title="forward q(x_t | x_0)")
-        keep = frame_indices(len(trajectory), dense_at_start=False)     # trajectory runs x_T -> x_0
-        viz.save_cloud_gif(trajectory[keep], [f"step {i}/{len(trajectory) - 1}" for i in keep],
-                           os.path.join(args.out, "reverse.gif"), reference=held_out, title="reverse p(x_{t-1} | x_t)")
+        animate(args, data, diffusion, held_out, trajectory, eval_rng)
     with atomic_write(os.path.join(args.out, "metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
-    print(json.dumps(metrics, indent=2))
+    report(args, metrics)
     return metrics
 
 

@@ -33,7 +33,7 @@ LOG2 = math.log(2.0)
 MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channels predict
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSS_TYPES = ("mse", "kl", "hybrid")
-DECODER_NLLS = ("continuous", "discretized")
+DECODER_NLLS = ("auto", "continuous", "discretized")
 
 
 def _choose(name, value, options):
@@ -58,7 +58,9 @@ class GaussianDiffusion:
     loss_type -- "mse" (L_simple), "kl" (the variational bound terms) or "hybrid"
         (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see losses.training_losses.
     decoder_nll -- the decoder L_0 = -log p(x_0|x_1): "continuous" Gaussian density (any
-        float data, e.g. 2-D points) or "discretized" over 256 bins (8-bit images in [-1, 1]).
+        float data, e.g. 2-D points), "discretized" over 256 bins (8-bit images in [-1, 1]), or
+        "auto" (the default): discretized when every value of x_0 lies on the 8-bit grid,
+        continuous otherwise (see decoder_kind).
     timestep_map -- int [T]: the timestep the model is called with at each of this chain's
         steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
@@ -66,7 +68,7 @@ class GaussianDiffusion:
     """
 
     def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
-                 loss_type="mse", decoder_nll="continuous", hybrid_vb_weight=0.001, timestep_map=None):
+                 loss_type="mse", decoder_nll="auto", hybrid_vb_weight=0.001, timestep_map=None):
         self.model_mean_type = _choose("model_mean_type", model_mean_type, MODEL_MEAN_TYPES)
         self.model_var_type = _choose("model_var_type", model_var_type, MODEL_VAR_TYPES)
         self.loss_type = _choose("loss_type", loss_type, LOSS_TYPES)
@@ -126,6 +128,24 @@ class GaussianDiffusion:
     def learned_variance(self) -> bool:
         """True if the model must also output the variance (2C channels instead of C)."""
         return self.model_var_type.startswith("learned")
+
+    def decoder_kind(self, x0) -> str:
+        """The decoder used for data x0: ``decoder_nll`` if it names one; for "auto",
+        "discretized" when every value of x0 is on the 8-bit grid k/127.5 - 1, k = 0..255
+        (8-bit images scaled to [-1, 1]: L_0 is then the probability of the observed pixel
+        values, and the bound is comparable with published bits/dim), else "continuous".
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(10))
+        >>> d.decoder_kind(np.array([[-1.0, 1.0, 1 / 127.5]])), d.decoder_kind(np.array([[0.3, -0.2]]))
+        ('discretized', 'continuous')
+        """
+        if self.decoder_nll != "auto":
+            return self.decoder_nll
+        x = np.asarray(unwrap(x0), dtype=np.float64)
+        pixels = (x + 1.0) * 127.5
+        on_grid = (x.size > 0 and bool(np.all(np.abs(x) <= 1.0 + 1e-6))
+                   and bool(np.all(np.abs(pixels - np.round(pixels)) < 1e-3)))
+        return "discretized" if on_grid else "continuous"
 
     # ------------------------------------------------------------------ helpers
     def run_model(self, model, x_t, t, model_kwargs=None):
@@ -329,7 +349,7 @@ class GaussianDiffusion:
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"])) / LOG2
-        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_nll)) / LOG2
+        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_kind(x0))) / LOG2
         return {"output": np.where(np.asarray(t) == 0, nll, kl), "pred_x0": p["pred_x0"]}
 
     def training_losses(self, model, x0, t, noise=None, rng=None, model_kwargs=None):
@@ -389,15 +409,21 @@ class GaussianDiffusion:
         zero = np.zeros((), dtype=x0.dtype)               # N(0, I); np.exp(0.0) would be float64
         return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
 
-    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=False, model_kwargs=None):
+    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None):
         """The whole variational bound on -log p(x_0), per example and per term.
 
         For each t (a loop over the chain, vectorised over the batch) draw x_t ~ q(x_t|x_0) with
         a fresh eps from rng, run the model, and record the bound term at t. x0: [B, *D].
-        The decoder term follows decoder_nll: "discretized" gives a bound on the probability of
-        8-bit data (the convention of published bits/dim on images); "continuous" a bound on a
-        density (for real-valued data; it can be negative). progress(i, T) is called after each
-        of the T steps. Returns (arrays in x0's dtype):
+
+        Which number this is depends on the decoder (``decoder_kind(x0)``):
+          "discretized" (the default for 8-bit images in [-1, 1]): a bound on -log2 P(x_0), the
+              probability of the 256-level pixel values, >= 0; with clip_denoised=True (its
+              default here) this is the convention of published bits/dim (DDPM Table 2,
+              improved-diffusion's calc_bpd_loop), so the numbers can be compared;
+          "continuous" (real-valued data such as 2-D points): a bound on -log2 p(x_0) of a
+              density, which can be negative (a narrow density exceeds 1), and clip_denoised
+              defaults to False.
+        progress(i, T) is called after each of the T steps. Returns (arrays in x0's dtype):
           "vb"          [B, T] bits/dim: vb[:, t] = the paper's L_t (vb[:, 0] = L_0, the decoder;
                         t >= 1: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in code indices)
           "prior_bpd"   [B]    bits/dim: L_T
@@ -409,6 +435,8 @@ class GaussianDiffusion:
         skip recording graphs.
         """
         B, T = x0.shape[0], self.num_timesteps
+        if clip_denoised is None:
+            clip_denoised = self.decoder_kind(x0) == "discretized"
         vb, x0_mse, mse = (np.zeros((B, T), dtype=x0.dtype) for _ in range(3))
         for i in reversed(range(T)):                      # order does not matter: the bound is a sum
             t = np.full(B, i, dtype=np.int64)

@@ -44,6 +44,18 @@ def space_timesteps(T: int, spec) -> np.ndarray:
     round(i (T-1)/(K-1)) for i = 0..K-1; "ddimK": the stride s with len(range(0, T, s)) = K,
     i.e. 0, s, 2s, ... (DDIM's "uniform" skip, Song et al. 2021 appendix D.2); or an explicit
     sequence of distinct timesteps in 0..T-1.
+
+    Rounding follows improved-diffusion's space_timesteps(T, [K]) exactly: a running sum
+    cur += (T-1)/(K-1) rounded by Python's round, which rounds halves to even
+    (space_timesteps(1000, 25) keeps 166, not 167, for 166.5). diffusers'
+    np.linspace(0, T-1, K).round() rounds a product instead of a sum and differs for 278 of
+    K = 2..1000 at T = 1000 (by one step, where a value lies within rounding error of a half).
+    K = 1 keeps the last step T-1, where sampling must start; improved-diffusion keeps 0.
+
+    >>> space_timesteps(1000, 25)[:6].tolist()
+    [0, 42, 83, 125, 166, 208]
+    >>> space_timesteps(1000, "ddim4").tolist(), space_timesteps(10, [9, 0, 5]).tolist()
+    ([0, 250, 500, 750], [0, 5, 9])
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T: expected a positive int number of timesteps, got {T!r}")
@@ -59,8 +71,11 @@ def space_timesteps(T: int, spec) -> np.ndarray:
             raise ValueError(f"spec: expected a count in 1..{T}, 'ddimK' or a list of steps, got {spec!r}")
         if K == 1:
             return np.array([T - 1], dtype=np.int64)
-        # floor(x + 1/2) rounds half up; a spacing >= 1 keeps the K values distinct.
-        return np.floor(np.arange(K) * (T - 1) / (K - 1) + 0.5).astype(np.int64)
+        stride, cur, kept = (T - 1) / (K - 1), 0.0, []
+        for _ in range(K):               # improved-diffusion's loop; a stride >= 1 keeps the K steps distinct
+            kept.append(round(cur))
+            cur += stride
+        return np.array(kept, dtype=np.int64)
     steps = np.asarray(spec)
     if (steps.ndim != 1 or steps.size == 0 or steps.dtype.kind not in "iu" or steps.min() < 0
             or steps.max() >= T or len(np.unique(steps)) != len(steps)):
