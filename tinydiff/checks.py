@@ -18,6 +18,13 @@ def check_rng(rng, name: str = "rng", allow_none: bool = False) -> np.random.Gen
 
     allow_none: ``None`` then gives a fresh, unseeded ``np.random.default_rng()`` (the
     layers' default, like PyTorch's global seed-less initialisation).
+
+    >>> td.checks.check_rng(np.random.default_rng(0)) is not None
+    True
+    >>> td.checks.check_rng(0)
+    Traceback (most recent call last):
+    ...
+    TypeError: rng must be a numpy.random.Generator ..., got int
     """
     if rng is None and allow_none:
         return np.random.default_rng()
@@ -28,7 +35,11 @@ def check_rng(rng, name: str = "rng", allow_none: bool = False) -> np.random.Gen
 
 
 def check_dtype(dtype) -> np.dtype:
-    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else a TypeError."""
+    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else a TypeError.
+
+    >>> td.checks.check_dtype("float64")
+    dtype('float64')
+    """
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -39,14 +50,22 @@ def check_dtype(dtype) -> np.dtype:
 
 
 def check_positive_int(value, name: str) -> int:
-    """``int(value)`` if it is an integer >= 1 (bools refused), else a ValueError."""
+    """``int(value)`` if it is an integer >= 1 (bools refused), else a ValueError.
+
+    >>> td.checks.check_positive_int(np.int64(3), "batch_size")
+    3
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def check_count(n, name: str = "n") -> int:
-    """``int(n)`` if it is an integer >= 0 (bools refused), else a ValueError."""
+    """``int(n)`` if it is an integer >= 0 (bools refused), else a ValueError.
+
+    >>> td.checks.check_count(0)
+    0
+    """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     return int(n)

@@ -186,9 +186,10 @@ def style_axes(ax, lims, title, labels=(True, True)):
         ax.set_ylabel("$x_2$", fontsize=9, labelpad=1)
 
 
-def plot_samples(samples, data, path=None, title=None, lims=None, max_points=20000, dpi=110):
+def plot_samples(samples, data, path=None, title=None, lims=None, max_points=20000, dpi=110,
+                 names=("data", "samples")):
     """Data (left) beside model samples (right); returns the Figure, saved to ``path`` if given
-    (.png, .pdf or .svg).
+    (.png, .pdf or .svg). ``names`` titles the two panels (e.g. two samplers side by side).
 
     Both panels share axis limits and an equal aspect, so shapes and spreads can be compared
     by eye. Default limits hold the central 99% of data and samples together (a handful of
@@ -206,7 +207,7 @@ def plot_samples(samples, data, path=None, title=None, lims=None, max_points=200
     lims = square_limits(data, samples) if lims is None else lims
     fig = figure((8.0, 4.8), dpi)
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
-    for ax, x, name, color in ((axes[0], data, "data", DATA_COLOR), (axes[1], samples, "samples", SAMPLE_COLOR)):
+    for ax, x, name, color in ((axes[0], data, names[0], DATA_COLOR), (axes[1], samples, names[1], SAMPLE_COLOR)):
         shown = thin(x, max_points)
         alpha = float(np.clip(3000.0 / max(len(shown), 1), 0.15, 0.8))
         ax.scatter(shown[:, 0], shown[:, 1], s=3, color=color, alpha=alpha, linewidths=0, rasterized=True)
@@ -297,7 +298,7 @@ def plot_schedules(schedules, path=None, styles=None, title=None, dpi=110):
         raise ValueError(f"schedules: expected a non-empty dict {{label: betas}}, got {type(schedules).__name__}")
     styles = styles or {}
     fig = figure((9.0, 6.4), dpi)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    axes = fig.subplots(2, 2).ravel()
     for label, betas in schedules.items():
         b = np.asarray(betas, dtype=np.float64)
         if b.ndim != 1 or not np.all((b > 0) & (b < 1)):
@@ -316,13 +317,14 @@ def plot_schedules(schedules, path=None, styles=None, title=None, dpi=110):
               r"$\tilde\beta_t / \beta_t$: the two fixed reverse variances")
     for ax, text in zip(axes, titles):
         ax.set_title(text, fontsize=10)
-        ax.grid(True, which="both", alpha=0.25, linewidth=0.5)
+        ax.grid(True, alpha=0.25, linewidth=0.5)
         ax.tick_params(labelsize=8)
     axes[0].set_yscale("log")
     axes[2].set_yscale("log")
+    axes[3].set_xscale("log")                 # the ratio changes only in the first steps: spread them out
     axes[3].set_ylim(0.0, 1.05)
-    for ax in axes[2:]:
-        ax.set_xlabel("diffusion step t / T", fontsize=9)
+    axes[2].set_xlabel("diffusion step t / T", fontsize=9)
+    axes[3].set_xlabel("diffusion step t / T (log scale)", fontsize=9)
     axes[1].legend(fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=12)
