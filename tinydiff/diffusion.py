@@ -65,6 +65,14 @@ class GaussianDiffusion:
         steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
         asked about the timesteps it was trained on.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> d.num_timesteps, d.learned_variance
+    (1000, False)
+    >>> float(d.alphas_cumprod[0]) == 1 - 1e-4            # alpha_bar after the first step (the papers' t = 1)
+    True
+    >>> td.GaussianDiffusion(td.linear_beta_schedule(10), model_var_type="learned_range", loss_type="hybrid").learned_variance
+    True
     """
 
     def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
@@ -126,7 +134,11 @@ class GaussianDiffusion:
 
     @property
     def learned_variance(self) -> bool:
-        """True if the model must also output the variance (2C channels instead of C)."""
+        """True if the model must also output the variance (2C channels instead of C).
+
+        >>> td.make_diffusion("hybrid", td.linear_beta_schedule(10)).learned_variance   # two output heads
+        True
+        """
         return self.model_var_type.startswith("learned")
 
     def decoder_kind(self, x0) -> str:
@@ -136,7 +148,7 @@ class GaussianDiffusion:
         values, and the bound is comparable with published bits/dim), else "continuous".
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(10))
-        >>> d.decoder_kind(np.array([[-1.0, 1.0, 1 / 127.5]])), d.decoder_kind(np.array([[0.3, -0.2]]))
+        >>> d.decoder_kind(np.array([[-1.0, 1.0, 1 / 255]])), d.decoder_kind(np.array([[0.0, -0.2]]))   # 0 is not 8-bit
         ('discretized', 'continuous')
         """
         if self.decoder_nll != "auto":
@@ -149,11 +161,21 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ helpers
     def run_model(self, model, x_t, t, model_kwargs=None):
-        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
+        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here.
+
+        >>> d = td.samplers.respace(td.GaussianDiffusion(td.linear_beta_schedule(100)), 4)   # 4 of 100 steps
+        >>> d.run_model(lambda x, t: t, np.zeros((2, 1)), np.array([0, 3])).tolist()     # asks about trained steps
+        [0, 99]
+        """
         return model(x_t, self.timestep_map[np.asarray(t)], **(model_kwargs or {}))
 
     def coef(self, arr, t, x):
-        """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
+        """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(10))
+        >>> d.coef(d.betas, np.array([0, 9]), np.zeros((2, 3), np.float32)).dtype
+        dtype('float32')
+        """
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"data: expected a float32 or float64 array [B, *D], got dtype {x.dtype} "
                             "(scale integer images to floats in [-1, 1] first)")
@@ -168,12 +190,23 @@ class GaussianDiffusion:
         """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM eq. 2.
 
         x_prev: [B, *D] (the data x_0 when t = 0). Returns (mean, variance, log_variance), each [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> mean, var, _ = d.q_step_mean_variance(np.ones((1, 1)), np.array([0]))
+        >>> float(mean[0, 0]), float(var[0, 0])                  # sqrt(1 - 0.19) = 0.9, and beta_1
+        (0.9, 0.19)
         """
         return (self.coef(self.sqrt_alphas, t, x_prev) * x_prev,
                 self._full(self.betas, t, x_prev), self._full(self.log_betas, t, x_prev))
 
     def q_step(self, x_prev, t, noise=None, rng=None):
-        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D]."""
+        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> x1 = d.q_step(np.ones((1, 1)), np.array([0]), noise=np.ones((1, 1)))
+        >>> round(float(x1[0, 0]), 4)                            # 0.9 * 1 + sqrt(0.19) * 1
+        1.3359
+        """
         noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
         return self.coef(self.sqrt_alphas, t, x_prev) * x_prev + self.coef(self.sqrt_betas, t, x_prev) * noise
 
@@ -181,6 +214,11 @@ class GaussianDiffusion:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
 
         x0: [B, *D]. Returns (mean, variance, log_variance), each [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> mean, var, _ = d.q_mean_variance(np.ones((1, 1)), np.array([1]))
+        >>> round(float(mean[0, 0]), 6), round(float(var[0, 0]), 6)    # alpha_bar = 0.81 * 0.5 = 0.405
+        (0.636396, 0.595)
         """
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0,
                 self._full(1.0 - self.alphas_cumprod, t, x0),
@@ -188,7 +226,16 @@ class GaussianDiffusion:
 
     def q_sample(self, x0, t, noise=None, rng=None):
         """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
-        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D]."""
+        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0 = np.ones((3, 2), dtype=np.float32)
+        >>> x_t = d.q_sample(x0, np.array([0, 500, 999]), rng=np.random.default_rng(0))
+        >>> x_t.shape, x_t.dtype
+        ((3, 2), dtype('float32'))
+        >>> round(float(d.q_sample(x0, np.array([999] * 3), noise=np.zeros_like(x0))[0, 0]), 4)   # sqrt(ab_T) x0
+        0.0064
+        """
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
@@ -202,6 +249,12 @@ class GaussianDiffusion:
 
         x0, x_t: [B, *D]. Returns (mean, variance, log_variance_clipped), each [B, *D]; at t = 0
         the variance is 0 and the log-variance is clipped to log beta-tilde_1 (see __init__).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, x_t = np.zeros((1, 2)), np.ones((1, 2))
+        >>> mean, var, _ = d.q_posterior_mean_variance(x0, x_t, np.array([500]))
+        >>> bool(0 < mean[0, 0] < 1), bool(var[0, 0] < d.betas[500])     # between x_0 and x_t; beta-tilde < beta
+        (True, True)
         """
         mean = (self.coef(self.posterior_mean_coef1, t, x_t) * x0
                 + self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
@@ -211,41 +264,84 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ changing parametrisation
     def predict_x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
-        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D]."""
+        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, eps, t = np.array([[0.5, -1.0]]), np.array([[0.3, 0.2]]), np.array([400])
+        >>> x_t = d.q_sample(x0, t, noise=eps)
+        >>> d.predict_x0_from_eps(x_t, t, eps).round(6).tolist()            # the exact eps gives x_0 back
+        [[0.5, -1.0]]
+        """
         return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
-        predict_x0_from_eps. [B, *D]."""
+        predict_x0_from_eps. [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, eps, t = np.array([[0.5]]), np.array([[0.3]]), np.array([400])
+        >>> d.predict_eps_from_x0(d.q_sample(x0, t, noise=eps), t, x0).round(6).tolist()
+        [[0.3]]
+        """
         return ((self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
                 / self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
     def predict_x0_from_v(self, x_t, t, v):
-        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
+        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, eps, t = np.array([[0.5]]), np.array([[0.3]]), np.array([400])
+        >>> d.predict_x0_from_v(d.q_sample(x0, t, noise=eps), t, d.velocity(x0, t, eps)).round(6).tolist()
+        [[0.5]]
+        """
         return (self.coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
 
     def velocity(self, x0, t, eps):
         """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
-        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
+        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> round(float(d.velocity(np.zeros((1, 1)), np.array([0]), np.ones((1, 1)))[0, 0]), 6)   # sqrt(ab) eps
+        0.99995
+        """
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * eps
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
     def predict_x0_from_mean(self, x_t, t, mean):
         """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
-        improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
+        improved-diffusion's _predict_xstart_from_xprev). [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, x_t, t = np.array([[0.5]]), np.array([[0.1]]), np.array([10])
+        >>> mean = d.q_posterior_mean_variance(x0, x_t, t)[0]
+        >>> d.predict_x0_from_mean(x_t, t, mean).round(6).tolist()
+        [[0.5]]
+        """
         return ((mean - self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
                 / self.coef(self.posterior_mean_coef1, t, x_t))
 
     def score_from_eps(self, x_t, t, eps):
         """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
-        an eps-predictor is a scaled score estimator. [B, *D]."""
+        an eps-predictor is a scaled score estimator. [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> d.score_from_eps(np.zeros((1, 1)), np.array([999]), np.ones((1, 1))).round(4).tolist()   # ~ -eps at pure noise
+        [[-1.0]]
+        """
         return -eps / self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     # ------------------------------------------------------------------ reverse process p
     def p_mean_variance(self, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
-        """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output."""
+        """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)               # a model that predicts eps = 0
+        >>> out = d.p_mean_variance(zero_eps, np.ones((2, 2)), np.array([10, 999]))
+        >>> sorted(out), out["mean"].shape
+        (['log_variance', 'mean', 'pred_eps', 'pred_x0', 'variance'], (2, 2))
+        """
         out = self.run_model(model, x_t, t, model_kwargs)
         return self.p_mean_variance_from_output(out, x_t, t, clip_denoised, denoised_fn)
 
@@ -261,6 +357,12 @@ class GaussianDiffusion:
         Returns a dict of [B, *D] values: mean, variance, log_variance, pred_x0 and pred_eps,
         where x_t = sqrt(alpha_bar_t) pred_x0 + sqrt(1 - alpha_bar_t) pred_eps (the model's eps
         itself when eps is predicted and x_0 is not processed). Tensors if model_output is one.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000), model_var_type="learned_range", loss_type="hybrid")
+        >>> x_t, t = np.zeros((1, 2)), np.array([500])
+        >>> out = d.p_mean_variance_from_output(np.array([[0.0, 0.0, 1.0, 1.0]]), x_t, t)   # eps = 0, v_raw = +1
+        >>> bool(np.isclose(out["variance"][0, 0], d.betas[500]))                            # v = 1: sigma^2 = beta_t
+        True
         """
         C = x_t.shape[1] if x_t.ndim >= 2 else None
         learned = self.model_var_type.startswith("learned")
@@ -318,6 +420,12 @@ class GaussianDiffusion:
         x_t: ndarray [B, *D]; t: int [B]. Returns {"sample": x_{t-1}, "pred_x0": ...} as ndarrays
         (a Tensor model output is read through .data; wrap calls in tinydiff.no_grad() to skip
         recording a graph).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+        >>> out = d.p_sample(zero_eps, np.ones((4, 2), np.float32), np.full(4, 999), rng=np.random.default_rng(0))
+        >>> out["sample"].shape, out["sample"].dtype
+        ((4, 2), dtype('float32'))
         """
         out = self.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
         mean, log_variance, pred_x0 = (unwrap(out[k]) for k in ("mean", "log_variance", "pred_x0"))
@@ -345,6 +453,14 @@ class GaussianDiffusion:
         np.where picks one per example (no loop over the batch).
         model_output: [B, C_out, *rest] as returned by the model. x0, x_t: [B, *D]; t: int [B].
         Returns {"output": [B] bits/dim, "pred_x0": [B, *D]} (Tensors if model_output is one).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100), loss_type="kl")
+        >>> x0, noise, t = np.zeros((2, 2)), np.ones((2, 2)), np.array([0, 50])
+        >>> x_t = d.q_sample(x0, t, noise=noise)
+        >>> exact = d.predict_eps_from_x0(x_t, t, x0)                   # a perfect eps prediction
+        >>> terms = d.vb_terms_bpd(exact, x0, x_t, t)
+        >>> round(float(terms["output"][1]), 9)                          # KL(q || p) = 0 when p is exact
+        0.0
         """
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
@@ -370,6 +486,14 @@ class GaussianDiffusion:
                       sum of T terms; with t uniform, T * vb is its unbiased one-sample estimate,
                       hence the factor T. Inside vb the mean is stop-gradiented (.detach()), so
                       vb trains only the variance and L_simple alone trains the mean.
+
+        >>> d = td.make_diffusion("hybrid", td.linear_beta_schedule(100))
+        >>> model = td.models.ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0))
+        >>> x0 = np.ones((4, 2), np.float32)
+        >>> terms = d.training_losses(model, x0, np.array([0, 10, 50, 99]), rng=np.random.default_rng(1))
+        >>> sorted(terms), terms["loss"].shape
+        (['loss', 'mse', 'vb'], (4,))
+        >>> terms["loss"].mean().backward()                              # a Tensor: trains the model
         """
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
         x_t = self.q_sample(x0, t, noise=noise)
@@ -403,6 +527,10 @@ class GaussianDiffusion:
         No parameters: it measures how close the last step is to pure noise. Per value it is
         1/2 (alpha_bar x_0^2 - alpha_bar - log(1 - alpha_bar)) nats with alpha_bar = alpha_bar_{T-1},
         ~0 for a schedule that ends near alpha_bar = 0.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> float(d.prior_bpd(np.zeros((1, 2)))[0]) < 1e-4                 # q(x_T | x_0) is almost N(0, I)
+        True
         """
         t = np.full(x0.shape[0], self.num_timesteps - 1, dtype=np.int64)
         mean, _, log_variance = self.q_mean_variance(x0, t)
@@ -433,6 +561,16 @@ class GaussianDiffusion:
           "mse"         [B, T] mean over dims of (pred_eps - eps)^2
         A Tensor model output is read through .data; wrap the call in tinydiff.no_grad() to
         skip recording graphs.
+
+        >>> betas = td.linear_beta_schedule(50, 1e-3, 0.2)
+        >>> d = td.GaussianDiffusion(betas)
+        >>> x0 = np.full((3, 2), 0.5)                                    # real-valued data: a density bound
+        >>> exact = lambda x_t, t: d.predict_eps_from_x0(x_t, t, x0)     # knows the answer
+        >>> out = d.calc_bpd_loop(exact, x0, rng=np.random.default_rng(0))
+        >>> out["vb"].shape, d.decoder_kind(x0)
+        ((3, 50), 'continuous')
+        >>> bool(np.allclose(out["vb"][:, 1:], 0))                        # every KL term vanishes for a perfect model
+        True
         """
         B, T = x0.shape[0], self.num_timesteps
         if clip_denoised is None:

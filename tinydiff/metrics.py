@@ -53,6 +53,11 @@ def energy_distance(x, y, chunk_pairs=1 << 20):
     X and Y have the same distribution; the unbiased estimate can dip slightly below 0
     when they do. Work is done in blocks of ~``chunk_pairs`` pairs (~25 MB by default).
     Returns a python float.
+
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(500, 2)), rng.normal(size=(500, 2))
+    >>> abs(td.metrics.energy_distance(a, b)) < 0.02, td.metrics.energy_distance(a, b + 3) > 1
+    (True, True)
     """
     x = _as_cloud("x", x)
     y = _as_cloud("y", y, dim=x.shape[1])
@@ -86,6 +91,10 @@ def mode_counts(samples, means, std, k=3.0):
     Each sample x_i is assigned to its nearest mode c_i = argmin_k |x_i - mu_k| and counts
     for that mode only if it is close: |x_i - mu_{c_i}| <= k * std_{c_i}.
     samples: [N, D], means: [K, D], std: scalar or [K].
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_counts(np.array([[0.1, 0.0], [4.9, 0.0], [2.5, 0.0]]), means, std=0.1).tolist()
+    [1, 1]
     """
     samples, means, std = _mode_arrays(samples, means, std)
     dist = _distances(samples, means)                                 # [N, K]
@@ -103,6 +112,10 @@ def mode_coverage(samples, means, std, weights=None, min_fraction=0.2, k=3.0):
     there lie within k = 3 std of it (and nearer to it than to any other mode).
     Samples far from every mode count for none, so pure noise covers nothing.
     Returns an int in [0, K]; a perfect sampler scores K.
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_coverage(np.zeros((10, 2)), means, std=0.1)      # every sample on one mode
+    1
     """
     counts = mode_counts(samples, means, std, k)
     K, n = len(counts), len(np.asarray(samples))
@@ -123,6 +136,10 @@ def mode_precision(samples, means, std, k=3.0):
     For an exact sampler of a well-separated isotropic 2-D mixture this is
     P(|z| <= k) = 1 - exp(-k^2 / 2) = 0.989 at k = 3 (|z| is chi with 2 degrees of freedom),
     not 1. samples: [N, D], means: [K, D], std: scalar or [K]. Returns a float in [0, 1].
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_precision(np.array([[0.1, 0.0], [2.5, 0.0]]), means, std=0.1)
+    0.5
     """
     samples, means, std = _mode_arrays(samples, means, std)
     if len(samples) == 0:

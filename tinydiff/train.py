@@ -44,6 +44,17 @@ def as_batch_sampler(data):
     * a function ``sample(rng, n)`` returning x0 [n, *D] or (x0, model_kwargs).
     The result is tried once on a throwaway Generator, so a wrong kind of data fails here,
     not at the first training step.
+
+    >>> rng = np.random.default_rng(0)
+    >>> data = td.data.make_dataset("8gaussians")
+    >>> td.train.as_batch_sampler(data)(rng, 5).shape                     # a dataset: data.sample(n, rng)
+    (5, 2)
+    >>> td.train.as_batch_sampler(np.zeros((100, 3)))(rng, 5).shape       # an array: epochs
+    (5, 3)
+    >>> td.train.as_batch_sampler(data.sample)
+    Traceback (most recent call last):
+    ...
+    TypeError: data: drawing a trial batch of 2 failed ...
     """
     if hasattr(data, "sample") and callable(data.sample):
         sampler = lambda rng, n: data.sample(n, rng)  # noqa: E731
@@ -92,6 +103,15 @@ class Trainer:
     Attributes: ``ema`` (the averaged weights: ``with trainer.ema.average_parameters(model):``
     evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``.
     Scripts that train for long may call ``tinydiff.runtime.reuse_freed_memory()`` first.
+
+    >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> trainer = td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=32, log_every=0)
+    >>> losses = trainer.train(5)
+    >>> trainer.step, len(losses)
+    (5, 5)
+    >>> with trainer.ema.average_parameters(model):                      # evaluate with the averaged weights
+    ...     x0 = td.ddim_sample_loop(d, model, (4, 2), np.random.default_rng(1), steps=5)
     """
 
     def __init__(self, model, loss_fn, data, *, batch_size: int = 256, lr: float = 1e-3,

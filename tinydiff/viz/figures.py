@@ -84,6 +84,9 @@ def show(picture, block=None):
     Where no window can open (no display, so matplotlib runs its file-only Agg backend),
     the picture is saved to a temporary file and the path printed instead. ``block`` is
     passed to ``matplotlib.pyplot.show``. Returns ``picture``.
+
+    >>> fig = td.viz.plot_loss(np.arange(1, 11), 1.0 / np.arange(1, 11))
+    >>> td.viz.show(fig)                                      # doctest: +SKIP
     """
     from .animation import Animation
     if in_notebook():
@@ -172,7 +175,13 @@ def count_outside(x, lims):
 
 def style_axes(ax, lims, title, labels=(True, True)):
     """Shared look of a 2-D point panel: limits, equal aspect, a light grid, and the axis
-    names x_1, x_2 where ``labels`` (for x, for y) says so."""
+    names x_1, x_2 where ``labels`` (for x, for y) says so.
+
+    >>> ax = figure((3, 3), dpi=40).subplots()
+    >>> style_axes(ax, ((-2, 2), (-2, 2)), "data")
+    >>> ax.get_title(), ax.get_xlabel()
+    ('data', '$x_1$')
+    """
     ax.set_xlim(*lims[0])
     ax.set_ylim(*lims[1])
     ax.set_box_aspect(1.0)              # a square panel the layout engine can plan around
