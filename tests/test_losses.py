@@ -179,7 +179,7 @@ def test_losses_keep_dtype_and_are_finite_at_both_ends(dtype, loss_type, var_typ
     terms["loss"].mean().backward()
     assert w.grad.dtype == dtype and np.all(np.isfinite(w.grad))
     bpd = d.calc_bpd_loop(model, x0, rng=rng)
-    assert all(v.dtype == dtype and np.all(np.isfinite(v)) for v in bpd.values())
+    assert all(v.dtype == dtype and np.all(np.isfinite(v)) for k, v in bpd.items() if k not in ("t", "weights"))
 
 
 # ---------------------------------------------------------------- gradients (engine)
@@ -234,7 +234,8 @@ def test_calc_bpd_loop_accepts_a_tensor_model_and_reports_units():
     w = Tensor(np.ones((1, 2), np.float32), requires_grad=True)
     out = d.calc_bpd_loop(lambda x, t: Tensor(x) * w, x0, rng=rng)
     assert {k: v.shape for k, v in out.items()} == {"total_bpd": (3,), "prior_bpd": (3,), "vb": (3, 10),
-                                                    "x0_mse": (3, 10), "mse": (3, 10), "total_bits": (3,)}
+                                                    "x0_mse": (3, 10), "mse": (3, 10), "total_bits": (3,),
+                                                    "t": (3, 10), "weights": (10,)}
     np.testing.assert_allclose(out["total_bits"], 2 * (out["prior_bpd"] + out["vb"].sum(axis=1)), rtol=1e-5)
     with pytest.raises(TypeError, match="rng"):
         d.calc_bpd_loop(lambda x, t: x, x0)
@@ -258,3 +259,43 @@ def test_default_decoder_is_discretized_for_8_bit_data_and_continuous_otherwise(
     assert np.all(auto.calc_bpd_loop(model, images, rng=rng)["vb"][:, 0] >= 0)    # a probability: -log P >= 0
     # one value off the grid and it is real-valued data again
     assert auto.decoder_kind(images + np.float32(0.001)) == "continuous"
+
+
+def test_stratified_bound_is_unbiased_for_the_exact_sum():
+    """calc_bpd_loop(num_timesteps=K) against the exact loop: with a model whose terms are known
+    per t (deterministic x_t, so each L_t is fixed), the stratified estimate averaged over many
+    draws equals the exact total; every draw keeps t = 0 exactly and one t per stratum."""
+    d = GaussianDiffusion(linear_beta_schedule(50, 1e-3, 0.2), decoder_nll="discretized")
+    x0 = np.linspace(-1, 1, 4 * 2 * 2).reshape(4, 1, 2, 2)
+    model = lambda x, t: 0.3 * x                                                # noqa: E731
+    exact = d.calc_bpd_loop(model, x0, rng=np.random.default_rng(0))
+    # the bound's terms depend on the random x_t; compare expectations with many repeats
+    reps = [d.calc_bpd_loop(model, x0, rng=np.random.default_rng(s), num_timesteps=8)["total_bpd"]
+            for s in range(300)]
+    full = [d.calc_bpd_loop(model, x0, rng=np.random.default_rng(1000 + s))["total_bpd"] for s in range(30)]
+    est, ref = np.mean(reps, axis=0), np.mean(full, axis=0)
+    se = np.sqrt(np.var(reps, axis=0) / len(reps) + np.var(full, axis=0) / len(full))
+    assert np.all(np.abs(est - ref) < 4 * se + 1e-9), (est, ref, se)
+    one = d.calc_bpd_loop(model, x0, rng=np.random.default_rng(1), num_timesteps=8)
+    assert one["vb"].shape == (4, 8) and np.all(one["t"][:, 0] == 0) and one["weights"].sum() == 50
+    edges = np.concatenate([[1], 1 + np.cumsum(one["weights"][1:])])
+    assert np.all((one["t"][:, 1:] >= edges[:-1]) & (one["t"][:, 1:] < edges[1:]))
+    assert exact["weights"].sum() == 50
+
+
+def test_min_snr_weights():
+    """Hang et al. 2023: min(SNR, gamma)/SNR for eps (1 where SNR <= gamma), min(SNR, gamma) for x0."""
+    betas = linear_beta_schedule(100)
+    d = GaussianDiffusion(betas, mse_weighting="min_snr", snr_gamma=5.0)
+    ab = np.cumprod(1 - betas)
+    snr = ab / (1 - ab)
+    t = np.arange(100)
+    np.testing.assert_allclose(d.mse_weight(t), np.minimum(snr, 5.0) / snr)
+    assert d.mse_weight(np.array([99]))[0] == 1.0 and d.mse_weight(np.array([0]))[0] < 0.01
+    x0d = GaussianDiffusion(betas, model_mean_type="x0", mse_weighting="min_snr")
+    np.testing.assert_allclose(x0d.mse_weight(t), np.minimum(snr, 5.0))
+    x0 = np.random.default_rng(0).standard_normal((100, 3))
+    noise = np.random.default_rng(1).standard_normal((100, 3))
+    plain = GaussianDiffusion(betas).training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
+    weighted = d.training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
+    np.testing.assert_allclose(weighted["loss"], plain["mse"] * np.minimum(snr, 5.0) / snr)

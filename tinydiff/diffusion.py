@@ -61,6 +61,11 @@ class GaussianDiffusion:
         float data, e.g. 2-D points), "discretized" over 256 bins (8-bit images in [-1, 1]), or
         "auto" (the default): discretized when every value of x_0 lies on the 8-bit grid,
         continuous otherwise (see decoder_kind).
+    mse_weighting -- how L_simple weighs the timesteps: "none" (DDPM) or "min_snr": each
+        example's MSE times min(SNR_t, gamma) / SNR_t for eps (Hang et al. 2023, Min-SNR
+        weighting, with SNR_t = alpha_bar_t / (1 - alpha_bar_t); min(SNR, gamma) for x0,
+        min(SNR, gamma) / (SNR + 1) for v). It stops the nearly-clean timesteps, where the
+        eps target is hardest to predict and matters least for samples, from dominating.
     timestep_map -- int [T]: the timestep the model is called with at each of this chain's
         steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
@@ -76,7 +81,8 @@ class GaussianDiffusion:
     """
 
     def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
-                 loss_type="mse", decoder_nll="auto", hybrid_vb_weight=0.001, timestep_map=None):
+                 loss_type="mse", decoder_nll="auto", hybrid_vb_weight=0.001, mse_weighting="none",
+                 snr_gamma=5.0, timestep_map=None):
         self.model_mean_type = _choose("model_mean_type", model_mean_type, MODEL_MEAN_TYPES)
         self.model_var_type = _choose("model_var_type", model_var_type, MODEL_VAR_TYPES)
         self.loss_type = _choose("loss_type", loss_type, LOSS_TYPES)
@@ -85,6 +91,10 @@ class GaussianDiffusion:
             raise ValueError(f"loss_type='mse' with model_var_type={model_var_type!r}: the MSE "
                              "gives the variance no gradient; use loss_type='hybrid' or 'kl'")
         self.hybrid_vb_weight = float(hybrid_vb_weight)
+        self.mse_weighting = _choose("mse_weighting", mse_weighting, ("none", "min_snr"))
+        if not snr_gamma > 0:
+            raise ValueError(f"snr_gamma: expected a positive clipping value, got {snr_gamma!r}")
+        self.snr_gamma = float(snr_gamma)
 
         b = self.betas = validate_betas(betas)                          # [T], float64
         T = self.num_timesteps = len(b)
@@ -108,6 +118,7 @@ class GaussianDiffusion:
         self.log_one_minus_alphas_cumprod = np.log(1.0 - ab)
         self.sqrt_recip_alphas_cumprod = np.sqrt(1.0 / ab)
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ab - 1.0)
+        self.snr = ab / (1.0 - ab)                                      # signal-to-noise ratio
 
         # q(x_{t-1} | x_t, x_0), DDPM eq. 7: beta-tilde_t and the two coefficients of mu-tilde_t.
         pv = self.posterior_variance = b * (1.0 - ab_prev) / (1.0 - ab)
@@ -512,7 +523,7 @@ class GaussianDiffusion:
                   "v": lambda: self.velocity(x0, t, noise),
                   "mean": lambda: self.q_posterior_mean_variance(x0, x_t, t)[0]}[self.model_mean_type]()
         terms["mse"] = mean_flat((target - prediction) ** 2)
-        terms["loss"] = terms["mse"]
+        terms["loss"] = terms["mse"] if self.mse_weighting == "none" else terms["mse"] * self.mse_weight(t)
         if self.loss_type == "hybrid":
             frozen = prediction.detach() if isinstance(prediction, Tensor) else prediction
             if learned:                                  # stop-gradient on the mean part only
@@ -520,6 +531,19 @@ class GaussianDiffusion:
             terms["vb"] = self.vb_terms_bpd(frozen, x0, x_t, t)["output"]
             terms["loss"] = terms["mse"] + self.hybrid_vb_weight * self.num_timesteps * terms["vb"]
         return terms
+
+    def mse_weight(self, t):
+        """Min-SNR-gamma weights (Hang et al. 2023, eq. 9 and sec. 3.4) for timesteps t [B]:
+        min(SNR_t, gamma) / SNR_t when the model predicts eps, min(SNR_t, gamma) for x0,
+        min(SNR_t, gamma) / (SNR_t + 1) for v; float64 [B]. For eps the weight is 1 wherever
+        SNR_t <= gamma (the noisy half of the chain) and falls as gamma / SNR_t near the data."""
+        snr = self.snr[np.asarray(t)]
+        clipped = np.minimum(snr, self.snr_gamma)
+        if self.model_mean_type == "eps":
+            return clipped / snr
+        if self.model_mean_type == "v":
+            return clipped / (snr + 1.0)
+        return clipped
 
     def prior_bpd(self, x0):
         """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits/dim, [B], for x0 [B, *D] (DDPM eq. 5).
@@ -537,7 +561,8 @@ class GaussianDiffusion:
         zero = np.zeros((), dtype=x0.dtype)               # N(0, I); np.exp(0.0) would be float64
         return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
 
-    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None):
+    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None,
+                      num_timesteps=None):
         """The whole variational bound on -log p(x_0), per example and per term.
 
         For each t (a loop over the chain, vectorised over the batch) draw x_t ~ q(x_t|x_0) with
@@ -551,14 +576,23 @@ class GaussianDiffusion:
           "continuous" (real-valued data such as 2-D points): a bound on -log2 p(x_0) of a
               density, which can be negative (a narrow density exceeds 1), and clip_denoised
               defaults to False.
-        progress(i, T) is called after each of the T steps. Returns (arrays in x0's dtype):
-          "vb"          [B, T] bits/dim: vb[:, t] = the paper's L_t (vb[:, 0] = L_0, the decoder;
-                        t >= 1: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) in code indices)
+        progress(i, K) is called after each of the K model calls.
+
+        num_timesteps=K < T estimates the sum instead of computing all T terms (a T/K-fold
+        saving for images): the decoder term t = 0 exactly, and sum_{t=1}^{T-1} L_t by
+        stratified sampling: the steps 1..T-1 are cut into K-1 strata of sizes n_k and each
+        example draws one t_k uniformly in each, so sum_k n_k L_{t_k} is an unbiased estimate
+        of the sum (with a small variance, since L_t varies slowly with t). Returns (arrays in
+        x0's dtype):
+          "vb"          [B, K] bits/dim: the terms computed; vb[:, 0] = L_0, the decoder, and for
+                        the exact loop (K = T) vb[:, t] = the paper's L_t (t >= 1: KL(q(x_{t-1}|x_t,x_0)
+                        || p(x_{t-1}|x_t)) in code indices)
+          "t"           [B, K] the timestep of each column; "weights" [K] its stratum size
           "prior_bpd"   [B]    bits/dim: L_T
-          "total_bpd"   [B]    bits/dim: L_T + sum_t vb[:, t], the bound on -log p(x_0) / D / log 2
+          "total_bpd"   [B]    bits/dim: L_T + sum_k weights_k vb[:, k], the bound on -log p(x_0) / D / log 2
           "total_bits"  [B]    bits per example: total_bpd * D (for 2-D points: bits per point)
-          "x0_mse"      [B, T] mean over dims of (pred_x0 - x_0)^2
-          "mse"         [B, T] mean over dims of (pred_eps - eps)^2
+          "x0_mse"      [B, K] mean over dims of (pred_x0 - x_0)^2
+          "mse"         [B, K] mean over dims of (pred_eps - eps)^2
         A Tensor model output is read through .data; wrap the call in tinydiff.no_grad() to
         skip recording graphs.
 
@@ -575,9 +609,22 @@ class GaussianDiffusion:
         B, T = x0.shape[0], self.num_timesteps
         if clip_denoised is None:
             clip_denoised = self.decoder_kind(x0) == "discretized"
-        vb, x0_mse, mse = (np.zeros((B, T), dtype=x0.dtype) for _ in range(3))
-        for i in reversed(range(T)):                      # order does not matter: the bound is a sum
-            t = np.full(B, i, dtype=np.int64)
+        if num_timesteps is None or num_timesteps >= T:
+            ts = np.tile(np.arange(T), (B, 1))                             # [B, T]: every term
+            weights = np.ones(T)
+        else:
+            K = int(num_timesteps)
+            if K < 2:
+                raise ValueError(f"num_timesteps: expected at least 2 (the decoder and one stratum), got {num_timesteps!r}")
+            edges = 1 + np.floor(np.arange(K) * (T - 1) / (K - 1)).astype(np.int64)   # strata [edges_k, edges_k+1)
+            weights = np.concatenate([[1], np.diff(edges)])
+            u = rng.random((B, K - 1))
+            ts = np.concatenate([np.zeros((B, 1), np.int64),
+                                 edges[:-1] + np.floor(u * weights[1:]).astype(np.int64)], axis=1)
+        K = ts.shape[1]
+        vb, x0_mse, mse = (np.zeros((B, K), dtype=x0.dtype) for _ in range(3))
+        for i in reversed(range(K)):                      # order does not matter: the bound is a sum
+            t = ts[:, i]
             noise = standard_normal_noise(x0.shape, x0.dtype, None, rng)
             x_t = self.q_sample(x0, t, noise=noise)
             out = unwrap(self.run_model(model, x_t, t, model_kwargs))
@@ -586,9 +633,9 @@ class GaussianDiffusion:
             x0_mse[:, i] = mean_flat((terms["pred_x0"] - x0) ** 2)
             mse[:, i] = mean_flat((self.predict_eps_from_x0(x_t, t, terms["pred_x0"]) - noise) ** 2)
             if progress is not None:
-                progress(T - i, T)
+                progress(K - i, K)
         prior = self.prior_bpd(x0)
-        total_bpd = vb.sum(axis=1) + prior
+        total_bpd = (vb * weights.astype(x0.dtype)).sum(axis=1) + prior
         dims = int(np.prod(x0.shape[1:]))
-        return {"total_bpd": total_bpd, "prior_bpd": prior, "vb": vb, "x0_mse": x0_mse,
-                "mse": mse, "total_bits": total_bpd * dims}
+        return {"total_bpd": total_bpd, "prior_bpd": prior, "vb": vb, "t": ts, "weights": weights,
+                "x0_mse": x0_mse, "mse": mse, "total_bits": total_bpd * dims}

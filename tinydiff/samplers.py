@@ -125,8 +125,8 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     return GaussianDiffusion(respaced_betas(diffusion.alphas_cumprod, kept),
                              model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
                              loss_type=diffusion.loss_type, decoder_nll=diffusion.decoder_nll,
-                             hybrid_vb_weight=diffusion.hybrid_vb_weight,
-                             timestep_map=diffusion.timestep_map[kept])
+                             hybrid_vb_weight=diffusion.hybrid_vb_weight, mse_weighting=diffusion.mse_weighting,
+                             snr_gamma=diffusion.snr_gamma, timestep_map=diffusion.timestep_map[kept])
 
 
 def _setup(diffusion, model, steps, guidance):

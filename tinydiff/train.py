@@ -138,6 +138,7 @@ class Trainer:
         self.step = 0
         self.losses: list[float] = []
         self.last_logs: dict = {}
+        self.resumed_config: dict | None = None      # the config saved in the checkpoint, after resume()
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> float:
@@ -208,4 +209,5 @@ class Trainer:
         self.rng = rng_from_json(meta["rng"])
         self.step = int(meta["step"])
         self.losses = [float(v) for v in losses]
+        self.resumed_config = meta.get("config")
         return self

@@ -1,0 +1,79 @@
+"""examples/mnist.py end to end: a tiny fast run in the default suite (a few hundred digits,
+a tiny UNet), the real default run with its targets behind the slow mark."""
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "mnist.py")
+OUTPUTS = ["grid.png", "guidance.png", "trajectory.png", "samples.npy", "labels.npy", "metrics.json", "checkpoint.npz"]
+
+
+def _shared_dir():
+    if os.environ.get("TINYDIFF_MNIST_DIR"):
+        return Path(os.environ["TINYDIFF_MNIST_DIR"])
+    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
+
+
+MNIST_DIR = _shared_dir()
+pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST copy at {MNIST_DIR}: set "
+                                "TINYDIFF_MNIST_DIR or put the four files in ../shared/data/mnist")
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location("mnist_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--width", "8", "--steps", "12", "--batch", "16", "--train-limit", "300", "--T", "50",
+        "--n-samples", "20", "--sample-steps", "5", "--bpd-digits", "20", "--bpd-timesteps", "6",
+        "--no-download", "--no-score"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--objective", "hybrid", "--sampler", "ddpm", "--schedule", "linear"],
+                                   ["--unconditional", "--weighting", "none"]])
+def test_tiny_run_writes_every_output(tmp_path, extra):
+    out = tmp_path / "run"
+    metrics = load_example().main(TINY + extra + ["--data-dir", str(MNIST_DIR), "--out", str(out)])
+    for name in OUTPUTS:
+        if name == "guidance.png" and "--unconditional" in extra:
+            continue
+        assert (out / name).is_file(), name
+    samples = np.load(out / "samples.npy", allow_pickle=False)
+    labels = np.load(out / "labels.npy", allow_pickle=False)
+    assert samples.shape == (20, 28, 28) and samples.dtype == np.float32
+    assert samples.min() >= 0 and samples.max() <= 1 and list(labels[:10]) == list(range(10))
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert metrics["steps"] == 12 and metrics["sample_steps"] == 5
+    bpd = metrics["bpd"]
+    assert math.isfinite(bpd["total"]) and bpd["digits"] == 20 and bpd["model_calls_per_digit"] == 6
+    assert bpd["total"] == pytest.approx(bpd["prior_L_T"] + bpd["decoder_L_0"] + bpd["kl_terms_L_1_to_L_T-1"])
+    with Image.open(out / "grid.png") as im:
+        assert im.size[0] > 200
+
+
+def test_resume_continues_a_finished_run(tmp_path):
+    out = str(tmp_path / "run")
+    example = load_example()
+    first = example.main(TINY + ["--data-dir", str(MNIST_DIR), "--out", out])
+    again = example.main(TINY + ["--data-dir", str(MNIST_DIR), "--out", out, "--resume", "--bpd-digits", "0"])
+    assert again["steps"] == first["steps"] == 12
+
+
+@pytest.mark.slow
+def test_default_run_meets_its_targets(tmp_path):
+    """The README's default run: >= 95% of 500 guided samples read as the digit asked for, a Frechet
+    distance within 4x of the real-vs-real floor, sampling within 60 s."""
+    metrics = load_example().main(["--data-dir", str(MNIST_DIR), "--no-download", "--out", str(tmp_path / "run")])
+    score = metrics["scorer"]
+    assert score["accuracy"] >= 0.95
+    assert score["fid"] <= 4 * score["fid_floor"]
+    assert metrics["sample_seconds"] <= 60

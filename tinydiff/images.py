@@ -1,0 +1,95 @@
+"""Pictures of image samples: a grid of digits, and labelled rows of images.
+
+    image_grid(images, nrow)                     -> uint8 [H', W', 3], pure NumPy
+    save_image_grid(images, path, nrow, scale)   the grid as a PNG, pixels enlarged (Pillow)
+    plot_image_rows(rows, path, row_labels, col_labels, title)
+                                                 labelled rows (matplotlib), e.g. one row per
+                                                 guidance scale or per denoising step
+
+Images are [N, H, W] (grey) or [N, C, H, W] with C = 1 or 3, values in [0, 1]; values
+outside are clipped. Files are written atomically (``tinydiff.checkpoint.atomic_write``).
+matplotlib and Pillow are imported only when a picture is drawn.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from .checkpoint import atomic_write
+
+
+def _as_hwc(images) -> np.ndarray:
+    """[N, H, W] or [N, C, H, W] (C = 1 or 3) in [0, 1] -> float [N, H, W, 3]."""
+    x = np.asarray(images, dtype=np.float64)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"images: expected [N, H, W] or [N, C, H, W] with C = 1 or 3, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images: expected finite values in [0, 1], got NaN or inf")
+    x = np.clip(x, 0.0, 1.0).transpose(0, 2, 3, 1)
+    return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
+
+
+def image_grid(images, nrow: int, pad: int = 2, background: float = 0.5) -> np.ndarray:
+    """Tile images into rows of ``nrow`` (the last row padded with background), uint8 [H', W', 3]."""
+    x = _as_hwc(images)
+    N, H, W, _ = x.shape
+    if not isinstance(nrow, (int, np.integer)) or nrow < 1:
+        raise ValueError(f"nrow: expected a positive int, got {nrow!r}")
+    rows = -(-N // nrow)
+    grid = np.full((rows * (H + pad) + pad, nrow * (W + pad) + pad, 3), background)
+    for i in range(N):                        # at most a few hundred tiles: a loop reads best
+        r, c = divmod(i, nrow)
+        grid[pad + r * (H + pad):pad + r * (H + pad) + H, pad + c * (W + pad):pad + c * (W + pad) + W] = x[i]
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def save_image_grid(images, path, nrow: int = 10, scale: int = 3) -> np.ndarray:
+    """Write ``image_grid(images, nrow)`` to ``path`` (PNG), each pixel a scale x scale block.
+    Returns the grid (uint8 [H', W', 3], before enlarging)."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError("tinydiff.images needs Pillow: pip install tinydiff[examples]") from e
+    grid = image_grid(images, nrow)
+    big = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="PNG")
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+    return grid
+
+
+def plot_image_rows(rows, path, row_labels=None, col_labels=None, title=None, cell: float = 0.9, dpi: int = 110):
+    """One row of images per entry of ``rows`` (each [n, H, W] or [n, C, H, W] in [0, 1]),
+    labelled on the left by row_labels and on top by col_labels; saved to ``path`` (PNG).
+    Returns the matplotlib Figure."""
+    from .viz import _figure                                  # matplotlib only when drawing
+    rows = [_as_hwc(r) for r in rows]
+    n_rows, n_cols = len(rows), max(len(r) for r in rows)
+    fig = _figure((cell * n_cols + (1.3 if row_labels else 0.2), cell * n_rows + (0.9 if title else 0.3)
+                   + (0.3 if col_labels else 0)), dpi)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            if j < len(row):
+                ax.imshow(row[j], interpolation="nearest", vmin=0, vmax=1)
+            if j == 0 and row_labels:
+                ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=9)
+            if i == 0 and col_labels:
+                ax.set_title(col_labels[j], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    with atomic_write(path) as f:
+        f.write(buffer.getvalue())
+    return fig
