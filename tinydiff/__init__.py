@@ -8,7 +8,8 @@ few names a diffusion model is built from sit at the top.
 
     engine          td.Tensor, td.tensor, td.no_grad, td.concat, td.stack, td.where
     families        td.nn (layers), td.optim (optimizers, EMA), td.functional, td.models
-                    (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures),
+                    (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures), td.images
+                    (grids and rows of image samples),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck
     schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
     diffusion       td.GaussianDiffusion: q, its posterior, p, the losses (training_losses)
@@ -35,7 +36,7 @@ from . import interop  # noqa: F401  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
 from . import (checkpoint, checks, data, diffusion, functional, gaussian, gradcheck, guidance,  # noqa: E402
-               metrics, models, nn, objectives, optim, oracles, progress, runtime, samplers, schedules,
+               images, metrics, models, nn, objectives, optim, oracles, progress, runtime, samplers, schedules,
                train, viz)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
@@ -55,7 +56,7 @@ __all__ = [
     # the engine
     "Tensor", "tensor", "no_grad", "concat", "stack", "where",
     # families, as submodules
-    "nn", "optim", "functional", "models", "data", "viz", "metrics", "oracles", "progress", "gradcheck",
+    "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
     "checks", "runtime",
     # schedules
