@@ -39,7 +39,6 @@ import tinydiff as td
 from tinydiff.checkpoint import atomic_write
 
 SHOW_T = (1, 10, 50, 200, 600)       # the papers' t of the quiver panels
-N_EVAL = 2000
 
 
 def parse_args(argv=None):
@@ -53,10 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--langevin-levels", type=int, default=100,
                    help="noise levels of annealed Langevin, spaced evenly over the T steps")
     p.add_argument("--langevin-steps", type=int, default=10, help="Langevin moves per noise level")
+    p.add_argument("--n-eval", type=int, default=2000, help="points per t for the score error, and samples per sampler")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--out", default=os.path.join("out", "score"), help="output folder")
     args = p.parse_args(argv)
-    for name in ("steps", "batch", "hidden", "langevin_levels", "langevin_steps"):
+    for name in ("steps", "batch", "hidden", "langevin_levels", "langevin_steps", "n_eval"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.T < max(SHOW_T):
@@ -73,19 +73,19 @@ def learned_score(diffusion, model, x_t, t):
     return diffusion.score_from_eps(x_t, t, np.asarray(eps, dtype=np.float64))
 
 
-def score_errors(diffusion, model, oracle, data, rng, ts):
-    """E||s_theta - s||^2 and E||s||^2 over x_t ~ q(x_t), N_EVAL points per t (code indices ts)."""
+def score_errors(diffusion, model, oracle, data, rng, ts, n):
+    """E||s_theta - s||^2 and E||s||^2 over x_t ~ q(x_t), n points per t (code indices ts)."""
     error, scale = [], []
     for t in ts:
-        tt = np.full(N_EVAL, t)
-        x_t = diffusion.q_sample(data.sample(N_EVAL, rng, dtype=np.float64), tt, rng=rng)
+        tt = np.full(n, t)
+        x_t = diffusion.q_sample(data.sample(n, rng, dtype=np.float64), tt, rng=rng)
         true = oracle.score(x_t, tt)
         error.append(float(np.mean(np.sum((learned_score(diffusion, model, x_t, tt) - true) ** 2, axis=1))))
         scale.append(float(np.mean(np.sum(true ** 2, axis=1))))
     return np.array(error), np.array(scale)
 
 
-def plot_scores(diffusion, model, oracle, ts, errors, scale, path):
+def plot_scores(diffusion, model, oracle, ts, errors, scale, path, n):
     """score.png: learned and true fields over the true density, then the error per t."""
     lims, n = ((-3.0, 3.0), (-3.0, 3.0)), 21
     fig = td.viz.figure((3.0 * len(SHOW_T), 9.6), dpi=100)
@@ -127,15 +127,15 @@ def plot_scores(diffusion, model, oracle, ts, errors, scale, path):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("diffusion step t (log scale)")
-    ax.set_title(r"mean squared score error over $x_t \sim q(x_t)$, 2,000 points per t", fontsize=11)
+    ax.set_title(rf"mean squared score error over $x_t \sim q(x_t)$, {n:,} points per t", fontsize=11)
     ax.grid(True, alpha=0.25, linewidth=0.5)
     ax.legend(fontsize=9, frameon=False)
     return td.viz.save(fig, path)
 
 
 def sampler_metrics(samples, data):
-    """Energy distance to fresh data, modes covered and mode precision of N_EVAL samples."""
-    fresh = data.sample(N_EVAL, np.random.default_rng(12345))
+    """Energy distance to as many fresh data points, modes covered and mode precision."""
+    fresh = data.sample(len(samples), np.random.default_rng(12345))
     return {"energy_distance": td.metrics.energy_distance(samples, fresh),
             "mode_coverage": int(td.metrics.mode_coverage(samples, data.means, data.std)),
             "mode_precision": float(td.metrics.mode_precision(samples, data.means, data.std))}
@@ -158,9 +158,9 @@ def main(argv=None) -> dict:
     ts = np.unique(np.geomspace(1, args.T, 25).round().astype(int)) - 1            # code indices, log-spaced
     results = {}
     with trainer.ema.average_parameters(model):
-        errors, scale = score_errors(diffusion, model, oracle, data, rng, ts)
-        plot_scores(diffusion, model, oracle, ts, errors, scale, os.path.join(args.out, "score.png"))
-        shape, langevin = (N_EVAL, 2), dict(steps=args.langevin_levels, n_steps_each=args.langevin_steps)
+        errors, scale = score_errors(diffusion, model, oracle, data, rng, ts, args.n_eval)
+        plot_scores(diffusion, model, oracle, ts, errors, scale, os.path.join(args.out, "score.png"), args.n_eval)
+        shape, langevin = (args.n_eval, 2), dict(steps=args.langevin_levels, n_steps_each=args.langevin_steps)
         samples = {}
         for name, net in (("network", model), ("exact score", oracle.eps_model())):
             start = time.perf_counter()
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
             for sampler in ("ancestral", "langevin"):
                 results[f"{sampler}, {name}"] = sampler_metrics(samples[name, sampler], data)
             print(f"  sampled with the {name} in {time.perf_counter() - start:.1f} s")
-    held_out = data.sample(N_EVAL, rng)
+    held_out = data.sample(args.n_eval, rng)
     td.viz.plot_samples(samples["network", "langevin"], samples["network", "ancestral"],
                         os.path.join(args.out, "samples.png"), names=("ancestral (DDPM)", "annealed Langevin"),
                         title=f"one eps-network, two samplers (Langevin: {args.langevin_levels} noise levels x "
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
                "score_mse_per_t": {str(t + 1): e for t, e in zip(ts, errors)},
                "true_score_size_per_t": {str(t + 1): s for t, s in zip(ts, scale)},
                "samplers": results, "held_out_energy_distance": td.metrics.energy_distance(held_out, data.sample(
-                   N_EVAL, np.random.default_rng(12345)))}
+                   args.n_eval, np.random.default_rng(12345)))}
     with atomic_write(os.path.join(args.out, "metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
 

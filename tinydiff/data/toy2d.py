@@ -6,7 +6,8 @@ passed in. Datasets whose density is known also expose ``log_prob(x)`` (natural 
 and ``entropy_bits()``, the true negative log-likelihood per point in bits: the
 floor that a perfect model's NLL reaches.
 
-    GaussianMixture  isotropic mixture; default = the 8 modes on a circle of seed 000
+    GaussianMixture  isotropic mixture; default = the 8 modes on a circle of Sachit Gaudi's
+                     "Think Diffusion! Think Probability"
     Gaussian         one isotropic Gaussian (a mixture with K = 1), for sanity checks
     SwissRoll        the 2-D swiss roll of Sohl-Dickstein et al. (2015), Fig. 1
     TwoMoons         two interleaved half circles
@@ -59,8 +60,9 @@ class GaussianMixture:
 
     Attributes (float64, read by the closed-form Bayes-optimal denoiser):
         means: [K, D]   weights: [K], sum to 1   std: float
-    Default: the 8-mode mixture of seed 000 -- ``n_modes`` means on a circle of
-    ``radius`` 2 at angles 2*pi*k/n_modes (= k*pi/4), std 0.1, equal weights.
+    Default: the 8-mode mixture of Sachit Gaudi's "Think Diffusion! Think Probability" --
+    ``n_modes`` means on a circle of ``radius`` 2 at angles 2*pi*k/n_modes (= k*pi/4),
+    std 0.1, equal weights.
 
     >>> data = td.data.GaussianMixture()                      # 8 modes on a circle of radius 2, std 0.1
     >>> data.sample(5, np.random.default_rng(0)).shape
@@ -357,7 +359,7 @@ class Checkerboard:
 
 
 DATASETS = {
-    "8gaussians": GaussianMixture,   # defaults give the 8-mode ring of seed 000
+    "8gaussians": GaussianMixture,   # defaults give the 8-mode ring (Gaudi, "Think Diffusion! Think Probability")
     "gaussian_mixture": GaussianMixture,
     "gaussian": Gaussian,
     "swiss_roll": SwissRoll,
