@@ -70,7 +70,7 @@ def main(argv=None) -> dict:
     model = td.models.ToyMLP(rng=rng)
     trainer = td.Trainer(model, diffusion, data, batch_size=512, lr=2e-3, lr_decay_steps=args.steps)
     trainer.train(args.steps)
-    td.viz.plot_loss(np.arange(1, args.steps + 1), trainer.losses, out("loss.png"))
+    td.viz.plot_loss(trainer.losses, path=out("loss.png"))
 
     # 5. Sample (DDPM Algorithm 2): start from pure noise x_T ~ N(0, I) and take the 1000 reverse steps
     #    p(x_{t-1} | x_t), each a Gaussian around the network's denoised guess.

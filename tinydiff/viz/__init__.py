@@ -2,7 +2,7 @@
 ``Animation``) and also writes it when given a path; ``show`` puts it on screen.
 
     plot_samples(samples, data, path=None)         data beside samples, same limits, equal aspect
-    plot_loss(steps, losses, path=None)            raw and smoothed training loss
+    plot_loss([steps,] losses, path=None)          raw and smoothed training loss
     plot_schedules({label: betas}, path=None)      beta_t, alpha_bar_t, SNR, beta-tilde_t / beta_t
     animate_clouds(frames, labels, path=None)      point clouds over t, with a density panel (GIF)
     show(picture)                                  inline in a notebook, a window in a terminal

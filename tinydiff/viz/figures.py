@@ -242,18 +242,21 @@ def moving_average(y, window):
     return np.convolve(y, kernel, mode="same") / np.convolve(np.ones_like(y), kernel, mode="same")
 
 
-def plot_loss(steps, losses, path=None, title="training loss", window=None, logy="auto", dpi=110):
+def plot_loss(steps, losses=None, path=None, title="training loss", window=None, logy="auto", dpi=110):
     """The loss curve, raw values (faint) and their moving average (bold); returns the Figure,
-    saved to ``path`` if given.
+    saved to ``path`` if given. Like matplotlib's plot(y), ``plot_loss(losses)`` numbers the
+    steps 1, 2, ... itself (e.g. ``plot_loss(trainer.losses)``).
 
     window: moving-average width in points (default ~2% of the run, odd).
     logy: True, False, or "auto" = log scale when all losses are > 0 and span > 20x.
     Non-finite losses (a diverged step) are skipped and counted in the legend.
 
-    >>> fig = plot_loss(np.arange(1, 101), 1.0 / np.arange(1, 101))
+    >>> fig = plot_loss(1.0 / np.arange(1, 101))                  # the steps are 1..100
     >>> fig.axes[0].get_yscale(), fig.axes[0].get_xlabel()
     ('log', 'training step')
     """
+    if losses is None:
+        steps, losses = np.arange(1, len(steps) + 1), steps
     steps, losses = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
     if steps.ndim != 1 or steps.shape != losses.shape:
         raise ValueError(f"steps and losses must be 1-D of equal length, got shapes {steps.shape} "
