@@ -145,11 +145,7 @@ class GaussianDiffusion:
 
     @property
     def learned_variance(self) -> bool:
-        """True if the model must also output the variance (2C channels instead of C).
-
-        >>> td.make_diffusion("hybrid", td.linear_beta_schedule(10)).learned_variance   # two output heads
-        True
-        """
+        """True if the model must also output the variance (2C channels instead of C)."""
         return self.model_var_type.startswith("learned")
 
     def decoder_kind(self, x0) -> str:
@@ -172,21 +168,11 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ helpers
     def run_model(self, model, x_t, t, model_kwargs=None):
-        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here.
-
-        >>> d = td.samplers.respace(td.GaussianDiffusion(td.linear_beta_schedule(100)), 4)   # 4 of 100 steps
-        >>> d.run_model(lambda x, t: t, np.zeros((2, 1)), np.array([0, 3])).tolist()     # asks about trained steps
-        [0, 99]
-        """
+        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
         return model(x_t, self.timestep_map[np.asarray(t)], **(model_kwargs or {}))
 
     def coef(self, arr, t, x):
-        """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data.
-
-        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(10))
-        >>> d.coef(d.betas, np.array([0, 9]), np.zeros((2, 3), np.float32)).dtype
-        dtype('float32')
-        """
+        """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
         if np.dtype(x.dtype).kind != "f":
             raise TypeError(f"data: expected a float32 or float64 array [B, *D], got dtype {x.dtype} "
                             "(scale integer images to floats in [-1, 1] first)")
@@ -288,48 +274,24 @@ class GaussianDiffusion:
 
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
-        predict_x0_from_eps. [B, *D].
-
-        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
-        >>> x0, eps, t = np.array([[0.5]]), np.array([[0.3]]), np.array([400])
-        >>> d.predict_eps_from_x0(d.q_sample(x0, t, noise=eps), t, x0).round(6).tolist()
-        [[0.3]]
-        """
+        predict_x0_from_eps. [B, *D]."""
         return ((self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
                 / self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
     def predict_x0_from_v(self, x_t, t, v):
-        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D].
-
-        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
-        >>> x0, eps, t = np.array([[0.5]]), np.array([[0.3]]), np.array([400])
-        >>> d.predict_x0_from_v(d.q_sample(x0, t, noise=eps), t, d.velocity(x0, t, eps)).round(6).tolist()
-        [[0.5]]
-        """
+        """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
         return (self.coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
 
     def velocity(self, x0, t, eps):
         """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
-        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D].
-
-        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
-        >>> round(float(d.velocity(np.zeros((1, 1)), np.array([0]), np.ones((1, 1)))[0, 0]), 6)   # sqrt(ab) eps
-        0.99995
-        """
+        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * eps
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
     def predict_x0_from_mean(self, x_t, t, mean):
         """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
-        improved-diffusion's _predict_xstart_from_xprev). [B, *D].
-
-        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
-        >>> x0, x_t, t = np.array([[0.5]]), np.array([[0.1]]), np.array([10])
-        >>> mean = d.q_posterior_mean_variance(x0, x_t, t)[0]
-        >>> d.predict_x0_from_mean(x_t, t, mean).round(6).tolist()
-        [[0.5]]
-        """
+        improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
         return ((mean - self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
                 / self.coef(self.posterior_mean_coef1, t, x_t))
 
