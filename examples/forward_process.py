@@ -41,9 +41,15 @@ SHOW_T = (0, 10, 25, 50, 100, 200, 400, 1000)     # the papers' t of the strips'
 BOUND = 5.0                                        # "agree" = within this many standard errors at every t
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """"(default: ...)" after each flag, except where the help says in words what None means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("image", nargs="?", default=None,
                    help="a photo to noise (any format Pillow reads); without it, a generated test picture")
     p.add_argument("--size", type=int, default=128, help="side of the square the photo is resized to, in pixels")

@@ -87,11 +87,11 @@ def score_errors(diffusion, model, oracle, data, rng, ts, n):
 
 def plot_scores(diffusion, model, oracle, ts, errors, scale, path, n):
     """score.png: learned and true fields over the true density, then the error per t."""
-    lims, n = ((-3.0, 3.0), (-3.0, 3.0)), 21
+    lims, side = ((-3.0, 3.0), (-3.0, 3.0)), 21                          # side x side arrows
     fig = td.viz.figure((3.0 * len(SHOW_T), 9.6), dpi=100)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.0, 1.0])
     axes = top.subplots(2, len(SHOW_T))
-    arrows = td.viz.grid_points(lims, n)                                 # [n * n, 2]
+    arrows = td.viz.grid_points(lims, side)                              # [side * side, 2]
     shade = td.viz.grid_points(lims, 120)
     for col, paper_t in enumerate(SHOW_T):
         t = paper_t - 1                                                  # code index

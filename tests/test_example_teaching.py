@@ -125,3 +125,15 @@ def test_default_run_meets_its_targets(tmp_path, name):
         assert metrics["mode_coverage"] == 8
     else:
         assert metrics["ok"]
+
+
+@pytest.mark.parametrize("name", ["quickstart", "forward_process", "basics", "score", "toy2d"])
+def test_help_states_one_default_per_flag(name, capsys):
+    """--help used to show "(default: the dataset's own, 0.5 / 0.1) (default: None)"."""
+    with pytest.raises(SystemExit):
+        load(name).parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())                   # undo argparse's line wrapping
+    assert "(default: None)" not in text
+    options = re.split(r"\s(?=-{1,2}[a-z])", text.split("options:", 1)[1])
+    assert all(option.count("(default:") <= 1 for option in options), [o for o in options if o.count("(default:") > 1]
+    assert "--out" in text
