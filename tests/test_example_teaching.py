@@ -134,6 +134,6 @@ def test_help_states_one_default_per_flag(name, capsys):
         load(name).parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())                   # undo argparse's line wrapping
     assert "(default: None)" not in text
-    options = re.split(r"\s(?=-{1,2}[a-z])", text.split("options:", 1)[1])
+    options = re.split(r"\s(?=--?[a-zA-Z])", text.split("options:", 1)[1])
     assert all(option.count("(default:") <= 1 for option in options), [o for o in options if o.count("(default:") > 1]
     assert "--out" in text
