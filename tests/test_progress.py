@@ -22,7 +22,7 @@ class FakeTerminal(io.StringIO):
 
 def test_after_a_pause_the_eta_comes_back_to_the_true_pace():
     """8 steps/s, a 60 s pause, 8 steps/s again: an average since the start would say ~1.4 steps/s
-    and an ETA six times too long; the recent median says 8 steps/s right after the pause."""
+    and an ETA six times too long; leaving the pause out gives 8 steps/s right after it."""
     clock, lines = FakeClock(), []
     bar = Progress(1000, "step", every=1, log=lines.append, clock=clock)
     for i in range(1, 101):
@@ -37,13 +37,24 @@ def test_after_a_pause_the_eta_comes_back_to_the_true_pace():
     assert "8.0 it/s" in lines[-1]
 
 
-def test_a_slow_start_is_forgotten():
+def test_a_slow_start_is_forgotten_once_it_is_older_than_the_window():
     clock = FakeClock()
-    bar = Progress(500, clock=clock, log=lambda line: None)
-    for i in range(1, 101):
+    bar = Progress(5000, clock=clock, log=lambda line: None, window=2.0)
+    for i in range(1, 501):
         clock.now += 1.0 if i <= 5 else 0.01            # first steps allocate, compile, warm up
         bar.update(i)
     assert bar.rate() == pytest.approx(100.0)
+
+
+def test_a_shared_machine_slows_the_estimate_as_it_should():
+    """Bursts (fast steps, then the process waits its turn): the time lost between bursts is real
+    and stays in the speed; only waits over 2 s that dwarf a step count as pauses."""
+    clock = FakeClock()
+    bar = Progress(10000, clock=clock, log=lambda line: None)
+    for i in range(1, 1001):
+        clock.now += 0.02 if i % 10 else 0.3            # every tenth step waits 0.3 s for the CPU
+        bar.update(i)
+    assert bar.rate() == pytest.approx(1 / (0.9 * 0.02 + 0.1 * 0.3), rel=0.05)   # ~21 steps/s, not 50
 
 
 def test_on_a_terminal_one_line_is_redrawn_in_place():

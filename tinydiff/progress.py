@@ -12,10 +12,13 @@ Two ideas make it pleasant:
   redrawn in place with a carriage return (at most ten times a second); anywhere else (a
   pipe, a log file, pytest's capture) that would leave a mess, so a plain line is written
   every ``every`` updates and at the end.
-* **The speed is recent.** It is the median, over the last ``window`` updates, of the
-  speed between consecutive updates. An average since the start would make the ETA jump
-  after a pause (a laptop asleep, an evaluation between steps) and remember the slow first
-  steps for ever; the median ignores one long gap and forgets the start.
+* **The speed is recent.** It is the number of steps done in the last ``window`` seconds
+  (at least the last five updates) divided by the time they took, leaving out a *pause*:
+  a single wait of more than 2 s that is over 20 times the typical time per step (a
+  laptop asleep, an evaluation between steps). An average since the start would make the
+  ETA jump after a pause and remember the slow first steps for ever. A machine shared with
+  other work slows every step a little rather than one step a lot, so that slowness stays
+  in the estimate, as it should.
 
 Samplers and ``calc_bpd_loop`` call ``progress(i, n)``; a ``Progress`` is such a callable.
 """
@@ -61,7 +64,7 @@ class Progress:
             logger); lines are then always plain.
         in_place: redraw one line in place (default: when ``file`` is a terminal or we run
             in a notebook).
-        window: how many recent updates the speed is measured over.
+        window: the seconds of recent progress the speed is measured over.
         unit: the name of one step in the speed ("it", "steps").
         initial: steps already done when the line starts (a resumed run).
         clock: a function returning seconds (tests pass a fake clock).
@@ -79,7 +82,7 @@ class Progress:
     """
 
     def __init__(self, total: int, label: str = "", *, every: int | None = None, file=None, log=None,
-                 in_place: bool | None = None, window: int = 20, unit: str = "it", initial: int = 0,
+                 in_place: bool | None = None, window: float = 20.0, unit: str = "it", initial: int = 0,
                  clock=time.perf_counter):
         for name, value, low in (("total", total, 0), ("initial", initial, 0), ("every", every, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
@@ -95,18 +98,22 @@ class Progress:
                                         (file is None and in_notebook()))
         self.in_place = bool(in_place) and log is None
         self.start = clock()
-        self.marks = collections.deque([(self.start, int(initial))], maxlen=window + 1)  # (time, steps done)
+        self.window = float(window)
+        self.marks = collections.deque([(self.start, int(initial))])       # (time, steps done), recent ones
         self.last_draw, self.width, self.closed = -1.0, 0, False
 
     # ------------------------------------------------------------------ speed
     def rate(self) -> float:
-        """Steps per second: the median speed between consecutive recent updates (0 if unknown)."""
-        speeds = sorted((i1 - i0) / (t1 - t0) for (t0, i0), (t1, i1) in zip(self.marks, list(self.marks)[1:])
-                        if t1 > t0 and i1 > i0)
-        if not speeds:
+        """Steps per second over the recent marks, pauses left out (0 if not yet known)."""
+        marks = list(self.marks)
+        steps = [(t1 - t0, i1 - i0) for (t0, i0), (t1, i1) in zip(marks, marks[1:]) if i1 > i0]
+        if not steps:
             return 0.0
-        mid = len(speeds) // 2
-        return speeds[mid] if len(speeds) % 2 else 0.5 * (speeds[mid - 1] + speeds[mid])
+        per_step = sorted(dt / di for dt, di in steps)
+        typical = per_step[len(per_step) // 2]
+        kept = [(dt, di) for dt, di in steps if not (dt > 2.0 and dt / di > 20.0 * typical)]   # drop pauses
+        seconds, done = sum(dt for dt, _ in kept), sum(di for _, di in kept)
+        return done / seconds if seconds > 0 else 0.0
 
     def line(self, done: int, fields: dict) -> str:
         """The text of the progress line after ``done`` steps."""
@@ -127,6 +134,8 @@ class Progress:
         now = self.clock()
         previous = self.marks[-1][1]
         self.marks.append((now, done))
+        while len(self.marks) > 5 and self.marks[0][0] < now - self.window:   # keep the last window seconds
+            self.marks.popleft()
         finished = done >= self.total
         if self.in_place:
             if finished or now - self.last_draw >= 0.1:

@@ -165,7 +165,7 @@ class Trainer:
 
         Progress (``tinydiff.progress.Progress``): one line redrawn in place on a terminal or
         in a notebook, else a line every ``log_every`` steps; the loss shown is the mean of
-        the last ``log_every`` steps, the speed and ETA are measured over recent steps.
+        the last ``log_every`` steps, the speed and ETA are measured over the last 20 seconds.
         """
         progress = None
         if self.log_every:
