@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 import tinydiff as td
+from tinydiff import runs
 from tinydiff.checkpoint import atomic_write
 from tinydiff.data import from_model_space, load_mnist, to_model_space
 from tinydiff.images import plot_image_rows, save_image_grid
@@ -43,29 +44,40 @@ from tinydiff.objectives import DiffusionLoss, make_diffusion
 from tinydiff.runtime import reuse_freed_memory
 from tinydiff.samplers import sample as run_sampler
 from tinydiff.schedules import cosine_beta_schedule, linear_beta_schedule
-from tinydiff.train import Trainer
+from tinydiff.train import CheckpointWriteError, NonFiniteError, Trainer
 
 GUIDANCE_STRIP = (0.0, 1.0, 3.0, 5.0)
+# A resumed run must be the same run (tinydiff/runs.py): these flags define what is trained and are
+# refused on --resume if they differ from the checkpoint's. --steps and --minutes fix the cosine
+# learning-rate decay, so they are among them.
+RUN_FLAGS = ("minutes", "steps", "batch", "lr", "ema", "label_dropout", "unconditional", "seed", "width", "mults",
+             "T", "schedule", "objective", "weighting", "train_limit")
+# These only change what is computed from the trained model: allowed on --resume, with the outputs
+# under new names (grid.guidance-5.0.png), so the run's own are never overwritten.
+EVAL_FLAGS = ("sampler", "sample_steps", "guidance", "n_samples", "bpd_digits", "bpd_timesteps", "no_score")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("training")
-    g.add_argument("--minutes", type=float, default=10.0,
+    g.add_argument("--minutes", type=runs.positive_float, default=10.0,
                    help="training budget: the number of steps is set from the speed of the first steps")
-    g.add_argument("--steps", type=int, default=None, help="train exactly this many steps (overrides --minutes)")
-    g.add_argument("--batch", type=int, default=64, help="batch size")
-    g.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW), cosine-decayed to 0")
-    g.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights used for sampling (with warm-up)")
-    g.add_argument("--label-dropout", type=float, default=0.1,
+    g.add_argument("--steps", type=runs.positive_int, default=None,
+                   help="train exactly this many steps (overrides --minutes)")
+    g.add_argument("--batch", type=runs.positive_int, default=64, help="batch size")
+    g.add_argument("--lr", type=runs.positive_float, default=2e-3,
+                   help="peak learning rate (AdamW), cosine-decayed to 0")
+    g.add_argument("--ema", type=runs.decay_rate, default=0.999,
+                   help="EMA decay of the weights used for sampling (with warm-up)")
+    g.add_argument("--label-dropout", type=runs.probability, default=0.1,
                    help="probability of training on the null label (what classifier-free guidance needs)")
     g.add_argument("--unconditional", action="store_true", help="train without labels (no guidance)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    g.add_argument("--seed", type=runs.nonnegative_int, default=0, help="seed of every random draw")
     m = p.add_argument_group("model and diffusion")
-    m.add_argument("--width", type=int, default=32, help="UNet base channels (32: MNIST-UNET)")
+    m.add_argument("--width", type=runs.positive_int, default=32, help="UNet base channels (32: MNIST-UNET)")
     m.add_argument("--mults", default="1,2,2", help="UNet channel multiplier per level, comma-separated")
-    m.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
+    m.add_argument("--T", type=runs.positive_int, default=1000, help="number of diffusion steps")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"],
                    help="noise schedule: cosine (Nichol & Dhariwal eq. 17) or DDPM's linear 1e-4..0.02")
     m.add_argument("--objective", default="eps", choices=["eps", "hybrid"],
@@ -75,11 +87,15 @@ def parse_args(argv=None):
                    help="per-timestep weight of the MSE: min_snr (Hang et al. 2023, gamma 5) or none (DDPM)")
     s = p.add_argument_group("sampling and evaluation")
     s.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"], help="DDIM (eta 0) or ancestral DDPM")
-    s.add_argument("--sample-steps", type=int, default=50, help="sampling steps (a respaced chain of the T)")
-    s.add_argument("--guidance", type=float, default=2.0, help="classifier-free guidance scale w (0 = none)")
-    s.add_argument("--n-samples", type=int, default=500, help="digits to draw (an equal number per class)")
-    s.add_argument("--bpd-digits", type=int, default=500, help="test digits for the bits/dim bound (0: skip)")
-    s.add_argument("--bpd-timesteps", type=int, default=100,
+    s.add_argument("--sample-steps", type=runs.positive_int, default=50,
+                   help="sampling steps (a respaced chain of the T)")
+    s.add_argument("--guidance", type=runs.nonnegative_float, default=2.0,
+                   help="classifier-free guidance scale w (0 = none)")
+    s.add_argument("--n-samples", type=runs.positive_int, default=500,
+                   help="digits to draw (an equal number per class)")
+    s.add_argument("--bpd-digits", type=runs.nonnegative_int, default=500,
+                   help="test digits for the bits/dim bound (0: skip)")
+    s.add_argument("--bpd-timesteps", type=runs.positive_int, default=100,
                    help="model calls per digit for the bound: the decoder term plus one t in each of the "
                         "other strata (an unbiased estimate of the full sum; T = every term exactly)")
     s.add_argument("--no-score", action="store_true", help="skip the classifier scores")
@@ -87,25 +103,42 @@ def parse_args(argv=None):
     d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
                                                     "or ~/.cache/tinydiff/mnist)")
     d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
+    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
     d.add_argument("--out", default=os.path.join("out", "mnist"), help="output folder")
-    d.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz (or re-sample a finished run)")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from OUT/checkpoint.npz, or re-sample a finished run (other sampling or "
+                            "evaluation flags write their outputs under new names)")
+    again.add_argument("--restart", action="store_true",
+                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
+    d.add_argument("--checkpoint-every", type=runs.positive_int, default=250,
+                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
     args = p.parse_args(argv)
-    for name in ("batch", "T", "width", "sample_steps", "n_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.steps is not None and args.steps < 1 or args.minutes <= 0:
-        p.error("--steps and --minutes must be positive")
     if args.n_samples % 10 and not args.unconditional:
         p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")
     if args.sample_steps > args.T:
         p.error(f"--sample-steps {args.sample_steps} exceeds --T {args.T}")
-    if args.guidance < 0 or not 0 <= args.label_dropout <= 1 or args.lr <= 0:
-        p.error("--guidance must be >= 0, --label-dropout in [0, 1] and --lr > 0")
+    if args.bpd_digits and args.bpd_timesteps < 2:
+        p.error(f"--bpd-timesteps {args.bpd_timesteps}: the bound needs at least 2 (the decoder and one stratum)")
     try:
         args.mults = tuple(int(v) for v in str(args.mults).split(","))
     except ValueError:
         p.error(f"--mults: expected comma-separated integers such as 1,2,2, got {args.mults!r}")
+    if not args.mults or min(args.mults) < 1:
+        p.error(f"--mults: expected positive integers such as 1,2,2, got {','.join(map(str, args.mults))}")
+    if args.width % 8:
+        p.error(f"--width {args.width}: GroupNorm's 8 groups need a multiple of 8")
+    if 28 % 2 ** (len(args.mults) - 1):
+        p.error(f"--mults {','.join(map(str, args.mults))}: {len(args.mults)} levels halve 28 x 28 digits "
+                f"{len(args.mults) - 1} times, which needs 28 to divide by {2 ** (len(args.mults) - 1)}")
+    try:
+        runs.check_reaches_noise(make_betas(args))
+    except ValueError as err:
+        p.error(f"--schedule {args.schedule} with --T {args.T}: {err}")
+    typed = {word.split("=")[0] for word in (sys.argv[1:] if argv is None else argv)}
+    for flag in ("--guidance", "--label-dropout"):
+        if args.unconditional and flag in typed:
+            p.error(f"{flag} with --unconditional: a model without labels has nothing to guide toward")
     if args.unconditional:
         args.guidance, args.label_dropout = 0.0, 0.0
     return args
@@ -121,9 +154,14 @@ def progress_printer(label: str):
     return progress
 
 
+def make_betas(args):
+    """The schedule the flags describe, float64 [T]."""
+    return cosine_beta_schedule(args.T) if args.schedule == "cosine" else linear_beta_schedule(args.T)
+
+
 def build(args):
     """The diffusion and the UNet the flags describe."""
-    betas = cosine_beta_schedule(args.T) if args.schedule == "cosine" else linear_beta_schedule(args.T)
+    betas = make_betas(args)
     diffusion = make_diffusion(args.objective, betas, decoder_nll="discretized", mse_weighting=args.weighting)
     model = UNet(base_channels=args.width, channel_mults=args.mults,
                  num_classes=None if args.unconditional else 10, learned_variance=diffusion.learned_variance,
@@ -131,16 +169,18 @@ def build(args):
     return diffusion, model
 
 
-def train(args, diffusion, model, images, labels):
+def train(args, diffusion, model, images, labels, checkpoint, saved):
     """Train with a time budget: the first steps measure the speed, which fixes the step count
-    (and with it the cosine learning-rate decay); a resumed run keeps its saved count."""
+    (and with it the cosine learning-rate decay); a resumed run keeps its saved count.
+    saved: the checkpoint's metadata when resuming (runs.read_run_config), else None."""
     data = images if args.unconditional else (images, labels)
-    checkpoint = os.path.join(args.out, "checkpoint.npz")
     loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
-    trainer = Trainer(model, loss, data, batch_size=args.batch, lr=args.lr, warmup_steps=100,
+    warmup = 100 if args.steps is None else min(100, args.steps // 10)
+    trainer = Trainer(model, loss, data, batch_size=args.batch, lr=args.lr, warmup_steps=warmup,
                       ema_decay=args.ema, ema_warmup=True, seed=args.seed, log_every=50,
-                      checkpoint_path=checkpoint, checkpoint_every=250, config=vars(args))
-    if args.resume and os.path.exists(checkpoint):
+                      checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
+                      config=vars(args) if saved is None else saved["config"])
+    if saved is not None:
         trainer.resume(checkpoint)
         steps = int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
         print(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
@@ -154,11 +194,19 @@ def train(args, diffusion, model, images, labels):
         rate = 10 / (time.perf_counter() - mid)
         steps = max(20, int((args.minutes * 60 - (mid - start)) * rate) + 5)
         print(f"{rate:.2f} steps/s: {args.minutes:g} minutes is {steps} steps of batch {args.batch}")
-    trainer.warmup.warmup_steps = min(100, steps // 10)
-    trainer.warmup.decay_steps = steps
+    if saved is None:                       # the schedule now that the step count is known
+        trainer.warmup.warmup_steps = min(warmup, steps // 10)
+        trainer.warmup.decay_steps = steps
+        trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
     trainer.config["steps_resolved"] = steps
     start = time.perf_counter()
-    trainer.train(steps)
+    try:
+        trainer.train(steps)
+    except KeyboardInterrupt:
+        kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
+        raise runs.RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
+    except (NonFiniteError, CheckpointWriteError) as err:
+        raise runs.RunError(str(err)) from None
     return trainer, time.perf_counter() - start
 
 
@@ -170,14 +218,39 @@ def balanced_labels(n: int) -> np.ndarray:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     reuse_freed_memory()                       # keep NumPy's freed temporaries mapped: see tinydiff/runtime.py
-    os.makedirs(args.out, exist_ok=True)
-    images, labels = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
+    checkpoint = os.path.join(args.out, "checkpoint.npz")
+    saved = runs.read_run_config(checkpoint, resume=args.resume, restart=args.restart)    # None: a new run
+    if saved is not None:
+        runs.check_same_run(saved["config"], vars(args), RUN_FLAGS, checkpoint)
+    tag = runs.evaluation_tag(saved and saved["config"], vars(args), EVAL_FLAGS)
+    diffusion, model = build(args)
+    # Two checkpoints (the new one is written beside the old) plus ~20 MB of samples and pictures.
+    removed = runs.prepare_output_dir(args.out, need_bytes=2 * runs.checkpoint_bytes(model) + 20_000_000)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left in {args.out} by a killed run: {', '.join(removed)}")
+    try:
+        images, labels = load_mnist("train", args.data_dir, download=not args.no_download, limit=args.train_limit)
+    except (OSError, ValueError) as err:              # missing files, no network, a corrupt file: one line
+        raise runs.RunError(f"MNIST: {err}") from None
     x_train = to_model_space(images)                                            # [N, 1, 28, 28] in [-1, 1]
     print(f"MNIST: {len(x_train)} training digits")
-    diffusion, model = build(args)
     print(f"UNet: {model.num_parameters():,} parameters; {args.objective} objective, {args.schedule} schedule, "
           f"T = {args.T}")
-    trainer, train_seconds = train(args, diffusion, model, x_train, labels)
+    trainer, train_seconds = train(args, diffusion, model, x_train, labels, checkpoint, saved)
+    if tag:
+        print(f"evaluating with other settings than the run's own: outputs are named *.{tag}.*")
+    try:
+        return evaluate(args, diffusion, model, trainer, train_seconds, tag)
+    except OSError as err:
+        raise runs.RunError(f"could not write the outputs in {args.out} ({err}); files already there are intact "
+                            f"and the checkpoint holds step {trainer.step}: --resume writes them again") from None
+
+
+def evaluate(args, diffusion, model, trainer, train_seconds, tag="") -> dict:
+    """Samples, pictures, the bound and the scores of the trained model, written to args.out
+    (names tagged with ``tag`` when re-evaluated with other settings: see tinydiff/runs.py)."""
+    def out(name):
+        return os.path.join(args.out, runs.tagged(name, tag))
 
     rng = np.random.default_rng(args.seed + 1)                                 # evaluation's own stream
     conditional = not args.unconditional
@@ -204,8 +277,11 @@ def main(argv=None) -> dict:
                                     return_trajectory=True, **sample_kw)
 
         if args.bpd_digits:
-            test_images, test_labels = load_mnist("test", args.data_dir, download=not args.no_download,
-                                                  limit=args.bpd_digits)
+            try:
+                test_images, test_labels = load_mnist("test", args.data_dir, download=not args.no_download,
+                                                      limit=args.bpd_digits)
+            except (OSError, ValueError) as err:
+                raise runs.RunError(f"MNIST test digits for the bound (--bpd-digits): {err}") from None
             x0 = to_model_space(test_images)
             bound = {k: [] for k in ("total_bpd", "prior_bpd", "vb", "t", "weights")}
             for i in range(0, len(x0), 100):                                     # 100 digits at a time
@@ -226,19 +302,21 @@ def main(argv=None) -> dict:
                               + ("class-conditional" if conditional else "unconditional"),
             }
 
-    np.save(os.path.join(args.out, "samples.npy"), samples.astype(np.float32))
-    np.save(os.path.join(args.out, "labels.npy"), y.astype(np.int64))
+    with atomic_write(out("samples.npy")) as f:
+        np.save(f, samples.astype(np.float32))
+    with atomic_write(out("labels.npy")) as f:
+        np.save(f, y.astype(np.int64))
     per_digit = min(10, args.n_samples // 10)                               # row k = digit k
     order = (np.argsort(y, kind="stable").reshape(10, -1)[:, :per_digit].ravel() if conditional
              else np.arange(min(100, args.n_samples)))
-    save_image_grid(samples[order], os.path.join(args.out, "grid.png"), nrow=per_digit if conditional else 10)
+    save_image_grid(samples[order], out("grid.png"), nrow=per_digit if conditional else 10)
     if conditional:
-        plot_image_rows([s[:, 0] for s in strip], os.path.join(args.out, "guidance.png"),
+        plot_image_rows([s[:, 0] for s in strip], out("guidance.png"),
                         row_labels=[f"w = {w:g}" for w in GUIDANCE_STRIP], col_labels=[str(k) for k in range(10)],
                         title="the same noise at four guidance scales")
     frames = np.unique(np.round(np.linspace(0, len(trajectory) - 1, 9) ** 1.0).astype(int))
     plot_image_rows([from_model_space(trajectory[frames, k, 0]) for k in range(trajectory.shape[1])],
-                    os.path.join(args.out, "trajectory.png"),
+                    out("trajectory.png"),
                     col_labels=[f"{len(trajectory) - 1 - f} left" for f in frames],
                     title=f"denoising: {args.sampler}, {args.sample_steps} steps, from noise (left) to digit (right)")
 
@@ -246,10 +324,11 @@ def main(argv=None) -> dict:
         from tinydiff.scorer import DigitScorer
         scorer = DigitScorer.load(data_dir=args.data_dir)
         metrics["scorer"] = scorer.score(samples, y if conditional else None, seed=args.seed)
-    with atomic_write(os.path.join(args.out, "metrics.json")) as f:
+    with atomic_write(out("metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
     print(json.dumps(metrics, indent=2))
-    print(f"wrote grid.png, guidance.png, trajectory.png, samples.npy, labels.npy, metrics.json to {args.out}")
+    print(f"wrote grid.png, guidance.png, trajectory.png, samples.npy, labels.npy, metrics.json to {args.out}"
+          + (f" (named *.{tag}.*)" if tag else ""))
     return metrics
 
 

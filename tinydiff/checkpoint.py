@@ -23,6 +23,7 @@ import json
 import os
 import uuid
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -160,14 +161,24 @@ def load_checkpoint(path, expect_keys=()):
             raise CheckpointError(f"checkpoint {path!r} contains a pickled object array; refusing "
                                   "to load it (allow_pickle=False)") from e
         raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file: {e}") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file: {e}") from e
+    except (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError,
+            RuntimeError, KeyError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+        # zipfile reports damaged headers with NotImplementedError ("compression method"),
+        # RuntimeError ("encrypted") or KeyError, zlib a damaged deflate stream: all one thing here.
+        raise CheckpointError(f"checkpoint {path!r} is not a readable .npz file ({type(e).__name__}: {e})") from e
+    for key, value in arrays.items():          # np.load hands back raw bytes for a member that is not .npy
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"checkpoint {path!r}: entry {key!r} is not a NumPy array (damaged file?)")
     if META_KEY not in arrays:
         raise CheckpointError(f"checkpoint {path!r} has no {META_KEY!r} entry; it was not written "
                               "by tinydiff.checkpoint.save_checkpoint")
+    raw = arrays.pop(META_KEY)
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"checkpoint {path!r}: metadata is a {raw.dtype} array of shape {raw.shape}, "
+                              "expected the uint8 bytes of a JSON text")
     try:
-        header = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path!r}: metadata is not valid UTF-8 JSON ({e})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path!r}: metadata format is "

@@ -5,6 +5,8 @@ and what it expected, so a wrong call fails at the door in the user's own words.
     check_dtype(dtype)             a floating dtype (float32 by default, float64 for gradient checks)
     check_positive_int(value)      an int >= 1 (sizes, counts)
     check_count(n)                 an int >= 0 (how many samples to draw)
+    check_data(x, name)            data [B, *D]: float32/float64, a batch axis, finite values
+    check_timesteps(t, batch)      int timesteps [B], none negative (what a model is called with)
 
 Imports only NumPy.
 """
@@ -69,3 +71,44 @@ def check_count(n, name: str = "n") -> int:
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     return int(n)
+
+
+def check_data(x, name: str = "x"):
+    """``x`` checked as data [B, *D]: a float32 or float64 ndarray (or Tensor) with a batch
+    axis and, for an ndarray, only finite values. Returns ``x``.
+
+    A Tensor's values are not scanned: Tensors carry a model's outputs during training,
+    where the Trainer checks the loss and names what went wrong (tinydiff/train.py).
+    """
+    arr = x if isinstance(x, np.ndarray) else getattr(x, "data", None)
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: expected a float32 or float64 numpy array [B, *D], got {type(x).__name__}")
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array [B, *D], got dtype {arr.dtype}"
+                        + (" (scale integer images to floats in [-1, 1] first)" if arr.dtype.kind in "iub" else ""))
+    if arr.ndim < 1:
+        raise ValueError(f"{name}: expected an array [B, *D] with a batch axis, got a 0-d array {arr!r}")
+    if 0 in arr.shape[1:]:
+        raise ValueError(f"{name}: expected examples with at least one value each, got shape {arr.shape}")
+    if isinstance(x, np.ndarray) and not np.isfinite(arr).all():
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name}: holds {bad:,} NaN or inf values (of {arr.size:,}); expected finite numbers")
+    return x
+
+
+def check_same_shape(a, b, name_a: str, name_b: str) -> None:
+    """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting)."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name_b}: expected the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}")
+
+
+def check_timesteps(t, batch: int, name: str = "t") -> np.ndarray:
+    """``t`` as an int array [batch] of timesteps >= 0, else a ValueError naming what it got.
+    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)"""
+    t = np.asarray(t.data if hasattr(t, "data") and not isinstance(t, np.ndarray) else t)
+    if t.ndim != 1 or t.dtype.kind not in "iu" or len(t) != batch:
+        raise ValueError(f"{name}: expected int timesteps of shape [{batch}] (one per example), got shape "
+                         f"{t.shape} dtype {t.dtype}")
+    if t.size and t.min() < 0:
+        raise ValueError(f"{name}: timesteps must be >= 0, got {int(t.min())}")
+    return t

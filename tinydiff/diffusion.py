@@ -17,13 +17,21 @@ The class holds the distributions and everything computed from them, in the pape
 the forward process q and its posterior, the reverse process p and one ancestral step, then
 the training losses and the variational bound. Sampling loops (DDPM, strided, DDIM,
 Langevin) are in tinydiff/samplers.py; the Gaussian math (KL, likelihoods) in gaussian.py.
+
+Every public method checks its arguments before computing (``_check``: float32/float64 data
+with a batch axis, finite, arrays of one shape; ``extract``: t int [B] in 0..T-1) and its
+array results after (``finite_result``), and ``p_mean_variance``, which the samplers call,
+refuses a model output holding NaN or inf: a wrong argument is a ValueError or TypeError that
+names it, never a NaN found three functions later.
 """
 from __future__ import annotations
 
-import numpy as np
-
+import functools
 import math
 
+import numpy as np
+
+from .checks import check_data, check_same_shape
 from .engine import Tensor, unwrap
 from .gaussian import decoder_nll, mean_flat, normal_kl, standard_normal_noise
 from .schedules import extract, validate_betas
@@ -34,6 +42,36 @@ MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channe
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSS_TYPES = ("mse", "kl", "hybrid")
 DECODER_NLLS = ("auto", "continuous", "discretized")
+
+
+def check_step(x, t, where: str) -> None:
+    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread)."""
+    if not np.isfinite(x).all():
+        t = np.asarray(t)
+        raise ValueError(f"{where}: the sample became NaN or inf at t = {np.unique(t)[:8].tolist()}; the model's "
+                         "predictions or the sampler's step sizes are out of range for this schedule")
+
+
+def finite_result(method):
+    """Decorator of GaussianDiffusion's public methods: an array result holding NaN or inf is a
+    ValueError naming the method and how large the inputs got, never a silent inf passed on.
+
+    The inputs are checked finite at the door (``_check``), so this only fires when finite
+    inputs of absurd size overflow (data of 1e38 in float32). Tensor results are not scanned:
+    during training the Trainer checks the loss and names the term (tinydiff/train.py).
+    """
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        result = method(self, *args, **kwargs)
+        values = result.values() if isinstance(result, dict) else result if isinstance(result, tuple) else (result,)
+        if any(isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all() for v in values):
+            sizes = [float(np.abs(a).max()) for a in (*args, *kwargs.values())
+                     if isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size]
+            raise ValueError(f"{method.__name__}: the result overflowed to inf or NaN although every input is "
+                             f"finite (they reach {max(sizes, default=0.0):.3g}); diffusion expects data scaled "
+                             "to about [-1, 1] or unit variance")
+        return result
+    return checked
 
 
 def _choose(name, value, options):
@@ -169,7 +207,19 @@ class GaussianDiffusion:
     # ------------------------------------------------------------------ helpers
     def run_model(self, model, x_t, t, model_kwargs=None):
         """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
-        return model(x_t, self.timestep_map[np.asarray(t)], **(model_kwargs or {}))
+        t = extract(np.arange(self.num_timesteps), t, x_t.shape).reshape(-1)      # checks t: int [B] in 0..T-1
+        return model(x_t, self.timestep_map[t], **(model_kwargs or {}))
+
+    def _check(self, **arrays):
+        """Each named array is data [B, *D] (float32/float64, finite: checks.check_data), all of
+        one shape. Every public method calls this first, so a wrong argument is named at the door."""
+        first = None
+        for name, x in arrays.items():
+            check_data(x, name)
+            if first is None:
+                first = (name, x)
+            else:
+                check_same_shape(first[1], x, first[0], name)
 
     def coef(self, arr, t, x):
         """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
@@ -183,6 +233,7 @@ class GaussianDiffusion:
         return np.broadcast_to(self.coef(arr, t, x), x.shape)
 
     # ------------------------------------------------------------------ forward process q
+    @finite_result
     def q_step_mean_variance(self, x_prev, t):
         """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM eq. 2.
 
@@ -193,9 +244,11 @@ class GaussianDiffusion:
         >>> float(mean[0, 0]), float(var[0, 0])                  # sqrt(1 - 0.19) = 0.9, and beta_1
         (0.9, 0.19)
         """
+        self._check(x_prev=x_prev)
         return (self.coef(self.sqrt_alphas, t, x_prev) * x_prev,
                 self._full(self.betas, t, x_prev), self._full(self.log_betas, t, x_prev))
 
+    @finite_result
     def q_step(self, x_prev, t, noise=None, rng=None):
         """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D].
 
@@ -204,9 +257,11 @@ class GaussianDiffusion:
         >>> round(float(x1[0, 0]), 4)                            # 0.9 * 1 + sqrt(0.19) * 1
         1.3359
         """
+        self._check(x_prev=x_prev, **({} if noise is None else {"noise": noise}))
         noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
         return self.coef(self.sqrt_alphas, t, x_prev) * x_prev + self.coef(self.sqrt_betas, t, x_prev) * noise
 
+    @finite_result
     def q_mean_variance(self, x0, t):
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
 
@@ -217,10 +272,12 @@ class GaussianDiffusion:
         >>> round(float(mean[0, 0]), 6), round(float(var[0, 0]), 6)    # alpha_bar = 0.81 * 0.5 = 0.405
         (0.636396, 0.595)
         """
+        self._check(x0=x0)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0,
                 self._full(1.0 - self.alphas_cumprod, t, x0),
                 self._full(self.log_one_minus_alphas_cumprod, t, x0))
 
+    @finite_result
     def q_sample(self, x0, t, noise=None, rng=None):
         """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
         the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D].
@@ -233,10 +290,12 @@ class GaussianDiffusion:
         >>> round(float(d.q_sample(x0, np.array([999] * 3), noise=np.zeros_like(x0))[0, 0]), 4)   # sqrt(ab_T) x0
         0.0064
         """
+        self._check(x0=x0, **({} if noise is None else {"noise": noise}))
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
                 + self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
+    @finite_result
     def q_posterior_mean_variance(self, x0, x_t, t):
         """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), DDPM eq. 6-7:
 
@@ -253,12 +312,14 @@ class GaussianDiffusion:
         >>> bool(0 < mean[0, 0] < 1), bool(var[0, 0] < d.betas[500])     # between x_0 and x_t; beta-tilde < beta
         (True, True)
         """
+        self._check(x_t=x_t, x0=x0)
         mean = (self.coef(self.posterior_mean_coef1, t, x_t) * x0
                 + self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
         return (mean, self._full(self.posterior_variance, t, x_t),
                 self._full(self.posterior_log_variance_clipped, t, x_t))
 
     # ------------------------------------------------------------------ changing parametrisation
+    @finite_result
     def predict_x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
         written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D].
@@ -269,32 +330,42 @@ class GaussianDiffusion:
         >>> d.predict_x0_from_eps(x_t, t, eps).round(6).tolist()            # the exact eps gives x_0 back
         [[0.5, -1.0]]
         """
+        self._check(x_t=x_t, eps=eps)
         return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
 
+    @finite_result
     def predict_eps_from_x0(self, x_t, t, x0):
         """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
         predict_x0_from_eps. [B, *D]."""
+        self._check(x_t=x_t, x0=x0)
         return ((self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
                 / self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
 
+    @finite_result
     def predict_x0_from_v(self, x_t, t, v):
         """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
+        self._check(x_t=x_t, v=v)
         return (self.coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
 
+    @finite_result
     def velocity(self, x0, t, eps):
         """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
         (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
+        self._check(x0=x0, eps=eps)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * eps
                 - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
 
+    @finite_result
     def predict_x0_from_mean(self, x_t, t, mean):
         """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
         improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
+        self._check(x_t=x_t, mean=mean)
         return ((mean - self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
                 / self.coef(self.posterior_mean_coef1, t, x_t))
 
+    @finite_result
     def score_from_eps(self, x_t, t, eps):
         """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
         an eps-predictor is a scaled score estimator. [B, *D].
@@ -303,11 +374,15 @@ class GaussianDiffusion:
         >>> d.score_from_eps(np.zeros((1, 1)), np.array([999]), np.ones((1, 1))).round(4).tolist()   # ~ -eps at pure noise
         [[-1.0]]
         """
+        self._check(x_t=x_t, eps=eps)
         return -eps / self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
     # ------------------------------------------------------------------ reverse process p
     def p_mean_variance(self, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
         """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output.
+
+        The samplers call this: a NaN or inf in the model's output (a diverged model, a broken
+        checkpoint) raises a ValueError naming the timesteps, instead of spreading through the chain.
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)               # a model that predicts eps = 0
@@ -315,9 +390,22 @@ class GaussianDiffusion:
         >>> sorted(out), out["mean"].shape
         (['log_variance', 'mean', 'pred_eps', 'pred_x0', 'variance'], (2, 2))
         """
+        self._check(x_t=x_t)
         out = self.run_model(model, x_t, t, model_kwargs)
+        self._check_output(unwrap(out), t)
         return self.p_mean_variance_from_output(out, x_t, t, clip_denoised, denoised_fn)
 
+    def _check_output(self, out, t):
+        """A ValueError naming the timesteps if a model output array holds NaN or inf."""
+        if isinstance(out, np.ndarray) and out.dtype.kind == "f" and not np.isfinite(out).all():
+            rows = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+            t = np.atleast_1d(t)
+            steps = np.unique(t[rows]) if len(t) == len(out) else np.unique(t)
+            raise ValueError(f"model output: {int(rows.sum())} of {len(out)} examples hold NaN or inf, at "
+                             f"timesteps t = {steps[:8].tolist()}; the model (or its weights) "
+                             "is broken: check the checkpoint and the training loss")
+
+    @finite_result
     def p_mean_variance_from_output(self, model_output, x_t, t, clip_denoised=False, denoised_fn=None):
         """p(x_{t-1} | x_t) from a model output [B, C_out, *rest] (channels on axis 1).
 
@@ -337,10 +425,14 @@ class GaussianDiffusion:
         >>> bool(np.isclose(out["variance"][0, 0], d.betas[500]))                            # v = 1: sigma^2 = beta_t
         True
         """
-        C = x_t.shape[1] if x_t.ndim >= 2 else None
+        self._check(x_t=x_t)
+        if x_t.ndim < 2:
+            raise ValueError(f"x_t: expected [B, C, *rest] with channels on axis 1, got shape {tuple(x_t.shape)}")
+        self._check_output(model_output, t)
+        C = x_t.shape[1]
         learned = self.model_var_type.startswith("learned")
         expected = (x_t.shape[0], 2 * C if learned else C) + tuple(x_t.shape[2:])
-        if C is None or tuple(model_output.shape) != expected:
+        if tuple(model_output.shape) != expected:
             raise ValueError(f"model output: expected shape {expected} for x_t of shape {tuple(x_t.shape)} "
                              f"and model_var_type={self.model_var_type!r}, got {tuple(model_output.shape)}")
         prediction = model_output[:, :C] if learned else model_output
@@ -385,6 +477,7 @@ class GaussianDiffusion:
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "pred_x0": pred_x0, "pred_eps": pred_eps}
 
+    @finite_result
     def p_sample(self, model, x_t, t, rng=None, noise=None, clip_denoised=False, denoised_fn=None,
                  model_kwargs=None):
         """One ancestral step x_{t-1} = mean + sigma_t z, z ~ N(0, I), and z = 0 at t = 0
@@ -405,6 +498,7 @@ class GaussianDiffusion:
         noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
         last_step = extract(np.arange(self.num_timesteps), t, x_t.shape) == 0   # [B, 1, ..., 1]
         sample = mean + np.where(last_step, 0.0, np.exp(0.5 * log_variance) * noise)
+        check_step(sample, t, "p_sample")
         return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
     # ------------------------------------------------------------------ the bound and the losses
@@ -418,6 +512,7 @@ class GaussianDiffusion:
     # With 0-based code index t the term at index t is the paper's L_t: index 0 is the decoder
     # L_0, and index t >= 1 the KL of the model's step from code x_t to x_{t-1}. "bpd" is bits
     # per dimension: nats / log 2, averaged over the D values of one example.
+    @finite_result
     def vb_terms_bpd(self, model_output, x0, x_t, t, clip_denoised=False):
         """The bound's term for each example at its own timestep t, in bits per dimension.
 
@@ -435,12 +530,14 @@ class GaussianDiffusion:
         >>> round(float(terms["output"][1]), 9)                          # KL(q || p) = 0 when p is exact
         0.0
         """
+        self._check(x_t=x_t, x0=x0)
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"])) / LOG2
         nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_kind(x0))) / LOG2
         return {"output": np.where(np.asarray(t) == 0, nll, kl), "pred_x0": p["pred_x0"]}
 
+    @finite_result
     def training_losses(self, model, x0, t, noise=None, rng=None, model_kwargs=None):
         """Per-example training losses for x0 [B, *D] at timesteps t [B] (DDPM Algorithm 1).
 
@@ -468,6 +565,9 @@ class GaussianDiffusion:
         (['loss', 'mse', 'vb'], (4,))
         >>> terms["loss"].mean().backward()                              # a Tensor: trains the model
         """
+        self._check(x0=x0, **({} if noise is None else {"noise": noise}))
+        if x0.ndim < 2:
+            raise ValueError(f"x0: expected [B, C, *rest] with channels on axis 1, got shape {x0.shape}")
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
         x_t = self.q_sample(x0, t, noise=noise)
         out = self.run_model(model, x_t, t, model_kwargs)
@@ -507,6 +607,7 @@ class GaussianDiffusion:
             return clipped / (snr + 1.0)
         return clipped
 
+    @finite_result
     def prior_bpd(self, x0):
         """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits/dim, [B], for x0 [B, *D] (DDPM eq. 5).
 
@@ -518,11 +619,13 @@ class GaussianDiffusion:
         >>> float(d.prior_bpd(np.zeros((1, 2)))[0]) < 1e-4                 # q(x_T | x_0) is almost N(0, I)
         True
         """
+        self._check(x0=x0)
         t = np.full(x0.shape[0], self.num_timesteps - 1, dtype=np.int64)
         mean, _, log_variance = self.q_mean_variance(x0, t)
         zero = np.zeros((), dtype=x0.dtype)               # N(0, I); np.exp(0.0) would be float64
         return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
 
+    @finite_result
     def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None,
                       num_timesteps=None):
         """The whole variational bound on -log p(x_0), per example and per term.
@@ -568,6 +671,7 @@ class GaussianDiffusion:
         >>> bool(np.allclose(out["vb"][:, 1:], 0))                        # every KL term vanishes for a perfect model
         True
         """
+        self._check(x0=x0)
         B, T = x0.shape[0], self.num_timesteps
         if clip_denoised is None:
             clip_denoised = self.decoder_kind(x0) == "discretized"

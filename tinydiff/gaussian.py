@@ -6,6 +6,10 @@ yourself. Results are in nats (divide by log 2 for bits).
 Only np.exp / np.log / np.tanh / np.sqrt / np.where / np.maximum and arithmetic touch
 the inputs, so the same code runs on engine Tensors (NumPy dispatches these to
 ``Tensor``) and gradients flow through it during training. No Tensor import here.
+
+An array result that holds NaN or inf is a ValueError naming the inputs (``finite``): a KL
+of inf is an overflow, not an answer. Tensor results pass unscanned; during training the
+Trainer checks the loss and names the term (tinydiff/train.py).
 """
 from __future__ import annotations
 
@@ -14,6 +18,24 @@ import math
 import numpy as np
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+def finite(result, where: str, **inputs):
+    """``result`` if it is a Tensor or holds only finite numbers, else a ValueError saying which
+    input holds NaN or inf, or how large the inputs got."""
+    if not isinstance(result, (np.ndarray, np.generic)) or np.isfinite(result).all():
+        return result
+    details = []
+    for name, value in inputs.items():
+        value = np.asarray(value)
+        if value.dtype.kind not in "fc" or value.size == 0:
+            continue
+        if not np.isfinite(value).all():
+            details.append(f"{name} holds NaN or inf")
+        else:
+            details.append(f"|{name}| reaches {float(np.abs(value).max()):.3g}")
+    raise ValueError(f"{where}: the result holds NaN or inf ({'; '.join(details)}); expected finite inputs "
+                     "(log-variances of a few tens at most, data of moderate size)")
 
 
 def mean_flat(x):
@@ -60,8 +82,9 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     >>> float(td.normal_kl(1.0, 0.0, 0.0, 0.0))               # N(1, 1) vs N(0, 1): (mean difference)^2 / 2
     0.5
     """
-    return 0.5 * (-1.0 + logvar2 - logvar1 + np.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * np.exp(-logvar2))
+    kl = 0.5 * (-1.0 + logvar2 - logvar1 + np.exp(logvar1 - logvar2)
+                + (mean1 - mean2) ** 2 * np.exp(-logvar2))
+    return finite(kl, "normal_kl", mean1=mean1, logvar1=logvar1, mean2=mean2, logvar2=logvar2)
 
 
 def gaussian_log_likelihood(x, means, log_scales):
@@ -76,7 +99,8 @@ def gaussian_log_likelihood(x, means, log_scales):
     -0.918939
     """
     z = (x - means) * np.exp(-log_scales)
-    return -0.5 * LOG_2PI - log_scales - 0.5 * z * z
+    return finite(-0.5 * LOG_2PI - log_scales - 0.5 * z * z, "gaussian_log_likelihood", x=x, means=means,
+                  log_scales=log_scales)
 
 
 def approx_standard_normal_cdf(x):
@@ -92,7 +116,8 @@ def approx_standard_normal_cdf(x):
     >>> td.approx_standard_normal_cdf(np.array([0.0, 1.0, -1.0])).round(4).tolist()  # Phi(1) = 0.8413
     [0.5, 0.8412, 0.1588]
     """
-    return 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    cdf = 0.5 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return finite(cdf, "approx_standard_normal_cdf", x=x)
 
 
 # Half the width of one of the 256 bins of an 8-bit image mapped to [-1, 1]: 1 / 255.
@@ -134,8 +159,8 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     log_one_minus_cdf_min = np.log(np.maximum(one_minus_cdf_min, PROB_FLOOR))  # top edge bin
     log_cdf_delta = np.log(np.maximum(cdf_plus - cdf_min, PROB_FLOOR))        # interior bins
     # Thresholds at +-0.999 rather than +-1 so values a rounding error off the grid count too.
-    return np.where(x < -0.999, log_cdf_plus,
-                    np.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+    log_p = np.where(x < -0.999, log_cdf_plus, np.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta))
+    return finite(log_p, "discretized_gaussian_log_likelihood", x=x, means=means, log_scales=log_scales)
 
 
 def decoder_nll(x, mean, log_variance, kind="continuous"):

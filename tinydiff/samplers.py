@@ -30,20 +30,20 @@ import math
 
 import numpy as np
 
-from .diffusion import GaussianDiffusion
+from .diffusion import GaussianDiffusion, check_step
 from .engine import no_grad, unwrap
 from .gaussian import standard_normal_noise
 from .guidance import apply_guidance
 
 
 # ---------------------------------------------------------------- strided schedules
-def space_timesteps(T: int, spec) -> np.ndarray:
+def space_timesteps(T: int, spec, name: str = "spec") -> np.ndarray:
     """Which of the T original timesteps to keep, sorted ascending, int64 [K].
 
     spec: an int K or a string "K": K steps evenly spaced from 0 to T-1 (both ends kept),
     round(i (T-1)/(K-1)) for i = 0..K-1; "ddimK": the stride s with len(range(0, T, s)) = K,
     i.e. 0, s, 2s, ... (DDIM's "uniform" skip, Song et al. 2021 appendix D.2); or an explicit
-    sequence of distinct timesteps in 0..T-1.
+    sequence of distinct timesteps in 0..T-1. ``name``: how errors call spec (respace says "steps").
 
     Rounding follows improved-diffusion's space_timesteps(T, [K]) exactly: a running sum
     cur += (T-1)/(K-1) rounded by Python's round, which rounds halves to even
@@ -64,11 +64,12 @@ def space_timesteps(T: int, spec) -> np.ndarray:
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == K:
                 return np.arange(0, T, stride, dtype=np.int64)
-        raise ValueError(f"spec: no integer stride gives exactly {spec[4:]!r} of T={T} steps for {spec!r}")
+        raise ValueError(f"{name}: no integer stride gives exactly {spec[4:]!r} of T={T} steps for {spec!r}")
     if isinstance(spec, (str, int, np.integer)) and not isinstance(spec, bool):
         K = int(spec) if str(spec).isdigit() else -1
         if not 1 <= K <= T:
-            raise ValueError(f"spec: expected a count in 1..{T}, 'ddimK' or a list of steps, got {spec!r}")
+            raise ValueError(f"{name}: expected a number of steps in 1..{T} (the trained chain's length), "
+                             f"'ddimK' or a list of steps, got {spec!r}")
         if K == 1:
             return np.array([T - 1], dtype=np.int64)
         stride, cur, kept = (T - 1) / (K - 1), 0.0, []
@@ -79,7 +80,7 @@ def space_timesteps(T: int, spec) -> np.ndarray:
     steps = np.asarray(spec)
     if (steps.ndim != 1 or steps.size == 0 or steps.dtype.kind not in "iu" or steps.min() < 0
             or steps.max() >= T or len(np.unique(steps)) != len(steps)):
-        raise ValueError(f"spec: expected distinct int timesteps in 0..{T - 1}, got {spec!r}")
+        raise ValueError(f"{name}: expected distinct int timesteps in 0..{T - 1}, got {spec!r}")
     return np.sort(steps).astype(np.int64)
 
 
@@ -118,10 +119,7 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     >>> bool(np.allclose(short.alphas_cumprod, d.alphas_cumprod[short.timestep_map]))  # same q(x_t | x_0)
     True
     """
-    try:
-        kept = space_timesteps(diffusion.num_timesteps, steps)
-    except ValueError as err:
-        raise ValueError(f"steps: {err}") from None
+    kept = space_timesteps(diffusion.num_timesteps, steps, name="steps")
     return GaussianDiffusion(respaced_betas(diffusion.alphas_cumprod, kept),
                              model_mean_type=diffusion.model_mean_type, model_var_type=diffusion.model_var_type,
                              loss_type=diffusion.loss_type, decoder_nll=diffusion.decoder_nll,
@@ -209,6 +207,7 @@ def ddim_step(diffusion, model, x_t, t, eta=0.0, rng=None, noise=None, clip_deno
     sigma = ddim_sigma(ab, ab_prev, eta)
     direction = np.sqrt(np.maximum(1.0 - ab_prev - sigma ** 2, 0.0))   # 0 at the data; rounding-safe
     sample = np.sqrt(ab_prev) * pred_x0 + direction * pred_eps + sigma * noise
+    check_step(sample, t, "ddim_step")
     return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
 
@@ -260,6 +259,22 @@ def langevin_noise_level(alpha_bar):
     return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
 
+def check_langevin_step_lr(alphas_cumprod, step_lr) -> None:
+    """A ValueError unless step_lr / sigma_min^2 < 4, sigma_min the chain's smallest noise level.
+
+    Every level's step is alpha_t = step_lr sigma_t^2 / sigma_min^2; at the noisiest levels the
+    data's own spread is negligible beside sigma_t, the target is ~N(0, sigma_t^2), and Langevin
+    on it multiplies y by 1 - alpha_t / (2 sigma_t^2) each step: beyond 4 every step amplifies.
+    (A schedule whose first step adds very little noise, e.g. logsnr with logsnr_max = 14,
+    needs a smaller step_lr than DDPM's linear one.)
+    """
+    sigma_min = float(langevin_noise_level(np.asarray(alphas_cumprod, dtype=np.float64)[0]))
+    if not step_lr / sigma_min ** 2 < 4:
+        raise ValueError(f"step_lr: {step_lr:g} / sigma_min^2 = {step_lr / sigma_min ** 2:.3g} for this chain's "
+                         f"smallest noise level sigma_min = {sigma_min:.3g}; Langevin steps diverge at 4 or "
+                         f"more, so use step_lr below {4 * sigma_min ** 2:.3g}")
+
+
 def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model_kwargs=None):
     """One Langevin update at noise level sigma_t, in the scaled variable y = x_t / sqrt(ab_t):
 
@@ -281,7 +296,9 @@ def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model
     score = -eps / diffusion.coef(langevin_noise_level(diffusion.alphas_cumprod), t, y)
     noise = standard_normal_noise(y.shape, y.dtype, noise, rng)
     alpha = np.asarray(step_size, dtype=y.dtype)
-    return (y + 0.5 * alpha * score + np.sqrt(alpha) * noise).astype(y.dtype, copy=False), score
+    y_new = y + 0.5 * alpha * score + np.sqrt(alpha) * noise
+    check_step(y_new, t, "langevin_step")
+    return y_new.astype(y.dtype, copy=False), score
 
 
 def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_each=10, step_lr=2e-5,
@@ -321,6 +338,7 @@ def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_ea
         raise ValueError(f"step_lr: expected a positive step size, got {step_lr!r}")
     chain, model = _setup(diffusion, model, steps, guidance)
     sigmas = langevin_noise_level(chain.alphas_cumprod)                 # [L], increasing
+    check_langevin_step_lr(chain.alphas_cumprod, step_lr)
     L = chain.num_timesteps
     x = standard_normal_noise(shape, dtype, noise, rng)
     y = x / np.asarray(math.sqrt(chain.alphas_cumprod[-1]), dtype=x.dtype)

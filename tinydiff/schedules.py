@@ -37,7 +37,10 @@ def validate_betas(betas) -> np.ndarray:
     ...
     ValueError: betas[1] = 1.0: every beta must be finite and strictly inside (0, 1) (1 bad entries, first shown)
     """
-    arr = np.asarray(betas, dtype=np.float64)
+    try:
+        arr = np.asarray(betas, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"betas: expected a 1-D array of floats [T], got {betas!r:.80}") from None
     if arr.ndim != 1:
         raise ValueError(f"betas: expected a 1-D array of shape [T], got shape {arr.shape}")
     if arr.size == 0:
@@ -162,6 +165,10 @@ def extract(arr: np.ndarray, t, shape) -> np.ndarray:
     [30.0, 10.0]
     """
     t = np.asarray(t)
+    if np.ndim(arr) != 1:
+        raise ValueError(f"arr: expected per-timestep values of shape [T], got shape {np.shape(arr)}")
+    if len(shape) < 1:
+        raise ValueError(f"shape: expected the data's shape (B, *D) with a batch axis, got {tuple(shape)}")
     if t.ndim != 1 or t.dtype.kind not in "iu":
         raise ValueError(f"t: expected an int array of shape [B], got dtype {t.dtype}, shape {t.shape}")
     if t.shape[0] != shape[0]:

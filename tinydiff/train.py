@@ -18,21 +18,61 @@ weights, the optimizer moments, the EMA weights and the data order, with JSON me
 (config, step, optimizer scalars, the exact RNG state and the loss history). It is written
 to a temporary file and renamed, so a crash leaves the previous checkpoint intact.
 Resuming restores all of it, so a resumed run continues exactly as the uninterrupted one.
+
+Non-finite values stop training before they reach the weights: each step checks the loss
+and the gradient norm (which clipping computes anyway), and a NaN or inf raises
+``NonFiniteError`` naming the step, the loss terms that are not finite and the first
+non-finite parameter or gradient by name; the weights stay those of the last good step and
+the last checkpoint is not touched. ``skip_nonfinite=True`` skips such a step instead
+(no update of the weights, moments, EMA or learning rate; the step is retried on the next
+batch) and stops only after ``MAX_SKIPS_IN_A_ROW`` of them in a row.
 """
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
-from .checkpoint import (flatten_state, load_checkpoint, merge_arrays, rng_from_json, rng_state_to_json,
-                         save_checkpoint, split_arrays, unflatten_state)
+from .checkpoint import (CheckpointError, flatten_state, load_checkpoint, merge_arrays, rng_from_json,
+                         rng_state_to_json, save_checkpoint, split_arrays, unflatten_state)
 from .checks import check_positive_int
 from .data.arrays import EpochSampler
 from .diffusion import GaussianDiffusion
 from .objectives import DiffusionLoss
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
 from .progress import Progress
+
+
+MAX_SKIPS_IN_A_ROW = 10     # with skip_nonfinite: this many bad steps in a row means training is broken
+
+
+class NonFiniteError(FloatingPointError):
+    """A NaN or inf loss or gradient; the message names the step, the terms and the parameter."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, a vanished folder); the previous one is intact."""
+
+
+def _first_nonfinite(named_arrays):
+    """'name (k of n values)' for the first array with a NaN or inf, or None."""
+    for name, arr in named_arrays:
+        if arr is not None and arr.dtype.kind in "fc":
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                return f"{name} ({bad:,} of {arr.size:,} values)"
+    return None
+
+
+def _check_finite_data(x, what: str) -> None:
+    """A ValueError if a float array of data holds NaN or inf (it would poison every step)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "fc":
+        bad = ~np.isfinite(x)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"data: {what} holds {int(bad.sum()):,} NaN or inf values (the first at index "
+                             f"{first}: {x[first]}); expected finite numbers")
 
 
 def as_batch_sampler(data):
@@ -59,8 +99,10 @@ def as_batch_sampler(data):
     if hasattr(data, "sample") and callable(data.sample):
         sampler = lambda rng, n: data.sample(n, rng)  # noqa: E731
     elif isinstance(data, np.ndarray):
+        _check_finite_data(data, "the array")
         sampler = EpochSampler(data)
     elif isinstance(data, tuple) and all(isinstance(a, np.ndarray) for a in data) and len(data) == 2:
+        _check_finite_data(data[0], "x")
         sampler = EpochSampler(*data)
     elif callable(data):
         sampler = data
@@ -78,6 +120,7 @@ def as_batch_sampler(data):
         raise TypeError(f"data: a trial batch of 2 came back as {type(trial).__name__}"
                         f"{'' if not isinstance(x0, np.ndarray) else ' of shape ' + str(x0.shape)}; expected "
                         "an array x0 [2, *D] or a tuple (x0, dict of model keyword arguments)")
+    _check_finite_data(x0, "a trial batch of 2")
     return sampler
 
 
@@ -98,11 +141,16 @@ class Trainer:
         checkpoint_path, checkpoint_every: write a checkpoint every this many steps and
             at the end (0 or None path: never).
         config: a JSON-able dict saved in checkpoints (how to rebuild the run).
+        skip_nonfinite: skip a step whose loss or gradient is NaN or inf instead of stopping
+            (see the module docstring); off by default, because a NaN usually means a bug or a
+            learning rate that is too high, and hiding it helps no one.
         log: where progress lines go (default ``print``).
 
     Attributes: ``ema`` (the averaged weights: ``with trainer.ema.average_parameters(model):``
-    evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``.
-    Scripts that train for long may call ``tinydiff.runtime.reuse_freed_memory()`` first.
+    evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``,
+    ``saved_step`` (the step of the last checkpoint written or read), ``skipped`` (the step
+    being taken each time a batch was skipped). Scripts that train for long may call
+    ``tinydiff.runtime.reuse_freed_memory()`` first.
 
     >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
     >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
@@ -118,16 +166,19 @@ class Trainer:
                  weight_decay: float = 0.0, warmup_steps: int = 0, lr_decay_steps: int | None = None,
                  grad_clip: float | None = 1.0, ema_decay: float = 0.999, ema_warmup: bool = False,
                  seed: int = 0, log_every: int = 100, checkpoint_path=None, checkpoint_every: int = 0,
-                 config: dict | None = None, log=print):
+                 config: dict | None = None, skip_nonfinite: bool = False, log=print):
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.model = model
         self.loss_fn = DiffusionLoss(loss_fn) if isinstance(loss_fn, GaussianDiffusion) else loss_fn
         if not callable(self.loss_fn):
             raise TypeError(f"loss_fn: expected a function loss_fn(model, batch, rng) or a GaussianDiffusion, "
                             f"got {type(loss_fn).__name__}")
+        if grad_clip is not None and not (isinstance(grad_clip, (int, float)) and grad_clip > 0):
+            raise ValueError(f"grad_clip: expected a positive max gradient norm or None, got {grad_clip!r}")
         self.sample_batch = as_batch_sampler(data)
         self.grad_clip = grad_clip
-        self.params = list(model.parameters())
+        self.named_params = list(model.named_parameters())
+        self.params = [p for _, p in self.named_params]
         self.optimizer = AdamW(self.params, lr=lr, weight_decay=weight_decay)
         self.warmup = LinearWarmup(self.optimizer, warmup_steps, lr_decay_steps)
         self.ema = EMA(model, decay=ema_decay, warmup=ema_warmup)
@@ -135,30 +186,72 @@ class Trainer:
         self.log_every, self.log = log_every, log
         self.checkpoint_path, self.checkpoint_every = checkpoint_path, checkpoint_every
         self.config = dict(config or {})
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.step = 0
+        self.saved_step: int | None = None
         self.losses: list[float] = []
+        self.skipped: list[int] = []
         self.last_logs: dict = {}
         self.resumed_config: dict | None = None      # the config saved in the checkpoint, after resume()
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> float:
-        """One optimisation step; returns the batch's loss."""
-        batch = self.sample_batch(self.rng, self.batch_size)
-        self.optimizer.zero_grad()
-        loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)
-        loss.backward()
-        if self.grad_clip is not None:
-            clip_grad_norm(self.params, self.grad_clip)
+        """One optimisation step; returns the batch's loss.
+
+        The loss and the gradients are checked before the update, so a NaN never reaches the
+        weights: see the module docstring (NonFiniteError, skip_nonfinite).
+        """
+        for _ in range(MAX_SKIPS_IN_A_ROW):
+            batch = self.sample_batch(self.rng, self.batch_size)
+            self.optimizer.zero_grad()
+            loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)
+            value = float(loss.item())
+            loss.backward()
+            if self.grad_clip is not None:
+                grad_norm = clip_grad_norm(self.params, self.grad_clip)      # the norm before clipping
+            else:
+                grad_norm = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in self.params
+                                          if p.grad is not None))
+            if math.isfinite(value) and math.isfinite(grad_norm):
+                break
+            report = self._nonfinite_report(value, grad_norm, batch)
+            if not self.skip_nonfinite:
+                raise NonFiniteError(report + "; lower the learning rate, keep grad_clip on, or pass "
+                                     "skip_nonfinite=True to skip such steps")
+            self.skipped.append(self.step + 1)
+            self.log(f"skipped: {report}")
+        else:
+            raise NonFiniteError(f"{MAX_SKIPS_IN_A_ROW} steps in a row were not finite (skip_nonfinite=True); "
+                                 f"the last: {report}")
         self.optimizer.step()
         self.warmup.step()                      # sets the next step's learning rate
         self.ema.update()
         self.step += 1
-        value = float(loss.item())
-        if not np.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}; lower the learning rate "
-                                     f"or enable grad_clip")
         self.losses.append(value)
         return value
+
+    def _nonfinite_report(self, value, grad_norm, batch) -> str:
+        """One line saying what is not finite at the step being taken."""
+        step = self.step + 1
+        parts = [f"loss became {value} at step {step}" if not math.isfinite(value)
+                 else f"at step {step} the loss is finite ({value:.6g}) but the gradient norm is {grad_norm}"]
+        terms = [f"{k} = {v}" for k, v in self.last_logs.items()
+                 if isinstance(v, (int, float)) and not math.isfinite(v)]
+        if terms:
+            parts.append("non-finite loss terms: " + ", ".join(terms))
+        x0 = batch[0] if isinstance(batch, tuple) else batch
+        if isinstance(x0, np.ndarray) and x0.dtype.kind == "f" and not np.all(np.isfinite(x0)):
+            parts.append("the batch itself holds NaN or inf")
+        param = _first_nonfinite((name, p.data) for name, p in self.named_params)
+        grad = _first_nonfinite((name, p.grad) for name, p in self.named_params)
+        parts.append(f"first non-finite parameter: {param}" if param else "every parameter is finite")
+        parts.append(f"first non-finite gradient: {grad}" if grad else
+                     "every gradient is finite (their norm overflowed)" if math.isfinite(value) else
+                     "every gradient is finite")
+        kept = (f"the last checkpoint (step {self.saved_step}, {self.checkpoint_path}) is intact"
+                if self.saved_step is not None and self.checkpoint_path else "no checkpoint was written")
+        parts.append(f"the weights are those of step {self.step} and {kept}")
+        return "; ".join(parts)
 
     def train(self, steps: int) -> list[float]:
         """Train until ``self.step == steps`` (a resumed trainer continues where it stopped).
@@ -177,37 +270,78 @@ class Trainer:
                 progress.update(self.step, loss=float(np.mean(self.losses[-self.log_every:])))
             if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save(self.checkpoint_path)
-        if self.checkpoint_path:
+        if self.checkpoint_path and self.saved_step != self.step:     # nothing new: keep the file as it is
             self.save(self.checkpoint_path)
         return self.losses
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path) -> None:
-        """Write everything needed to continue training to ``path`` (atomically)."""
+        """Write everything needed to continue training to ``path`` (atomically).
+
+        A failed write (a full disk, a folder that vanished) raises CheckpointWriteError, an
+        OSError naming the file and the step; the previous checkpoint stays as it was.
+        """
         opt_arrays, opt_meta = split_arrays(self.optimizer.state_dict())
         data_arrays, data_meta = split_arrays(getattr(self.sample_batch, "state_dict", dict)())
         arrays = flatten_state({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                                 "optimizer": opt_arrays, "data": data_arrays})
         arrays["losses"] = np.asarray(self.losses, dtype=np.float64)
         meta = {"step": self.step, "config": self.config, "optimizer": opt_meta, "data": data_meta,
-                "warmup": self.warmup.state_dict(), "rng": rng_state_to_json(self.rng)}
-        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-        os.makedirs(folder, exist_ok=True)
-        save_checkpoint(path, arrays, meta)
+                "warmup": self.warmup.state_dict(), "rng": rng_state_to_json(self.rng),
+                "skipped": self.skipped}
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
+            save_checkpoint(path, arrays, meta)
+        except OSError as err:
+            kept = (f"the previous checkpoint (step {self.saved_step}) is intact" if self.saved_step is not None
+                    else "no checkpoint was written")
+            raise CheckpointWriteError(err.errno, f"could not write the checkpoint {os.fspath(path)} at step "
+                                                  f"{self.step} ({err.strerror or err}); {kept}") from err
+        self.saved_step = self.step
 
     def resume(self, path) -> "Trainer":
-        """Load model, optimizer, EMA, data order, RNG, step and loss history from ``path``."""
+        """Load model, optimizer, EMA, data order, RNG, step and loss history from ``path``.
+
+        All or nothing: if any part does not fit this trainer (another architecture, other
+        data), a CheckpointError names the file and every mismatched name and shape, and
+        the trainer is left exactly as it was.
+        """
         arrays, meta = load_checkpoint(path, expect_keys=("losses",))
-        losses = arrays.pop("losses")
-        state = unflatten_state(arrays)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(merge_arrays(state.get("optimizer", {}), meta["optimizer"]))
-        if hasattr(self.sample_batch, "load_state_dict"):
-            self.sample_batch.load_state_dict(merge_arrays(state.get("data", {}), meta.get("data", {})))
-        self.warmup.load_state_dict(meta["warmup"])
-        self.rng = rng_from_json(meta["rng"])
-        self.step = int(meta["step"])
-        self.losses = [float(v) for v in losses]
-        self.resumed_config = meta.get("config")
+        before = self._snapshot()
+        try:
+            losses = arrays.pop("losses")
+            state = unflatten_state(arrays)
+            self.model.load_state_dict(state.get("model", {}))
+            self.ema.load_state_dict(state.get("ema", {}))
+            self.optimizer.load_state_dict(merge_arrays(state.get("optimizer", {}), meta["optimizer"]))
+            if hasattr(self.sample_batch, "load_state_dict"):
+                self.sample_batch.load_state_dict(merge_arrays(state.get("data", {}), meta.get("data", {})))
+            self.warmup.load_state_dict(meta["warmup"])
+            self.rng = rng_from_json(meta["rng"])
+            self.step = int(meta["step"])
+            self.losses = [float(v) for v in losses]
+            self.skipped = [int(s) for s in meta.get("skipped", [])]
+            self.resumed_config = meta.get("config")
+        except (KeyError, TypeError, ValueError) as err:
+            self._restore(before)
+            what = f"missing entry {err}" if isinstance(err, KeyError) else str(err)
+            raise CheckpointError(f"checkpoint {os.fspath(path)} does not fit this trainer, nothing was "
+                                  f"loaded: {what}") from err
+        self.saved_step = self.step
         return self
+
+    def _snapshot(self):
+        data = getattr(self.sample_batch, "state_dict", None)
+        return (self.model.state_dict(), self.ema.state_dict(), self.optimizer.state_dict(),
+                self.warmup.state_dict(), data() if data else None, rng_state_to_json(self.rng),
+                self.step, list(self.losses), list(self.skipped))
+
+    def _restore(self, snapshot):
+        model, ema, opt, warmup, data, rng, self.step, self.losses, self.skipped = snapshot
+        self.model.load_state_dict(model)
+        self.ema.load_state_dict(ema)
+        self.optimizer.load_state_dict(opt)
+        self.warmup.load_state_dict(warmup)
+        if data is not None:
+            self.sample_batch.load_state_dict(data)
+        self.rng = rng_from_json(rng)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from ..checks import check_timesteps
 from ..engine import Tensor, concat
 
 
@@ -56,5 +57,7 @@ class ToyMLP(nn.Module):
         x = x if isinstance(x, Tensor) else Tensor(np.asarray(x))
         if x.ndim != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"x must have shape [B, {self.data_dim}], got {x.shape}")
-        emb = self.embed(t).astype(x.dtype, copy=False)                  # [B, emb_dim]
+        if x.dtype.kind != "f":
+            raise TypeError(f"x: expected float points [B, {self.data_dim}], got dtype {x.dtype}")
+        emb = self.embed(check_timesteps(t, x.shape[0])).astype(x.dtype, copy=False)   # [B, emb_dim]
         return self.net(concat([x, Tensor(emb)], axis=1))                 # [B, D * heads]

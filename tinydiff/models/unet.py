@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
-from ..checks import check_positive_int, check_rng
+from ..checks import check_positive_int, check_rng, check_timesteps
 from ..engine import Tensor, concat
 
 
@@ -204,6 +204,9 @@ class UNet(nn.Module):
         return y.astype(np.int64, copy=False)
 
     def forward(self, x, t, y=None) -> Tensor:
+        if np.asarray(x.data if isinstance(x, Tensor) else x).dtype.kind != "f":
+            raise TypeError(f"x: expected float images in [-1, 1], got dtype {np.asarray(x).dtype} "
+                            "(data.to_model_space scales 8-bit digits)")
         x = nn.to_tensor(x, self.conv_in.weight.dtype)
         t = np.asarray(t.data if isinstance(t, Tensor) else t)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -212,8 +215,7 @@ class UNet(nn.Module):
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"x: height and width must divide by {factor} for {self.levels} levels, "
                              f"got {x.shape[2]} x {x.shape[3]}")
-        if t.shape != (x.shape[0],) or t.dtype.kind not in "iu":
-            raise ValueError(f"t: expected int timesteps of shape [{x.shape[0]}], got shape {t.shape} dtype {t.dtype}")
+        check_timesteps(t, x.shape[0])
         emb_act = nn.silu(self.embed(t, y))                                 # [B, E], shared by every block
 
         h = self.conv_in(x)

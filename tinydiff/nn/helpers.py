@@ -34,6 +34,8 @@ def to_tensor(x, dtype=None) -> Tensor:
     """
     if isinstance(x, Tensor):
         return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    if np.asarray(x).dtype.kind not in "biuf":        # complex, strings, objects: no silent cast
+        raise TypeError(f"x: expected a real-valued array, got dtype {np.asarray(x).dtype}")
     if isinstance(x, np.ndarray):
         return Tensor(x if dtype is None or x.dtype == dtype else x.astype(dtype))
     return Tensor(np.asarray(x, dtype=np.float32 if dtype is None else dtype))

@@ -82,7 +82,7 @@ class Linear(Module):
 
     def forward(self, x) -> Tensor:
         x = to_tensor(x, self.weight.dtype)
-        if x.shape[-1] != self.in_features:
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expected input [..., {self.in_features}], got shape {x.shape}")
         return linear(x, self.weight, self.bias)
 
@@ -175,8 +175,9 @@ class GroupNorm(Module):
 
     def forward(self, x) -> Tensor:
         x = to_tensor(x, self.weight.dtype if self.weight is not None else None)
-        if x.ndim < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...], got shape {x.shape}")
+        if x.ndim < 2 or x.shape[1] != self.num_channels or 0 in x.shape[2:]:
+            raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...] with at least one position, "
+                             f"got shape {x.shape}")
         return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):

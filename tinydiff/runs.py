@@ -1,0 +1,311 @@
+"""Runs that survive their users: the checks an example script makes around training.
+
+Learners kill runs, fill disks, mistype flags and resume with other settings. With these
+helpers every such case ends in one line that names what was wrong, and nothing the user
+already has is overwritten or lost:
+
+    argparse types     positive_int, nonnegative_int, finite_float, positive_float,
+                       nonnegative_float, probability, open_unit, decay_rate:
+                       ``type=positive_int`` makes ``--steps 0``
+                       fail while parsing, in one line, before any work is done.
+    check_reaches_noise(betas)
+                       refuse a schedule whose last step is still mostly data (--T 1).
+    prepare_output_dir(folder, need_bytes)
+                       create the output folder, prove it writable, check the free space,
+                       and remove temporary files a killed run left behind.
+    read_run_config(checkpoint, resume=, restart=)
+                       resume or refuse: the config saved in the checkpoint, or None for a
+                       fresh start. A checkpoint is never silently replaced: without
+                       --resume or --restart an existing one stops the script, and one that
+                       cannot be read is named and kept until the user chooses.
+    check_same_run(saved, current, run_flags)
+                       a resumed run must be the same run: refuse, by flag name and with
+                       both values, any flag that would change the model, diffusion or data.
+    evaluation_tag(saved, current, eval_flags), tagged(name, tag)
+                       flags that only change sampling or evaluation are allowed on resume;
+                       their outputs get new names (samples.sampler-ddim.png), so the
+                       original run's samples.png and metrics.json are never overwritten.
+
+A script sorts its flags into three kinds: *run flags* define what is trained (T, the
+schedule, the data, the objective, the width, the seed, the batch, the learning rate);
+*evaluation flags* only change what is computed from the trained model (the sampler, its
+number of steps, a guidance scale); everything else (--out, --resume, --no-gifs) is
+neither. The saved ``config`` is always the original run's, so later resumes compare
+against the run as it was trained.
+
+Errors are ``RunError``, a SystemExit: Python prints its message alone, with no traceback,
+and exits with status 1, which is what a command-line user should see. Tests catch it as
+SystemExit and read the message from ``str(err)``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import uuid
+
+import numpy as np
+
+from .checkpoint import load_checkpoint
+
+# Temporary files of atomic_write / atomic_path: ".<name>.<12 hex digits>.tmp[<ext>]".
+TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+class RunError(SystemExit):
+    """A problem with the run's flags, files or folder, stated in one line (exit status 1)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of an argparse destination: "sample_steps" -> "--sample-steps"."""
+    return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------- argparse types
+def _number(text, kind, expected, ok):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (isinstance(value, int) or math.isfinite(value)) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
+def finite_float(text) -> float:
+    """argparse type: any finite number (refuses nan and inf)."""
+    return _number(text, float, "a finite number", lambda v: True)
+
+
+def positive_int(text) -> int:
+    """argparse type: an int >= 1 (steps, batch size, T, widths)."""
+    return _number(text, int, "an integer >= 1", lambda v: v >= 1)
+
+
+def nonnegative_int(text) -> int:
+    """argparse type: an int >= 0 (a seed, a count that may be zero)."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def positive_float(text) -> float:
+    """argparse type: a finite number > 0 (a learning rate, minutes)."""
+    return _number(text, float, "a finite number > 0", lambda v: v > 0)
+
+
+def nonnegative_float(text) -> float:
+    """argparse type: a finite number >= 0 (a noise level, a guidance scale w)."""
+    return _number(text, float, "a finite number >= 0", lambda v: v >= 0)
+
+
+def probability(text) -> float:
+    """argparse type: a number in [0, 1] (label dropout)."""
+    return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+
+
+def open_unit(text) -> float:
+    """argparse type: a number strictly between 0 and 1 (a beta)."""
+    return _number(text, float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+
+
+def decay_rate(text) -> float:
+    """argparse type: a number in [0, 1) (an EMA decay; 1 would never move)."""
+    return _number(text, float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+
+
+# ---------------------------------------------------------------- flags that make no sense together
+MAX_SIGNAL_AT_T = 0.5      # alpha_bar_T above this: x_T is more data than noise
+
+
+def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
+    """A ValueError if the chain ends too far from noise for sampling from N(0, I) to work.
+
+    alpha_bar_T is the fraction of the data's variance still signal at the last step. A
+    sampler starts from x_T ~ N(0, I); when alpha_bar_T is large (DDPM's linear betas with
+    T = 1 keep 0.9999) the samples come out wrong whatever the model learned, and the prior
+    term L_T = KL(q(x_T | x_0) || N(0, I)) of the bound is large: about
+    -1/2 log2(1 - alpha_bar_T) bits per dimension for unit-variance data.
+    """
+    alpha_bar_T = float(np.prod(1.0 - np.asarray(betas, dtype=np.float64)))
+    if alpha_bar_T > max_signal:
+        prior_bits = -0.5 * math.log2(1.0 - alpha_bar_T)
+        raise ValueError(f"the chain ends at alpha_bar_T = {alpha_bar_T:.4g}: {alpha_bar_T:.0%} of the data's "
+                         f"variance is still signal after the last step (at most {max_signal:.0%} makes sense), "
+                         f"so x_T is not noise and sampling from N(0, I) cannot work (the prior term L_T alone "
+                         f"costs ~{prior_bits:.2g} bits per dimension); use a larger --T or a schedule that "
+                         "ends nearer noise")
+
+
+# ---------------------------------------------------------------- the output folder
+def remove_temporaries(folder) -> list:
+    """Delete the temporary files (".<name>.<hex>.tmp") that atomic writes leave only when the
+    process is killed mid-write. They are never read, so removing them loses nothing.
+    Returns the names removed."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if TEMPORARY.match(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out") -> list:
+    """Make sure ``folder`` can take this run's files before any work is done.
+
+    Creates it (with parents), writes and deletes a probe file in it, and compares the free
+    space with ``need_bytes`` (``shutil.disk_usage``; skipped when 0). Removes temporary files
+    a killed run left (``remove_temporaries``) and returns their names. Raises RunError naming
+    the flag ``name`` and the folder when any of this fails. A disk that fills up later is
+    still possible; the atomic writes then keep the previous files intact.
+    """
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RunError(f"{name} {folder}: this is a file, expected a folder for the outputs")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"{name} {folder}: cannot create the folder ({err.strerror or err})") from None
+    probe = os.path.join(folder, f".write-probe.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"tinydiff")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise RunError(f"{name} {folder}: cannot write in this folder ({err.strerror or err})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
+    if need_bytes:
+        free = shutil.disk_usage(folder).free
+        if free < need_bytes:
+            raise RunError(f"{name} {folder}: {free / 1e6:.1f} MB free on this disk, but this run needs "
+                           f"about {need_bytes / 1e6:.1f} MB (checkpoints and pictures); free some space "
+                           f"or choose another {name}")
+    return remove_temporaries(folder)
+
+
+def checkpoint_bytes(model) -> int:
+    """About how many bytes one checkpoint of ``model`` takes: the weights, their EMA and Adam's
+    two moments, i.e. 4 copies of the parameters. Writing one needs twice that on disk
+    for a moment (the new file beside the old one)."""
+    return 4 * sum(p.data.nbytes for p in model.parameters())
+
+
+# ---------------------------------------------------------------- resume or refuse
+def read_run_config(checkpoint, *, resume: bool, restart: bool = False) -> dict | None:
+    """Decide between a fresh start and a resume, never losing a checkpoint by accident.
+
+    Returns the checkpoint's metadata ``{"step": ..., "config": {...}}`` when resuming, or
+    None for a fresh start. Raises RunError when:
+      * --resume is given but there is no checkpoint to resume;
+      * the checkpoint cannot be read (truncated, corrupted, not a tinydiff checkpoint): it is
+        named and left untouched; the user removes it or passes --restart;
+      * a checkpoint exists and neither --resume nor --restart was given: a new run would
+        overwrite it and the outputs beside it.
+    --restart starts afresh; the old checkpoint is replaced at the new run's first save.
+    """
+    checkpoint = os.fspath(checkpoint)
+    if resume and restart:
+        raise RunError("--resume and --restart: choose one (continue the saved run, or start over)")
+    exists = os.path.exists(checkpoint)
+    if restart:
+        return None
+    if not exists:
+        if resume:
+            raise RunError(f"--resume: there is no checkpoint at {checkpoint} (a run writes its first one "
+                           "after its first checkpoint interval); run without --resume to start a new run")
+        return None
+    try:
+        _, meta = load_checkpoint(checkpoint)
+        if not isinstance(meta.get("config"), dict) or not isinstance(meta.get("step"), int):
+            raise ValueError("it holds no run config and step")
+    except (OSError, ValueError) as err:
+        raise RunError(f"{checkpoint} cannot be read ({err}); it was left as it is: move it away, or pass "
+                       "--restart to start a new run that overwrites it") from None
+    if not resume:
+        steps = meta["config"].get("steps")
+        raise RunError(f"{checkpoint} already holds a run (step {meta['step']}"
+                       f"{f' of {steps}' if steps is not None else ''}); pass --resume to continue it, "
+                       "--restart to start over and overwrite it, or --out to put a new run elsewhere")
+    return meta
+
+
+def _show(value) -> str:
+    """A flag's value as the user would type it: [1, 2, 2] -> 1,2,2."""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def as_saved(value):
+    """A flag's value as it reads back from a checkpoint's JSON config (a tuple becomes a list)."""
+    return json.loads(json.dumps(value))
+
+
+def check_same_run(saved: dict, current: dict, run_flags, checkpoint="the checkpoint", growable=()) -> None:
+    """Refuse to resume with run flags that differ from the ones saved in the checkpoint.
+
+    saved: the checkpoint's config; current: this invocation's flags (``vars(args)``);
+    run_flags: the names that define the run. ``growable`` names flags that may grow but not
+    shrink (``steps`` when the learning rate does not decay with it: training for longer is
+    the same run, continued). Raises one RunError listing every differing flag with both
+    values, e.g. ``--T 100 (the checkpoint has 1000)``.
+    """
+    differ = []
+    for name in run_flags:
+        old, new = saved.get(name, "<not recorded>"), as_saved(current.get(name))
+        if name in growable and isinstance(old, (int, float)) and isinstance(new, (int, float)):
+            if new < old:
+                differ.append(f"{flag(name)} {new} (the checkpoint's run has {old}; it can only grow)")
+        elif old != new:
+            differ.append(f"{flag(name)} {_show(new)} (the checkpoint has {_show(old)})")
+    if differ:
+        raise RunError(f"--resume: {checkpoint} is a different run: " + ", ".join(differ) + ". These flags "
+                       "define the model, the diffusion or the data; drop them to continue that run, or "
+                       "pass --out to train a new one")
+
+
+def resumed_config(saved: dict, current: dict, growable=()) -> dict:
+    """The config a resumed run saves: the original run's, with grown flags updated."""
+    return {**saved, **{name: current[name] for name in growable if name in current}}
+
+
+# ---------------------------------------------------------------- names of re-evaluated outputs
+def evaluation_tag(saved: dict | None, current: dict, eval_flags) -> str:
+    """"" for the run's own evaluation, else a tag naming the evaluation flags that differ.
+
+    A fresh run (saved None) and a resume with the run's own evaluation flags get "";
+    ``--resume --sampler ddim --sample-steps 50`` on a run sampled with ddpm gets
+    "sampler-ddim.sample-steps-50": one "<flag>-<value>" per differing flag, in the order of
+    eval_flags. Pass the tag to ``tagged``.
+    """
+    if saved is None:
+        return ""
+    parts = [f"{name.replace('_', '-')}-{_show(as_saved(current.get(name)))}" for name in eval_flags
+             if saved.get(name) != as_saved(current.get(name))]
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", ".".join(parts))      # a safe file name on every system
+
+
+def tagged(filename: str, tag: str) -> str:
+    """``tagged("samples.png", "sampler-ddim")`` -> "samples.sampler-ddim.png"; an empty tag
+    leaves the name alone."""
+    if not tag:
+        return filename
+    stem, ext = os.path.splitext(filename)
+    return f"{stem}.{tag}{ext}"
+
+
+__all__ = ["RunError", "flag", "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
+           "probability", "open_unit", "decay_rate", "check_reaches_noise", "remove_temporaries", "prepare_output_dir",
+           "checkpoint_bytes", "read_run_config", "check_same_run", "resumed_config", "evaluation_tag",
+           "tagged"]
