@@ -10,7 +10,8 @@ few names a diffusion model is built from sit at the top.
     families        td.nn (layers), td.optim (optimizers, EMA), td.functional, td.models
                     (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures), td.images
                     (grids and rows of image samples),
-                    td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck
+                    td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
+                    (the checks every example makes around a run: flags, output folder, resume)
     schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
     diffusion       td.GaussianDiffusion: q, its posterior, p, the losses (training_losses)
                     and the bound (vb_terms_bpd, prior_bpd, calc_bpd_loop) as methods
@@ -36,8 +37,8 @@ from . import interop  # noqa: F401  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
 from . import (checkpoint, checks, data, diffusion, functional, gaussian, gradcheck, guidance,  # noqa: E402
-               images, metrics, models, nn, objectives, optim, oracles, progress, runtime, samplers, schedules,
-               train, viz)
+               images, metrics, models, nn, objectives, optim, oracles, progress, runs, runtime, samplers,
+               schedules, train, viz)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
@@ -58,7 +59,7 @@ __all__ = [
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runtime",
+    "checks", "runs", "runtime",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

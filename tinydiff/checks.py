@@ -79,6 +79,13 @@ def check_data(x, name: str = "x"):
 
     A Tensor's values are not scanned: Tensors carry a model's outputs during training,
     where the Trainer checks the loss and names what went wrong (tinydiff/train.py).
+
+    >>> td.checks.check_data(np.zeros((2, 3), np.float32)).shape
+    (2, 3)
+    >>> td.checks.check_data(np.array([[0.0, np.nan]]), "x0")
+    Traceback (most recent call last):
+    ...
+    ValueError: x0: ...
     """
     arr = x if isinstance(x, np.ndarray) else getattr(x, "data", None)
     if not isinstance(arr, np.ndarray):
@@ -97,14 +104,24 @@ def check_data(x, name: str = "x"):
 
 
 def check_same_shape(a, b, name_a: str, name_b: str) -> None:
-    """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting)."""
+    """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting).
+
+    >>> td.checks.check_same_shape(np.zeros((2, 3)), np.zeros((2, 1)), "x0", "noise")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
+    """
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{name_b}: expected the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}")
 
 
 def check_timesteps(t, batch: int, name: str = "t") -> np.ndarray:
     """``t`` as an int array [batch] of timesteps >= 0, else a ValueError naming what it got.
-    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)"""
+    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)
+
+    >>> td.checks.check_timesteps([0, 5], batch=2).tolist()
+    [0, 5]
+    """
     t = np.asarray(t.data if hasattr(t, "data") and not isinstance(t, np.ndarray) else t)
     if t.ndim != 1 or t.dtype.kind not in "iu" or len(t) != batch:
         raise ValueError(f"{name}: expected int timesteps of shape [{batch}] (one per example), got shape "

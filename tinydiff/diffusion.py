@@ -45,7 +45,10 @@ DECODER_NLLS = ("auto", "continuous", "discretized")
 
 
 def check_step(x, t, where: str) -> None:
-    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread)."""
+    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread).
+
+    >>> td.diffusion.check_step(np.zeros((2, 2)), np.array([3, 3]), "ddpm_sample_loop")   # silent when finite
+    """
     if not np.isfinite(x).all():
         t = np.asarray(t)
         raise ValueError(f"{where}: the sample became NaN or inf at t = {np.unique(t)[:8].tolist()}; the model's "
@@ -59,6 +62,14 @@ def finite_result(method):
     The inputs are checked finite at the door (``_check``), so this only fires when finite
     inputs of absurd size overflow (data of 1e38 in float32). Tensor results are not scanned:
     during training the Trainer checks the loss and names the term (tinydiff/train.py).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> huge = np.full((1, 1), 3e38, np.float32)                    # finite, but float32 overflows
+    >>> with np.errstate(over="ignore"):
+    ...     d.q_sample(huge, np.array([500]), noise=huge)
+    Traceback (most recent call last):
+    ...
+    ValueError: q_sample: the result overflowed to inf or NaN although every input is finite ...
     """
     @functools.wraps(method)
     def checked(self, *args, **kwargs):

@@ -267,6 +267,9 @@ def check_langevin_step_lr(alphas_cumprod, step_lr) -> None:
     on it multiplies y by 1 - alpha_t / (2 sigma_t^2) each step: beyond 4 every step amplifies.
     (A schedule whose first step adds very little noise, e.g. logsnr with logsnr_max = 14,
     needs a smaller step_lr than DDPM's linear one.)
+
+    >>> ab = np.cumprod(1 - td.linear_beta_schedule(1000))
+    >>> td.samplers.check_langevin_step_lr(ab, 2e-5)                  # 2e-5 / sigma_min^2 = 0.2 < 4: stable
     """
     sigma_min = float(langevin_noise_level(np.asarray(alphas_cumprod, dtype=np.float64)[0]))
     if not step_lr / sigma_min ** 2 < 4:

@@ -48,11 +48,19 @@ MAX_SKIPS_IN_A_ROW = 10     # with skip_nonfinite: this many bad steps in a row 
 
 
 class NonFiniteError(FloatingPointError):
-    """A NaN or inf loss or gradient; the message names the step, the terms and the parameter."""
+    """A NaN or inf loss or gradient; the message names the step, the terms and the parameter.
+
+    >>> issubclass(td.train.NonFiniteError, FloatingPointError)
+    True
+    """
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (a full disk, a vanished folder); the previous one is intact."""
+    """A checkpoint could not be written (a full disk, a vanished folder); the previous one is intact.
+
+    >>> issubclass(td.train.CheckpointWriteError, OSError)
+    True
+    """
 
 
 def _first_nonfinite(named_arrays):
