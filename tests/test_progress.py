@@ -97,3 +97,17 @@ def test_arguments_are_checked_by_name():
         Progress(-1)
     with pytest.raises(ValueError, match="every: expected an int >= 1, got 0"):
         Progress(10, every=0)
+
+
+def test_the_trainer_draws_one_line_on_a_terminal(monkeypatch):
+    """Trainer(log=print) on a terminal: one line, redrawn, ended once; no line per log_every."""
+    import numpy as np
+
+    import tinydiff as td
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+    d = td.make_diffusion("eps", td.linear_beta_schedule(20))
+    model = td.models.ToyMLP(hidden=8, rng=np.random.default_rng(0))
+    td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=8, log_every=5).train(30)
+    text = terminal.getvalue()
+    assert text.count("\n") == 1 and text.count("\r") >= 1 and text.split("\r")[-1].startswith("step  30/30")
