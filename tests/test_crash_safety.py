@@ -113,7 +113,7 @@ def assert_same_run(straight, killed):
 
 
 def test_three_kills_then_the_same_run_bit_for_bit(tmp_path):
-    straight, killed, _ = kill_and_resume(tmp_path, kills=3, steps=80, window=0.25, seed=3)
+    straight, killed, _ = kill_and_resume(tmp_path, kills=3, steps=400, window=0.25, seed=3)
     assert_same_run(straight, killed)
 
 

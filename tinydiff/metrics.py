@@ -1,10 +1,15 @@
-"""Sample-quality metrics for 2-D (or any low-dimensional) point clouds.
+"""Sample-quality metrics for 2-D (or any low-dimensional) point clouds, and the Frechet
+distance between features of two sets of samples.
 
     energy_distance   a two-sample distance between distributions (Szekely & Rizzo):
                       0 when the two samples come from the same distribution
     mode_counts       per mode of a Gaussian mixture: how many samples land close to it
     mode_coverage     how many modes received a fair part of the samples
     mode_precision    which fraction of samples lie close to some mode
+    frechet_distance  the distance between Gaussians fitted to two feature sets (the "FID"
+                      when the features are Inception-v3's; tinydiff.scorer uses a small
+                      MNIST classifier's), with frechet_distance_gaussians, gaussian_fit and
+                      the matrix square root sqrtm_psd it is built from
 
 The mode metrics follow the practice of the mode-collapse literature (e.g. Metz et al.
 2017, Unrolled GANs; Srivastava et al. 2017, VEEGAN): a sample is "high quality" if it
@@ -148,4 +153,73 @@ def mode_precision(samples, means, std, k=3.0):
     return float(np.mean(close))
 
 
-__all__ = ["energy_distance", "mode_counts", "mode_coverage", "mode_precision"]
+# ---------------------------------------------------------------------- Frechet distance
+# FD = |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) between N(mu_a, S_a) and N(mu_b, S_b):
+# the squared 2-Wasserstein distance between two Gaussians (Dowson & Landau 1982, "The Frechet
+# distance between multivariate normal distributions", J. Multivariate Anal. 12(3)); with
+# Gaussians fitted to Inception-v3 features it is the FID of Heusel et al. 2017 ("GANs trained by
+# a two time-scale update rule converge to a local Nash equilibrium", NeurIPS). S_a S_b is not
+# symmetric, so its square root is not taken directly: it has the trace of the symmetric
+# (S_a^{1/2} S_b S_a^{1/2})^{1/2}, and every square root here comes from eigh in float64 with
+# eigenvalues clipped at 0, so near-singular covariances (dead ReLU units, N < D) give no NaN
+# and no complex parts.
+def sqrtm_psd(matrix) -> np.ndarray:
+    """The symmetric square root of a symmetric positive semi-definite matrix [D, D], float64.
+
+    With matrix = V diag(w) V^T (``eigh``), sqrt = V diag(sqrt(max(w, 0))) V^T. Rounding can
+    make the smallest eigenvalues of a PSD matrix slightly negative; they are clipped to 0.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise ValueError(f"matrix must be square [D, D], got shape {m.shape}")
+    w, v = np.linalg.eigh((m + m.T) / 2)          # symmetrise: eigh reads one triangle only
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b) -> float:
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) between N(mu_a, S_a) and N(mu_b, S_b).
+
+    Dowson & Landau 1982; Heusel et al. 2017. mu: [D], cov: [D, D] symmetric PSD.
+    Tr (S_a S_b)^{1/2} = Tr (S_a^{1/2} S_b S_a^{1/2})^{1/2} (the two matrices are similar
+    when S_a is invertible, and by continuity otherwise) = sum of the square roots of the
+    eigenvalues of the symmetric PSD matrix S_a^{1/2} S_b S_a^{1/2}. Clipped at 0: the
+    distance is never negative, and rounding can otherwise give -1e-12 for identical sets.
+    """
+    mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
+    cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
+    d = len(mu_a)
+    if mu_a.shape != (d,) or mu_b.shape != (d,) or cov_a.shape != (d, d) or cov_b.shape != (d, d):
+        raise ValueError(f"expected mu_a, mu_b [D] and cov_a, cov_b [D, D] with one D, got shapes "
+                         f"{mu_a.shape}, {cov_a.shape}, {mu_b.shape}, {cov_b.shape}")
+    root_a = sqrtm_psd(cov_a)
+    middle = root_a @ cov_b @ root_a                                     # symmetric PSD [D, D]
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    trace_sqrt = np.sqrt(np.clip(eig, 0.0, None)).sum()                  # Tr (S_a S_b)^{1/2}
+    diff = mu_a - mu_b
+    return max(0.0, float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_sqrt))
+
+
+def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [D] and unbiased covariance [D, D] (divisor N - 1, as ``np.cov``) of feats [N, D], float64."""
+    x = np.asarray(feats, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    return x.mean(axis=0), centred.T @ centred / (len(x) - 1)
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """The Frechet distance between Gaussians fitted to two sets of features [N_a, D], [N_b, D]
+    (``frechet_distance_gaussians`` of their ``gaussian_fit``). Symmetric and >= 0; biased
+    upward at small N, so compare it only with distances at the same N."""
+    for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
+        f = np.asarray(f)
+        if f.ndim != 2 or len(f) < 2 or not np.issubdtype(f.dtype, np.number) or not np.isfinite(f).all():
+            raise ValueError(f"{name} must be finite numbers of shape [N, D] with N >= 2, got dtype "
+                             f"{f.dtype} and shape {f.shape}")
+    if np.shape(feats_a)[1] != np.shape(feats_b)[1]:
+        raise ValueError(f"feats_a and feats_b must have the same number of features, got "
+                         f"{np.shape(feats_a)[1]} and {np.shape(feats_b)[1]}")
+    return frechet_distance_gaussians(*gaussian_fit(feats_a), *gaussian_fit(feats_b))
+
+
+__all__ = ["energy_distance", "mode_counts", "mode_coverage", "mode_precision", "frechet_distance",
+           "frechet_distance_gaussians", "gaussian_fit", "sqrtm_psd"]
