@@ -33,6 +33,18 @@ def run_fresh(code):
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
+def test_every_submodule_is_reachable_without_importing_it():
+    """In a fresh interpreter: td.<submodule> for every module of the package (tinydiff.viz,
+    tinydiff.scorer, ...), as listed in __all__, with no import beyond `import tinydiff`."""
+    names = sorted({info.name.split(".")[1] for info in pkgutil.walk_packages(td.__path__, "tinydiff.")}
+                   - {"engine", "interop"})                       # the engine's names are at the top
+    result = run_fresh("import tinydiff as td\n"
+                       f"missing = [n for n in {names!r} if not hasattr(td, n) or n not in td.__all__]\n"
+                       "print(missing)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_import_is_cheap_and_draws_in_no_plotting_library():
     result = run_fresh("import sys, tinydiff as td\n"
                        "print(sorted(m for m in ('matplotlib', 'PIL') if m in sys.modules))")

@@ -9,7 +9,7 @@ few names a diffusion model is built from sit at the top.
     engine          td.Tensor, td.tensor, td.no_grad, td.concat, td.stack, td.where
     families        td.nn (layers), td.optim (optimizers, EMA), td.functional, td.models
                     (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures), td.images
-                    (grids and rows of image samples),
+                    (grids and rows of image samples), td.scorer (scores generated MNIST digits),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
                     (the checks every example makes around a run: flags, output folder, resume)
     schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
@@ -33,12 +33,14 @@ the test suite runs them (``python -m pytest`` collects them with --doctest-modu
 >>> d.q_sample(x0, np.array([0, 999]), rng=np.random.default_rng(0)).shape
 (2, 3)
 """
-from . import interop  # noqa: F401  (installs NumPy's dispatch hooks on Tensor)
+__version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it in its cache files
+
+from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
 from . import (checkpoint, checks, data, diffusion, functional, gaussian, gradcheck, guidance,  # noqa: E402
                images, metrics, models, nn, objectives, optim, oracles, progress, runs, runtime, samplers,
-               schedules, train, viz)
+               schedules, scorer, train, viz)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
@@ -52,14 +54,13 @@ from .schedules import (betas_for_alpha_bar, cosine_beta_schedule, extract, line
                         logsnr_beta_schedule)
 from .train import Trainer  # noqa: E402
 
-__version__ = "0.1.0"
 __all__ = [
     # the engine
     "Tensor", "tensor", "no_grad", "concat", "stack", "where",
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "runtime",
+    "checks", "runs", "runtime", "scorer",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound
