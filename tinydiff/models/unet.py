@@ -49,7 +49,12 @@ from ..engine import Tensor, concat
 
 
 class ResBlock(nn.Module):
-    """The residual block above: x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W]."""
+    """The residual block above: x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W].
+
+    >>> block = td.models.ResBlock(8, 16, emb_dim=32, rng=np.random.default_rng(0))
+    >>> block(td.Tensor(np.zeros((2, 8, 4, 4), np.float32)), td.Tensor(np.zeros((2, 32), np.float32))).shape
+    (2, 16, 4, 4)
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, num_groups: int = 8, dropout: float = 0.0,
                  *, rng=None, dtype=np.float32):
@@ -92,6 +97,13 @@ class UNet(nn.Module):
     ``forward(x, t, y=None)``: t int [B]; y int [B] (one attribute) or [B, n_attributes];
     y=None on a conditional model means "no label" (the null class). ``null_labels``
     gives the null index of each attribute.
+
+    >>> unet = td.models.UNet(base_channels=8, channel_mults=(1, 2), num_classes=10, rng=np.random.default_rng(0))
+    >>> x = np.zeros((2, 1, 8, 8), np.float32)
+    >>> unet(x, np.array([0, 999]), y=np.array([3, 10])).shape          # label 10 = the null class
+    (2, 1, 8, 8)
+    >>> unet.null_labels
+    (10,)
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),

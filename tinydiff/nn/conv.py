@@ -52,7 +52,11 @@ def _pair(value, name: str, minimum: int) -> tuple:
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """Output length along one axis: floor((size + 2*padding - kernel) / stride) + 1."""
+    """Output length along one axis: floor((size + 2*padding - kernel) / stride) + 1.
+
+    >>> td.nn.conv_output_size(28, kernel=3, stride=2, padding=1)
+    14
+    """
     return (size + 2 * padding - kernel) // stride + 1
 
 
@@ -61,6 +65,10 @@ def im2col(x: np.ndarray, kernel_size, stride=1, padding=0) -> np.ndarray:
 
     cols[(c, p, q), (b, i, j)] = x_pad[b, c, s*i + p, s*j + q]; row order (c, p, q)
     matches ``W.reshape(O, C*kh*kw)`` for a PyTorch-layout weight W [O, C, kh, kw].
+
+    >>> cols = td.nn.im2col(np.arange(16.0).reshape(1, 1, 4, 4), kernel_size=3)
+    >>> cols.shape, cols[:, 0].tolist()                       # 9 values of the first 3 x 3 patch
+    ((9, 4), [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0])
     """
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
@@ -83,6 +91,10 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.nd
 
     dx_pad[b, c, s*i + p, s*j + q] += cols[(c, p, q), (b, i, j)], summed over every patch
     that covers the pixel. One vectorised strided-slice add per kernel offset (p, q).
+
+    >>> ones = td.nn.col2im(np.ones((9, 4)), (1, 1, 4, 4), kernel_size=3)
+    >>> ones[0, 0].tolist()                                   # how many patches cover each pixel
+    [[1.0, 2.0, 2.0, 1.0], [2.0, 4.0, 4.0, 2.0], [2.0, 4.0, 4.0, 2.0], [1.0, 2.0, 2.0, 1.0]]
     """
     (kh, kw), (sh, sw) = _pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1)
     ph, pw = _pair(padding, "padding", 0)
@@ -106,6 +118,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, impl: str = "fast") -> Ten
 
     impl: "im2col" runs this plain version; "fast" (default) computes the same with
     ``conv_fast.conv2d_fast``, whose output has channels-last memory (same shape and values).
+    >>> x = td.Tensor(np.ones((1, 1, 4, 4)))
+    >>> w = td.Tensor(np.ones((2, 1, 3, 3)))
+    >>> td.nn.conv2d(x, w, padding=1).data[0, 0].tolist()[0]   # a 3 x 3 box sum; 4 cells at the corner
+    [4.0, 6.0, 6.0, 4.0]
     """
     if impl not in IMPLS:
         raise ValueError(f"conv2d: impl must be one of {IMPLS}, got {impl!r}")
@@ -152,6 +168,10 @@ class Conv2d(Module):
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in*kh*kw, as PyTorch.
     ``kernel_size``, ``stride`` and ``padding`` are ints or (height, width) pairs.
     ``impl``: "fast" (default) or "im2col", the plain reference (see ``conv2d``).
+
+    >>> conv = td.nn.Conv2d(1, 8, 3, padding=1, rng=np.random.default_rng(0))
+    >>> conv.weight.shape, conv(np.zeros((2, 1, 28, 28), np.float32)).shape
+    ((8, 1, 3, 3), (2, 8, 28, 28))
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
