@@ -254,7 +254,12 @@ def evaluate(args, diffusion, model, trainer, train_seconds, tag="") -> dict:
 
     rng = np.random.default_rng(args.seed + 1)                                 # evaluation's own stream
     conditional = not args.unconditional
-    sample_kw = dict(sampler=args.sampler, steps=args.sample_steps, guidance=args.guidance if conditional else None)
+    # clip_denoised: each step's estimate of x_0 is clipped to the data range [-1, 1] before the
+    # step is taken. Without it the first steps of the cosine schedule (alpha_bar_T ~ 1e-9) turn a
+    # small error in eps into a huge x_0 estimate, and the digits come out saturated
+    # (measured: 23% read as the digit asked for, against 99% with clipping; README "MNIST").
+    sample_kw = dict(sampler=args.sampler, steps=args.sample_steps, clip_denoised=True,
+                     guidance=args.guidance if conditional else None)
     y = balanced_labels(args.n_samples)
     metrics = {"steps": trainer.step, "train_seconds": round(train_seconds, 1), "batch": args.batch,
                "final_loss": float(np.mean(trainer.losses[-100:])), "sampler": args.sampler,

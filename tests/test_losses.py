@@ -241,6 +241,26 @@ def test_calc_bpd_loop_accepts_a_tensor_model_and_reports_units():
         d.calc_bpd_loop(lambda x, t: x, x0)
 
 
+# ---------------------------------------------------------------- which decoder, by default
+def test_default_decoder_is_discretized_for_8_bit_data_and_continuous_otherwise():
+    """The truth: the same bound computed with the decoder named explicitly. 8-bit data must get
+    the discretized decoder and clipped x_0 (published bits/dim), real-valued data a density."""
+    betas, rng = linear_beta_schedule(20, 1e-3, 0.2), np.random.default_rng(5)
+    model = lambda x_t, t: 0.5 * x_t                                          # noqa: E731
+    images = GRID[rng.integers(0, 256, (3, 1, 4, 4))].astype(np.float32)
+    points = rng.standard_normal((3, 2)).astype(np.float32)
+    auto = GaussianDiffusion(betas)
+    assert auto.decoder_kind(images) == "discretized" and auto.decoder_kind(points) == "continuous"
+    for x0, kind, clip in ((images, "discretized", True), (points, "continuous", False)):
+        got = auto.calc_bpd_loop(model, x0, rng=np.random.default_rng(1))
+        want = GaussianDiffusion(betas, decoder_nll=kind).calc_bpd_loop(model, x0, rng=np.random.default_rng(1),
+                                                                         clip_denoised=clip)
+        np.testing.assert_array_equal(got["vb"], want["vb"])
+    assert np.all(auto.calc_bpd_loop(model, images, rng=rng)["vb"][:, 0] >= 0)    # a probability: -log P >= 0
+    # one value off the grid and it is real-valued data again
+    assert auto.decoder_kind(images + np.float32(0.001)) == "continuous"
+
+
 def test_stratified_bound_is_unbiased_for_the_exact_sum():
     """calc_bpd_loop(num_timesteps=K) against the exact loop: with a model whose terms are known
     per t (deterministic x_t, so each L_t is fixed), the stratified estimate averaged over many

@@ -205,6 +205,28 @@ def test_space_timesteps_specs():
         respace(ddpm(30), "ddim7")
 
 
+def improved_diffusion_space_timesteps(num_timesteps, section_count):
+    """improved-diffusion's respace.space_timesteps(num_timesteps, [section_count]), transcribed."""
+    frac_stride = 1 if section_count <= 1 else (num_timesteps - 1) / (section_count - 1)
+    cur_idx, taken_steps = 0.0, []
+    for _ in range(section_count):
+        taken_steps.append(round(cur_idx))
+        cur_idx += frac_stride
+    return set(taken_steps)
+
+
+def test_space_timesteps_matches_improved_diffusion_for_every_count():
+    """The truth: improved-diffusion's own loop. Ties round half to even (166.5 -> 166), where the
+    old floor(x + 1/2) gave 167 and disagreed for 308 of K = 2..1000."""
+    for T in (1000, 4000, 37):
+        for K in range(2, min(T, 1000) + 1):
+            assert set(space_timesteps(T, K).tolist()) == improved_diffusion_space_timesteps(T, K), (T, K)
+    assert space_timesteps(1000, 25)[4] == 166
+    diffusers = sum(set(np.linspace(0, 999, K).round().astype(int).tolist()) != set(space_timesteps(1000, K).tolist())
+                    for K in range(2, 1001))
+    assert diffusers == 278                                      # the number the docstring states
+
+
 def test_respaced_chain_calls_the_model_with_original_timesteps():
     """The chain counts 0..K-1 and maps them back itself, also when respaced twice."""
     seen = []

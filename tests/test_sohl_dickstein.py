@@ -6,7 +6,8 @@ on the terms of the variational bound (loss_type="kl"):
 
     -log p(x_0) <= L_T + sum_{t>=2} KL( q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t) ) + L_0
 
-The course script that the README of seed 004 describes gets it subtly wrong; each test
+A public course script (the "Intuitions on diffusion models" scripts, after Maxime Vandegar's
+course on diffusion models) gets it subtly wrong; each test
 below would fail against its version:
 
   * the sign -- its loss is  -[ log s_p - log s_q + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) ],

@@ -111,3 +111,17 @@ def test_clip_grad_norm():
     assert total == pytest.approx(float(torch.nn.utils.clip_grad_norm_(theirs, 0.5)), rel=1e-6)
     for p, q in zip(ours, theirs):
         np.testing.assert_allclose(p.grad, q.grad.numpy(), rtol=1e-6)
+
+
+def test_unet_matches_torch_twin():
+    """MNIST-UNET (fast kernels: Winograd, phase convolutions, fused GroupNorm+SiLU, channels-last)
+    against bench/bench_unet.py's PyTorch twin loaded with the same state dict: outputs and
+    every parameter's gradient agree to float32 tolerance."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "bench_unet.py"
+    spec = importlib.util.spec_from_file_location("bench_unet", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    errors = bench.check(batch=2)
+    assert errors["output"] < 1e-5 and errors["worst_parameter_gradient"] < 1e-4, errors

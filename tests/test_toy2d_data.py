@@ -20,7 +20,7 @@ def grid(lo, hi, n):
 
 # ---------------------------------------------------------------- densities
 @pytest.mark.parametrize("ds, lo, hi", [
-    (GaussianMixture(), -3.0, 3.0),                                  # seed 000's 8 modes, std 0.1
+    (GaussianMixture(), -3.0, 3.0),                                  # the 8-mode ring of the toy examples, std 0.1
     (GaussianMixture(means=[[0, 0], [1, 0.5], [-1, 1]], std=0.6, weights=[0.2, 0.5, 0.3]), -6, 6),
     (Gaussian(mean=(0.3, -0.2), std=0.5), -4.0, 4.0),
     (Checkerboard(), -2.5, 2.5),

@@ -1,4 +1,5 @@
-"""Tests for tinydiff.viz: files are written atomically and are valid PNG/GIF/SVG."""
+"""Tests for tinydiff.viz: every function returns what it drew; files are written atomically and are
+valid PNG/GIF/SVG; pictures show inline in notebooks and fall back to a file without a display."""
 import os
 import sys
 
@@ -19,13 +20,59 @@ def clouds():
     return data, data + np.float32(0.2) * rng.standard_normal(data.shape).astype(np.float32)
 
 
-def test_plot_samples_writes_a_png(tmp_path, clouds):
+def test_plot_samples_writes_a_png_and_returns_the_figure(tmp_path, clouds):
     data, samples = clouds
     path = tmp_path / "samples.png"
-    viz.plot_samples(samples, data, path, title="test")
+    fig = viz.plot_samples(samples, data, path, title="test")
+    assert len(fig.axes) == 2 and fig._suptitle.get_text() == "test"
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size[0] > im.size[1] > 200   # two panels side by side
     assert os.listdir(tmp_path) == ["samples.png"]
+    assert viz.plot_samples(samples, data) is not None and os.listdir(tmp_path) == ["samples.png"]
+
+
+def test_nothing_is_cut_off(clouds):
+    """Every tick label, axis name and title lies inside the saved picture (the old samples.png lost
+    its bottom tick labels); half a pixel of a subscript's descent is allowed."""
+    data, samples = clouds
+    fig = viz.plot_samples(samples, data, title="a title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    for ax in fig.axes:
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        shown = ([lab for loc, lab in zip(ax.get_xticks(), ax.get_xticklabels()) if x0 <= loc <= x1]
+                 + [lab for loc, lab in zip(ax.get_yticks(), ax.get_yticklabels()) if y0 <= loc <= y1])
+        for text in shown + [ax.title, ax.xaxis.label, ax.yaxis.label, fig._suptitle]:
+            if text.get_text():
+                box = text.get_window_extent(renderer)
+                assert box.x0 >= -1 and box.y0 >= -1 and box.x1 <= width + 1 and box.y1 <= height + 1, text.get_text()
+
+
+def test_figures_show_themselves_in_notebooks_and_animations_embed_a_gif(clouds):
+    data, samples = clouds
+    png = viz.plot_loss(np.arange(10), np.linspace(1, 0.1, 10))._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    anim = viz.animate_clouds([data, samples], ["t = 1", "t = 2"], panel_inches=1.5, dpi=40)
+    assert anim._repr_html_().startswith('<img src="data:image/gif;base64,R0lGOD')   # "GIF8" in base64
+
+
+def test_show_without_a_display_saves_a_file_and_says_where(clouds, capsys, monkeypatch):
+    import matplotlib
+    import matplotlib.pyplot as plt
+    monkeypatch.setattr(matplotlib, "rcParams", matplotlib.rcParams.copy())
+    plt.switch_backend("agg")
+    data, samples = clouds
+    fig = viz.plot_samples(samples, data)
+    assert viz.show(fig) is fig
+    said = capsys.readouterr().out
+    path = said.strip().rsplit(" ", 1)[-1]
+    assert "no window can open here" in said and path.endswith(".png") and os.path.getsize(path) > 0
+    os.remove(path)
+    viz.show(viz.animate_clouds([data], None, panel_inches=1.5, dpi=40))
+    path = capsys.readouterr().out.strip().rsplit(" ", 1)[-1]
+    assert path.endswith(".gif") and Image.open(path).format == "GIF"
+    os.remove(path)
 
 
 def test_plot_samples_svg_and_bad_suffix(tmp_path, clouds):
@@ -67,29 +114,46 @@ def test_blurred_histogram_is_a_density_peaked_at_the_points():
 
 
 @pytest.mark.parametrize("density", [True, False])
-def test_save_cloud_gif_has_one_frame_per_cloud(tmp_path, clouds, density):
+def test_animate_clouds_has_one_frame_per_cloud(tmp_path, clouds, density):
     data, _ = clouds
     rng = np.random.default_rng(2)
     frames = np.stack([data * s + (1 - s) * rng.standard_normal(data.shape) for s in (0, .5, 1)])
     path = tmp_path / "evo.gif"
-    viz.save_cloud_gif(frames, ["t = 2", "t = 1", "t = 0"], path, density=density,
-                       reference=data, fps=10, hold_last=2.0)
+    anim = viz.animate_clouds(frames, ["t = 2", "t = 1", "t = 0"], path, density="histogram" if density else None,
+                              reference=data, fps=10, hold_last=2.0)
+    assert len(anim) == 3
     with Image.open(path) as im:
         assert im.format == "GIF" and im.n_frames == 3
-        assert im.size[0] > im.size[1] if density else abs(im.size[0] - im.size[1]) < 60
+        assert im.size[0] > 1.5 * im.size[1] if density else im.size[0] <= im.size[1]
         im.seek(2)
         assert im.info["duration"] == 2000                             # last frame is held
     assert os.listdir(tmp_path) == ["evo.gif"]
 
 
-def test_save_cloud_gif_argument_errors(tmp_path, clouds):
+def test_a_known_density_on_grid_points_lines_up_with_the_histogram(clouds):
+    """A density evaluated on grid_points(lims, bins) and reshaped to [bins, bins] must use the same
+    layout (y along rows) as blurred_histogram, or a true density would be drawn transposed."""
+    data, _ = clouds
+    lims, bins = ((-3, 3), (-3, 3)), 16
+    grid = viz.grid_points(lims, bins)
+    bump = np.exp(-0.5 * np.sum((grid - [1.0, 2.0]) ** 2, axis=1) / 0.01).reshape(bins, bins)   # peak at (1, 2)
+    hist = viz.blurred_histogram(np.array([[1.0, 2.0]] * 5), lims, bins, sigma_bins=0.5)
+    assert np.unravel_index(np.argmax(bump), bump.shape) == np.unravel_index(np.argmax(hist), hist.shape)
+    anim = viz.animate_clouds([data], ["t = 1"], density=bump[None], density_title="true density q(x_t)",
+                              lims=lims, bins=bins, panel_inches=1.5, dpi=40)
+    assert len(anim) == 1
+
+
+def test_animate_clouds_argument_errors(tmp_path, clouds):
     data, _ = clouds
     with pytest.raises(ValueError, match="labels has 1 entries, expected one per frame"):
-        viz.save_cloud_gif([data, data], ["t = 0"], tmp_path / "a.gif")
+        viz.animate_clouds([data, data], ["t = 0"], tmp_path / "a.gif")
     with pytest.raises(ValueError, match=r"must end with one of \['.gif'\]"):
-        viz.save_cloud_gif([data], None, tmp_path / "a.png")
+        viz.animate_clouds([data], None, tmp_path / "a.png")
     with pytest.raises(ValueError, match="frames is empty"):
-        viz.save_cloud_gif([], [], tmp_path / "a.gif")
+        viz.animate_clouds([], [], tmp_path / "a.gif")
+    with pytest.raises(ValueError, match=r"density: expected shape \(1, 64, 64\)"):
+        viz.animate_clouds([data], None, density=np.ones((2, 64, 64)))
 
 
 def test_failed_render_keeps_the_old_picture(tmp_path, clouds, monkeypatch):
@@ -118,7 +182,7 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, clouds, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(ImportError, match=r"pip install tinydiff\[examples\]"):
-        viz.save_cloud_gif([data], None, tmp_path / "a.gif")
+        viz.animate_clouds([data], None, tmp_path / "a.gif")
     assert os.listdir(tmp_path) == []
 
 

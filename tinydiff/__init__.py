@@ -1,6 +1,79 @@
-"""tinydiff: diffusion models from scratch in NumPy, written to be read."""
-from . import interop  # noqa: F401  (installs NumPy's dispatch hooks on Tensor)
+"""tinydiff: diffusion models from scratch in NumPy, written to be read.
+
+    import numpy as np
+    import tinydiff as td
+
+One namespace, in the style of torch and numpy: families of names are submodules, and the
+few names a diffusion model is built from sit at the top.
+
+    engine          td.Tensor, td.tensor, td.no_grad, td.concat, td.stack, td.where
+    families        td.nn (layers), td.optim (optimizers, EMA), td.functional, td.models
+                    (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures), td.images
+                    (grids and rows of image samples), td.scorer (scores generated MNIST digits),
+                    td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
+                    (the checks every example makes around a run: flags, output folder, resume),
+                    td.parallel (the thread pool behind the fast kernels)
+    schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
+    diffusion       td.GaussianDiffusion: q, its posterior, p, the losses (training_losses)
+                    and the bound (vb_terms_bpd, prior_bpd, calc_bpd_loop) as methods
+    Gaussian math   td.normal_kl, td.gaussian_log_likelihood, td.discretized_gaussian_log_likelihood, ...
+    objectives      td.OBJECTIVES, td.make_diffusion, td.DiffusionLoss
+    samplers        td.ddpm_sample_loop, td.ddim_sample_loop, td.langevin_sample_loop, td.sample,
+                    td.respace, td.space_timesteps
+    guidance        td.ClassifierFreeGuidance, td.drop_labels
+    training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
+
+Importing is cheap: NumPy only. matplotlib and Pillow are imported when a picture is drawn.
+
+The examples in every docstring assume ``import numpy as np`` and ``import tinydiff as td``;
+the test suite runs them (``python -m pytest`` collects them with --doctest-modules).
+
+>>> betas = td.linear_beta_schedule(1000)
+>>> d = td.GaussianDiffusion(betas)
+>>> x0 = np.ones((2, 3), dtype=np.float32)
+>>> d.q_sample(x0, np.array([0, 999]), rng=np.random.default_rng(0)).shape
+(2, 3)
+"""
+__version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it in its cache files
+
+from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-__version__ = "0.1.0"
-__all__ = ["Tensor", "tensor", "no_grad", "concat", "stack", "where"]
+from . import (checkpoint, checks, data, diffusion, functional, gaussian, gradcheck, guidance,  # noqa: E402
+               images, metrics, models, nn, objectives, optim, oracles, parallel, progress, runs, runtime, samplers,
+               schedules, scorer, train, viz)
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .diffusion import GaussianDiffusion  # noqa: E402
+from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
+                       gaussian_log_likelihood, mean_flat, normal_kl)
+from .guidance import ClassifierFreeGuidance, drop_labels  # noqa: E402
+from .objectives import OBJECTIVES, DiffusionLoss, make_diffusion  # noqa: E402
+from .progress import Progress  # noqa: E402
+from .samplers import (ddim_sample_loop, ddpm_sample_loop, langevin_sample_loop, respace, sample,  # noqa: E402
+                       space_timesteps)
+from .schedules import (betas_for_alpha_bar, cosine_beta_schedule, extract, linear_beta_schedule,  # noqa: E402
+                        logsnr_beta_schedule)
+from .train import Trainer  # noqa: E402
+
+__all__ = [
+    # the engine
+    "Tensor", "tensor", "no_grad", "concat", "stack", "where",
+    # families, as submodules
+    "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
+    "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
+    "checks", "runs", "runtime", "parallel", "scorer",
+    # schedules
+    "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
+    # the diffusion: q, p, the losses and the bound
+    "GaussianDiffusion",
+    # Gaussian math
+    "normal_kl", "gaussian_log_likelihood", "discretized_gaussian_log_likelihood",
+    "approx_standard_normal_cdf", "decoder_nll", "mean_flat",
+    # objectives
+    "OBJECTIVES", "make_diffusion", "DiffusionLoss",
+    # samplers and guidance
+    "ddpm_sample_loop", "ddim_sample_loop", "langevin_sample_loop", "sample", "respace", "space_timesteps",
+    "ClassifierFreeGuidance", "drop_labels",
+    # training and checkpoints
+    "Trainer", "Progress", "save_checkpoint", "load_checkpoint",
+]

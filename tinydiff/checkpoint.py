@@ -33,7 +33,11 @@ META_KEY = "__tinydiff_meta__"
 
 
 class CheckpointError(ValueError):
-    """The file exists but is not a valid tinydiff checkpoint (or lacks a required key)."""
+    """The file exists but is not a valid tinydiff checkpoint (or lacks a required key).
+
+    >>> issubclass(td.checkpoint.CheckpointError, ValueError)
+    True
+    """
 
 
 @contextlib.contextmanager
@@ -42,6 +46,13 @@ def atomic_write(path):
 
     Yields a binary file object on a temporary file beside ``path``; on normal exit it is
     flushed, fsynced and renamed over ``path``; on an exception it is deleted.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "note.txt")
+    >>> with td.checkpoint.atomic_write(path) as f:
+    ...     _ = f.write(b"complete or absent")
+    >>> open(path).read()
+    'complete or absent'
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -85,6 +96,13 @@ def save_checkpoint(path, arrays, meta=None, compress=False):
 
     ``path`` is used exactly as given (no ``.npz`` is appended). Dtypes and shapes are kept
     exactly. ``compress=True`` uses zip deflate (slower, smaller).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "ck.npz")
+    >>> td.save_checkpoint(path, {"w": np.ones((2, 2), np.float32)}, {"step": 10})
+    >>> arrays, meta = td.load_checkpoint(path)
+    >>> arrays["w"].shape, meta["step"]
+    ((2, 2), 10)
     """
     if not isinstance(arrays, dict):
         raise TypeError(f"arrays must be a dict of str -> ndarray, got {type(arrays).__name__}")
@@ -117,6 +135,14 @@ def load_checkpoint(path, expect_keys=()):
     ``expect_keys``: array keys that must be present (a ``CheckpointError`` lists any missing).
     Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) for a file
     that is not a tinydiff checkpoint, has another format version, or holds object arrays.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "ck.npz")
+    >>> td.save_checkpoint(path, {"w": np.zeros(3)})
+    >>> td.load_checkpoint(path, expect_keys=("w", "b"))
+    Traceback (most recent call last):
+    ...
+    tinydiff.checkpoint.CheckpointError: ...
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -174,6 +200,9 @@ def flatten_state(state, sep="/"):
     Leaves are converted with ``np.asarray`` (a python int becomes a 0-d array). Keys must
     be strings without ``sep`` (``'.'`` is fine, so ``state_dict`` keys like
     ``'layers.0.weight'`` pass through). Empty sub-dicts are dropped.
+
+    >>> sorted(td.checkpoint.flatten_state({"model": {"w": np.ones(2)}, "opt": {"m": {"w": 0}}}))
+    ['model/w', 'opt/m/w']
     """
     flat = {}
 
@@ -198,7 +227,11 @@ def flatten_state(state, sep="/"):
 
 
 def unflatten_state(flat, sep="/"):
-    """Inverse of ``flatten_state``: ``{'model/w': a}`` -> ``{'model': {'w': a}}``."""
+    """Inverse of ``flatten_state``: ``{'model/w': a}`` -> ``{'model': {'w': a}}``.
+
+    >>> td.checkpoint.unflatten_state({"model/w": 1, "model/b": 2})
+    {'model': {'w': 1, 'b': 2}}
+    """
     nested = {}
     for name, value in flat.items():
         *parents, leaf = name.split(sep)
@@ -215,7 +248,12 @@ def unflatten_state(flat, sep="/"):
 
 def split_arrays(state: dict):
     """Separate a nested state dict into arrays (for the .npz) and scalars (for the JSON
-    metadata): {"lr": 0.1, "m": {"w": a}} -> ({"m": {"w": a}}, {"lr": 0.1})."""
+    metadata): {"lr": 0.1, "m": {"w": a}} -> ({"m": {"w": a}}, {"lr": 0.1}).
+
+    >>> arrays, scalars = td.checkpoint.split_arrays({"lr": 0.1, "m": {"w": np.ones(2)}})
+    >>> list(arrays["m"]), scalars
+    (['w'], {'lr': 0.1})
+    """
     arrays, scalars = {}, {}
     for key, value in state.items():
         if isinstance(value, dict):
@@ -232,7 +270,11 @@ def split_arrays(state: dict):
 
 
 def merge_arrays(arrays: dict, scalars: dict) -> dict:
-    """Inverse of ``split_arrays``: put the arrays and the scalars back into one nested dict."""
+    """Inverse of ``split_arrays``: put the arrays and the scalars back into one nested dict.
+
+    >>> td.checkpoint.merge_arrays({"m": {"w": 1}}, {"lr": 0.1, "m": {"step": 3}})
+    {'m': {'w': 1, 'step': 3}, 'lr': 0.1}
+    """
     merged = dict(arrays)
     for key, value in scalars.items():
         merged[key] = merge_arrays(merged.get(key, {}), value) if isinstance(value, dict) else value
@@ -253,6 +295,12 @@ def rng_state_to_json(rng):
     """The exact state of a ``numpy.random.Generator`` as a JSON-serialisable dict.
 
     PCG64's 128-bit state and increment stay Python ints (JSON has no size limit on ints).
+
+    >>> import json
+    >>> rng = np.random.default_rng(0)
+    >>> text = json.dumps(td.checkpoint.rng_state_to_json(rng))
+    >>> td.checkpoint.rng_from_json(text).random() == rng.random()    # continues exactly
+    True
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
@@ -263,6 +311,11 @@ def rng_from_json(state):
     """A new Generator that continues exactly where the saved one stopped.
 
     ``state``: the dict from ``rng_state_to_json`` (or that dict as JSON text).
+
+    >>> rng = np.random.default_rng(1); _ = rng.random(5)
+    >>> copy = td.checkpoint.rng_from_json(td.checkpoint.rng_state_to_json(rng))
+    >>> copy.integers(100, size=3).tolist() == rng.integers(100, size=3).tolist()
+    True
     """
     if isinstance(state, (str, bytes)):
         state = json.loads(state)

@@ -20,6 +20,13 @@ def check_rng(rng, name: str = "rng", allow_none: bool = False) -> np.random.Gen
 
     allow_none: ``None`` then gives a fresh, unseeded ``np.random.default_rng()`` (the
     layers' default, like PyTorch's global seed-less initialisation).
+
+    >>> td.checks.check_rng(np.random.default_rng(0)) is not None
+    True
+    >>> td.checks.check_rng(0)
+    Traceback (most recent call last):
+    ...
+    TypeError: rng must be a numpy.random.Generator ..., got int
     """
     if rng is None and allow_none:
         return np.random.default_rng()
@@ -30,7 +37,11 @@ def check_rng(rng, name: str = "rng", allow_none: bool = False) -> np.random.Gen
 
 
 def check_dtype(dtype) -> np.dtype:
-    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else a TypeError."""
+    """``np.dtype(dtype)`` if it is a floating type (float32 or float64), else a TypeError.
+
+    >>> td.checks.check_dtype("float64")
+    dtype('float64')
+    """
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -41,14 +52,22 @@ def check_dtype(dtype) -> np.dtype:
 
 
 def check_positive_int(value, name: str) -> int:
-    """``int(value)`` if it is an integer >= 1 (bools refused), else a ValueError."""
+    """``int(value)`` if it is an integer >= 1 (bools refused), else a ValueError.
+
+    >>> td.checks.check_positive_int(np.int64(3), "batch_size")
+    3
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def check_count(n, name: str = "n") -> int:
-    """``int(n)`` if it is an integer >= 0 (bools refused), else a ValueError."""
+    """``int(n)`` if it is an integer >= 0 (bools refused), else a ValueError.
+
+    >>> td.checks.check_count(0)
+    0
+    """
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     return int(n)
@@ -60,6 +79,13 @@ def check_data(x, name: str = "x"):
 
     A Tensor's values are not scanned: Tensors carry a model's outputs during training,
     where the Trainer checks the loss and names what went wrong (tinydiff/train.py).
+
+    >>> td.checks.check_data(np.zeros((2, 3), np.float32)).shape
+    (2, 3)
+    >>> td.checks.check_data(np.array([[0.0, np.nan]]), "x0")
+    Traceback (most recent call last):
+    ...
+    ValueError: x0: ...
     """
     arr = x if isinstance(x, np.ndarray) else getattr(x, "data", None)
     if not isinstance(arr, np.ndarray):
@@ -78,14 +104,24 @@ def check_data(x, name: str = "x"):
 
 
 def check_same_shape(a, b, name_a: str, name_b: str) -> None:
-    """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting)."""
+    """A ValueError unless ``a`` and ``b`` have one shape (no silent broadcasting).
+
+    >>> td.checks.check_same_shape(np.zeros((2, 3)), np.zeros((2, 1)), "x0", "noise")
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
+    """
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{name_b}: expected the shape of {name_a}, {tuple(a.shape)}, got {tuple(b.shape)}")
 
 
 def check_timesteps(t, batch: int, name: str = "t") -> np.ndarray:
     """``t`` as an int array [batch] of timesteps >= 0, else a ValueError naming what it got.
-    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)"""
+    (The upper end, T - 1, belongs to the diffusion, which checks it in ``extract``.)
+
+    >>> td.checks.check_timesteps([0, 5], batch=2).tolist()
+    [0, 5]
+    """
     t = np.asarray(t.data if hasattr(t, "data") and not isinstance(t, np.ndarray) else t)
     if t.ndim != 1 or t.dtype.kind not in "iu" or len(t) != batch:
         raise ValueError(f"{name}: expected int timesteps of shape [{batch}] (one per example), got shape "

@@ -41,11 +41,14 @@ LOG2 = math.log(2.0)
 MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channels predict
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
 LOSS_TYPES = ("mse", "kl", "hybrid")
-DECODER_NLLS = ("continuous", "discretized")
+DECODER_NLLS = ("auto", "continuous", "discretized")
 
 
 def check_step(x, t, where: str) -> None:
-    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread)."""
+    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread).
+
+    >>> td.diffusion.check_step(np.zeros((2, 2)), np.array([3, 3]), "ddpm_sample_loop")   # silent when finite
+    """
     if not np.isfinite(x).all():
         t = np.asarray(t)
         raise ValueError(f"{where}: the sample became NaN or inf at t = {np.unique(t)[:8].tolist()}; the model's "
@@ -59,6 +62,14 @@ def finite_result(method):
     The inputs are checked finite at the door (``_check``), so this only fires when finite
     inputs of absurd size overflow (data of 1e38 in float32). Tensor results are not scanned:
     during training the Trainer checks the loss and names the term (tinydiff/train.py).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> huge = np.full((1, 1), 3e38, np.float32)                    # finite, but float32 overflows
+    >>> with np.errstate(over="ignore"):
+    ...     d.q_sample(huge, np.array([500]), noise=huge)
+    Traceback (most recent call last):
+    ...
+    ValueError: q_sample: the result overflowed to inf or NaN although every input is finite ...
     """
     @functools.wraps(method)
     def checked(self, *args, **kwargs):
@@ -96,7 +107,9 @@ class GaussianDiffusion:
     loss_type -- "mse" (L_simple), "kl" (the variational bound terms) or "hybrid"
         (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see losses.training_losses.
     decoder_nll -- the decoder L_0 = -log p(x_0|x_1): "continuous" Gaussian density (any
-        float data, e.g. 2-D points) or "discretized" over 256 bins (8-bit images in [-1, 1]).
+        float data, e.g. 2-D points), "discretized" over 256 bins (8-bit images in [-1, 1]), or
+        "auto" (the default): discretized when every value of x_0 lies on the 8-bit grid,
+        continuous otherwise (see decoder_kind).
     mse_weighting -- how L_simple weighs the timesteps: "none" (DDPM) or "min_snr": each
         example's MSE times min(SNR_t, gamma) / SNR_t for eps (Hang et al. 2023, Min-SNR
         weighting, with SNR_t = alpha_bar_t / (1 - alpha_bar_t); min(SNR, gamma) for x0,
@@ -106,10 +119,18 @@ class GaussianDiffusion:
         steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
         asked about the timesteps it was trained on.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> d.num_timesteps, d.learned_variance
+    (1000, False)
+    >>> float(d.alphas_cumprod[0]) == 1 - 1e-4            # alpha_bar after the first step (the papers' t = 1)
+    True
+    >>> td.GaussianDiffusion(td.linear_beta_schedule(10), model_var_type="learned_range", loss_type="hybrid").learned_variance
+    True
     """
 
     def __init__(self, betas, model_mean_type="eps", model_var_type="fixed_small",
-                 loss_type="mse", decoder_nll="continuous", hybrid_vb_weight=0.001, mse_weighting="none",
+                 loss_type="mse", decoder_nll="auto", hybrid_vb_weight=0.001, mse_weighting="none",
                  snr_gamma=5.0, timestep_map=None):
         self.model_mean_type = _choose("model_mean_type", model_mean_type, MODEL_MEAN_TYPES)
         self.model_var_type = _choose("model_var_type", model_var_type, MODEL_VAR_TYPES)
@@ -176,6 +197,24 @@ class GaussianDiffusion:
         """True if the model must also output the variance (2C channels instead of C)."""
         return self.model_var_type.startswith("learned")
 
+    def decoder_kind(self, x0) -> str:
+        """The decoder used for data x0: ``decoder_nll`` if it names one; for "auto",
+        "discretized" when every value of x0 is on the 8-bit grid k/127.5 - 1, k = 0..255
+        (8-bit images scaled to [-1, 1]: L_0 is then the probability of the observed pixel
+        values, and the bound is comparable with published bits/dim), else "continuous".
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(10))
+        >>> d.decoder_kind(np.array([[-1.0, 1.0, 1 / 255]])), d.decoder_kind(np.array([[0.0, -0.2]]))   # 0 is not 8-bit
+        ('discretized', 'continuous')
+        """
+        if self.decoder_nll != "auto":
+            return self.decoder_nll
+        x = np.asarray(unwrap(x0), dtype=np.float64)
+        pixels = (x + 1.0) * 127.5
+        on_grid = (x.size > 0 and bool(np.all(np.abs(x) <= 1.0 + 1e-6))
+                   and bool(np.all(np.abs(pixels - np.round(pixels)) < 1e-3)))
+        return "discretized" if on_grid else "continuous"
+
     # ------------------------------------------------------------------ helpers
     def run_model(self, model, x_t, t, model_kwargs=None):
         """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
@@ -210,6 +249,11 @@ class GaussianDiffusion:
         """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM eq. 2.
 
         x_prev: [B, *D] (the data x_0 when t = 0). Returns (mean, variance, log_variance), each [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> mean, var, _ = d.q_step_mean_variance(np.ones((1, 1)), np.array([0]))
+        >>> float(mean[0, 0]), float(var[0, 0])                  # sqrt(1 - 0.19) = 0.9, and beta_1
+        (0.9, 0.19)
         """
         self._check(x_prev=x_prev)
         return (self.coef(self.sqrt_alphas, t, x_prev) * x_prev,
@@ -217,7 +261,13 @@ class GaussianDiffusion:
 
     @finite_result
     def q_step(self, x_prev, t, noise=None, rng=None):
-        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D]."""
+        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> x1 = d.q_step(np.ones((1, 1)), np.array([0]), noise=np.ones((1, 1)))
+        >>> round(float(x1[0, 0]), 4)                            # 0.9 * 1 + sqrt(0.19) * 1
+        1.3359
+        """
         self._check(x_prev=x_prev, **({} if noise is None else {"noise": noise}))
         noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
         return self.coef(self.sqrt_alphas, t, x_prev) * x_prev + self.coef(self.sqrt_betas, t, x_prev) * noise
@@ -227,6 +277,11 @@ class GaussianDiffusion:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
 
         x0: [B, *D]. Returns (mean, variance, log_variance), each [B, *D].
+
+        >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
+        >>> mean, var, _ = d.q_mean_variance(np.ones((1, 1)), np.array([1]))
+        >>> round(float(mean[0, 0]), 6), round(float(var[0, 0]), 6)    # alpha_bar = 0.81 * 0.5 = 0.405
+        (0.636396, 0.595)
         """
         self._check(x0=x0)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0,
@@ -236,7 +291,16 @@ class GaussianDiffusion:
     @finite_result
     def q_sample(self, x0, t, noise=None, rng=None):
         """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
-        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D]."""
+        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0 = np.ones((3, 2), dtype=np.float32)
+        >>> x_t = d.q_sample(x0, np.array([0, 500, 999]), rng=np.random.default_rng(0))
+        >>> x_t.shape, x_t.dtype
+        ((3, 2), dtype('float32'))
+        >>> round(float(d.q_sample(x0, np.array([999] * 3), noise=np.zeros_like(x0))[0, 0]), 4)   # sqrt(ab_T) x0
+        0.0064
+        """
         self._check(x0=x0, **({} if noise is None else {"noise": noise}))
         noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
         return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
@@ -252,6 +316,12 @@ class GaussianDiffusion:
 
         x0, x_t: [B, *D]. Returns (mean, variance, log_variance_clipped), each [B, *D]; at t = 0
         the variance is 0 and the log-variance is clipped to log beta-tilde_1 (see __init__).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, x_t = np.zeros((1, 2)), np.ones((1, 2))
+        >>> mean, var, _ = d.q_posterior_mean_variance(x0, x_t, np.array([500]))
+        >>> bool(0 < mean[0, 0] < 1), bool(var[0, 0] < d.betas[500])     # between x_0 and x_t; beta-tilde < beta
+        (True, True)
         """
         self._check(x_t=x_t, x0=x0)
         mean = (self.coef(self.posterior_mean_coef1, t, x_t) * x0
@@ -263,7 +333,14 @@ class GaussianDiffusion:
     @finite_result
     def predict_x0_from_eps(self, x_t, t, eps):
         """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
-        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D]."""
+        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, eps, t = np.array([[0.5, -1.0]]), np.array([[0.3, 0.2]]), np.array([400])
+        >>> x_t = d.q_sample(x0, t, noise=eps)
+        >>> d.predict_x0_from_eps(x_t, t, eps).round(6).tolist()            # the exact eps gives x_0 back
+        [[0.5, -1.0]]
+        """
         self._check(x_t=x_t, eps=eps)
         return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
                 - self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
@@ -302,7 +379,12 @@ class GaussianDiffusion:
     @finite_result
     def score_from_eps(self, x_t, t, eps):
         """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
-        an eps-predictor is a scaled score estimator. [B, *D]."""
+        an eps-predictor is a scaled score estimator. [B, *D].
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> d.score_from_eps(np.zeros((1, 1)), np.array([999]), np.ones((1, 1))).round(4).tolist()   # ~ -eps at pure noise
+        [[-1.0]]
+        """
         self._check(x_t=x_t, eps=eps)
         return -eps / self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
 
@@ -312,6 +394,12 @@ class GaussianDiffusion:
 
         The samplers call this: a NaN or inf in the model's output (a diverged model, a broken
         checkpoint) raises a ValueError naming the timesteps, instead of spreading through the chain.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)               # a model that predicts eps = 0
+        >>> out = d.p_mean_variance(zero_eps, np.ones((2, 2)), np.array([10, 999]))
+        >>> sorted(out), out["mean"].shape
+        (['log_variance', 'mean', 'pred_eps', 'pred_x0', 'variance'], (2, 2))
         """
         self._check(x_t=x_t)
         out = self.run_model(model, x_t, t, model_kwargs)
@@ -341,6 +429,12 @@ class GaussianDiffusion:
         Returns a dict of [B, *D] values: mean, variance, log_variance, pred_x0 and pred_eps,
         where x_t = sqrt(alpha_bar_t) pred_x0 + sqrt(1 - alpha_bar_t) pred_eps (the model's eps
         itself when eps is predicted and x_0 is not processed). Tensors if model_output is one.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000), model_var_type="learned_range", loss_type="hybrid")
+        >>> x_t, t = np.zeros((1, 2)), np.array([500])
+        >>> out = d.p_mean_variance_from_output(np.array([[0.0, 0.0, 1.0, 1.0]]), x_t, t)   # eps = 0, v_raw = +1
+        >>> bool(np.isclose(out["variance"][0, 0], d.betas[500]))                            # v = 1: sigma^2 = beta_t
+        True
         """
         self._check(x_t=x_t)
         if x_t.ndim < 2:
@@ -403,6 +497,12 @@ class GaussianDiffusion:
         x_t: ndarray [B, *D]; t: int [B]. Returns {"sample": x_{t-1}, "pred_x0": ...} as ndarrays
         (a Tensor model output is read through .data; wrap calls in tinydiff.no_grad() to skip
         recording a graph).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+        >>> out = d.p_sample(zero_eps, np.ones((4, 2), np.float32), np.full(4, 999), rng=np.random.default_rng(0))
+        >>> out["sample"].shape, out["sample"].dtype
+        ((4, 2), dtype('float32'))
         """
         out = self.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
         mean, log_variance, pred_x0 = (unwrap(out[k]) for k in ("mean", "log_variance", "pred_x0"))
@@ -432,12 +532,20 @@ class GaussianDiffusion:
         np.where picks one per example (no loop over the batch).
         model_output: [B, C_out, *rest] as returned by the model. x0, x_t: [B, *D]; t: int [B].
         Returns {"output": [B] bits/dim, "pred_x0": [B, *D]} (Tensors if model_output is one).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100), loss_type="kl")
+        >>> x0, noise, t = np.zeros((2, 2)), np.ones((2, 2)), np.array([0, 50])
+        >>> x_t = d.q_sample(x0, t, noise=noise)
+        >>> exact = d.predict_eps_from_x0(x_t, t, x0)                   # a perfect eps prediction
+        >>> terms = d.vb_terms_bpd(exact, x0, x_t, t)
+        >>> round(float(terms["output"][1]), 9)                          # KL(q || p) = 0 when p is exact
+        0.0
         """
         self._check(x_t=x_t, x0=x0)
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
         p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"])) / LOG2
-        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_nll)) / LOG2
+        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_kind(x0))) / LOG2
         return {"output": np.where(np.asarray(t) == 0, nll, kl), "pred_x0": p["pred_x0"]}
 
     @finite_result
@@ -459,6 +567,14 @@ class GaussianDiffusion:
                       sum of T terms; with t uniform, T * vb is its unbiased one-sample estimate,
                       hence the factor T. Inside vb the mean is stop-gradiented (.detach()), so
                       vb trains only the variance and L_simple alone trains the mean.
+
+        >>> d = td.make_diffusion("hybrid", td.linear_beta_schedule(100))
+        >>> model = td.models.ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0))
+        >>> x0 = np.ones((4, 2), np.float32)
+        >>> terms = d.training_losses(model, x0, np.array([0, 10, 50, 99]), rng=np.random.default_rng(1))
+        >>> sorted(terms), terms["loss"].shape
+        (['loss', 'mse', 'vb'], (4,))
+        >>> terms["loss"].mean().backward()                              # a Tensor: trains the model
         """
         self._check(x0=x0, **({} if noise is None else {"noise": noise}))
         if x0.ndim < 2:
@@ -509,6 +625,10 @@ class GaussianDiffusion:
         No parameters: it measures how close the last step is to pure noise. Per value it is
         1/2 (alpha_bar x_0^2 - alpha_bar - log(1 - alpha_bar)) nats with alpha_bar = alpha_bar_{T-1},
         ~0 for a schedule that ends near alpha_bar = 0.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> float(d.prior_bpd(np.zeros((1, 2)))[0]) < 1e-4                 # q(x_T | x_0) is almost N(0, I)
+        True
         """
         self._check(x0=x0)
         t = np.full(x0.shape[0], self.num_timesteps - 1, dtype=np.int64)
@@ -517,16 +637,22 @@ class GaussianDiffusion:
         return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
 
     @finite_result
-    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=False, model_kwargs=None,
+    def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None,
                       num_timesteps=None):
         """The whole variational bound on -log p(x_0), per example and per term.
 
         For each t (a loop over the chain, vectorised over the batch) draw x_t ~ q(x_t|x_0) with
         a fresh eps from rng, run the model, and record the bound term at t. x0: [B, *D].
-        The decoder term follows decoder_nll: "discretized" gives a bound on the probability of
-        8-bit data (the convention of published bits/dim on images); "continuous" a bound on a
-        density (for real-valued data; it can be negative). progress(i, K) is called after each
-        of the K model calls.
+
+        Which number this is depends on the decoder (``decoder_kind(x0)``):
+          "discretized" (the default for 8-bit images in [-1, 1]): a bound on -log2 P(x_0), the
+              probability of the 256-level pixel values, >= 0; with clip_denoised=True (its
+              default here) this is the convention of published bits/dim (DDPM Table 2,
+              improved-diffusion's calc_bpd_loop), so the numbers can be compared;
+          "continuous" (real-valued data such as 2-D points): a bound on -log2 p(x_0) of a
+              density, which can be negative (a narrow density exceeds 1), and clip_denoised
+              defaults to False.
+        progress(i, K) is called after each of the K model calls.
 
         num_timesteps=K < T estimates the sum instead of computing all T terms (a T/K-fold
         saving for images): the decoder term t = 0 exactly, and sum_{t=1}^{T-1} L_t by
@@ -545,9 +671,21 @@ class GaussianDiffusion:
           "mse"         [B, K] mean over dims of (pred_eps - eps)^2
         A Tensor model output is read through .data; wrap the call in tinydiff.no_grad() to
         skip recording graphs.
+
+        >>> betas = td.linear_beta_schedule(50, 1e-3, 0.2)
+        >>> d = td.GaussianDiffusion(betas)
+        >>> x0 = np.full((3, 2), 0.5)                                    # real-valued data: a density bound
+        >>> exact = lambda x_t, t: d.predict_eps_from_x0(x_t, t, x0)     # knows the answer
+        >>> out = d.calc_bpd_loop(exact, x0, rng=np.random.default_rng(0))
+        >>> out["vb"].shape, d.decoder_kind(x0)
+        ((3, 50), 'continuous')
+        >>> bool(np.allclose(out["vb"][:, 1:], 0))                        # every KL term vanishes for a perfect model
+        True
         """
         self._check(x0=x0)
         B, T = x0.shape[0], self.num_timesteps
+        if clip_denoised is None:
+            clip_denoised = self.decoder_kind(x0) == "discretized"
         if num_timesteps is None or num_timesteps >= T:
             ts = np.tile(np.arange(T), (B, 1))                             # [B, T]: every term
             weights = np.ones(T)

@@ -45,7 +45,14 @@ _GRAD_ENABLED = True
 
 @contextlib.contextmanager
 def no_grad():
-    """Context manager: operations inside record no graph (for sampling and evaluation)."""
+    """Context manager: operations inside record no graph (for sampling and evaluation).
+
+    >>> w = td.Tensor(np.array([2.0]), requires_grad=True)
+    >>> with td.no_grad():
+    ...     y = w * 3.0
+    >>> y.requires_grad, (w * 3.0).requires_grad
+    (False, True)
+    """
     global _GRAD_ENABLED
     previous, _GRAD_ENABLED = _GRAD_ENABLED, False
     try:
@@ -55,11 +62,22 @@ def no_grad():
 
 
 def is_grad_enabled() -> bool:
+    """True unless inside ``no_grad()``: whether new operations record a graph.
+
+    >>> with td.no_grad():
+    ...     print(td.engine.is_grad_enabled())
+    False
+    """
     return _GRAD_ENABLED
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
-    """Sum ``grad`` over the axes that broadcasting added or stretched, giving ``shape``."""
+    """Sum ``grad`` over the axes that broadcasting added or stretched, giving ``shape``.
+
+    >>> g = np.ones((4, 3))                  # the gradient of a (3,) bias added to a (4, 3) batch
+    >>> td.engine.unbroadcast(g, (3,)).tolist()
+    [4.0, 4.0, 4.0]
+    """
     if grad.shape == shape:
         return grad
     extra = grad.ndim - len(shape)
@@ -76,6 +94,14 @@ class Tensor:
 
     ``Tensor(data, requires_grad=False)``: Python numbers and lists become float32;
     NumPy arrays and NumPy scalars keep their dtype (so float64 works for gradient checks).
+
+    >>> x = td.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    >>> y = (x * x).sum()                    # y = x_1^2 + x_2^2
+    >>> y.backward()
+    >>> x.grad.tolist()                      # dy/dx = 2x
+    [2.0, -4.0]
+    >>> td.Tensor([1, 2]).dtype              # Python numbers become float32
+    dtype('float32')
     """
 
     __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward")
@@ -360,16 +386,31 @@ class Tensor:
 
 
 def unwrap(x):
-    """The array inside a Tensor; anything else is returned unchanged."""
+    """The array inside a Tensor; anything else is returned unchanged.
+
+    >>> td.engine.unwrap(td.Tensor(np.array([1.0]))), td.engine.unwrap(3)
+    (array([1.]), 3)
+    """
     return x.data if isinstance(x, Tensor) else x
 
 
 def tensor(data, requires_grad: bool = False) -> Tensor:
+    """``Tensor(data, requires_grad)``, spelled like ``torch.tensor``.
+
+    >>> td.tensor([[1.0, 2.0]]).shape
+    (1, 2)
+    """
     return Tensor(data, requires_grad=requires_grad)
 
 
 def where(cond, a, b) -> Tensor:
-    """Elementwise ``a if cond else b``; the gradient goes to the branch that was taken."""
+    """Elementwise ``a if cond else b``; the gradient goes to the branch that was taken.
+
+    >>> a = td.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> td.where(np.array([True, False]), a, 0.0).sum().backward()
+    >>> a.grad.tolist()                      # only the taken branch gets a gradient
+    [1.0, 0.0]
+    """
     cond = np.asarray(unwrap(cond), dtype=bool)
     first = a if isinstance(a, Tensor) else b if isinstance(b, Tensor) else Tensor(np.asarray(a))
     a, b = first.lift(a), first.lift(b)
@@ -378,15 +419,29 @@ def where(cond, a, b) -> Tensor:
 
 
 def concat(tensors, axis: int = 0) -> Tensor:
-    """Join tensors along an existing axis; backward splits the gradient at the seams."""
+    """Join tensors along an existing axis; backward splits the gradient at the seams.
+
+    >>> a, b = td.Tensor(np.ones((2, 3))), td.Tensor(np.zeros((1, 3)))
+    >>> td.concat([a, b], axis=0).shape
+    (3, 3)
+    """
     tensors = [t if isinstance(t, Tensor) else Tensor(np.asarray(t)) for t in tensors]
     seams = np.cumsum([t.shape[axis] for t in tensors])[:-1]
-    return Tensor.from_op(np.concatenate([t.data for t in tensors], axis=axis), tensors,
-                          lambda g: tuple(np.split(g, seams, axis=axis)))
+    arrays = [t.data for t in tensors]
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    # the result takes the memory layout of the first input (e.g. channels-last stays so)
+    out = np.empty_like(arrays[0], dtype=np.result_type(*arrays), shape=shape)
+    np.concatenate(arrays, axis=axis, out=out)
+    return Tensor.from_op(out, tensors, lambda g: tuple(np.split(g, seams, axis=axis)))
 
 
 def stack(tensors, axis: int = 0) -> Tensor:
-    """Join tensors along a new axis (composed: expand each, then concat)."""
+    """Join tensors along a new axis (composed: expand each, then concat).
+
+    >>> td.stack([td.Tensor(np.ones(3)), td.Tensor(np.zeros(3))], axis=1).shape
+    (3, 2)
+    """
     tensors = [t if isinstance(t, Tensor) else Tensor(np.asarray(t)) for t in tensors]
     ax = axis if axis >= 0 else axis + tensors[0].ndim + 1
     return concat([t.reshape(*t.shape[:ax], 1, *t.shape[ax:]) for t in tensors], axis=ax)

@@ -33,7 +33,12 @@ def _as_hwc(images) -> np.ndarray:
 
 
 def image_grid(images, nrow: int, pad: int = 2, background: float = 0.5) -> np.ndarray:
-    """Tile images into rows of ``nrow`` (the last row padded with background), uint8 [H', W', 3]."""
+    """Tile images into rows of ``nrow`` (the last row padded with background), uint8 [H', W', 3].
+
+    >>> grid = td.images.image_grid(np.zeros((5, 28, 28)), nrow=3)    # 2 rows of 3, 2-pixel gaps
+    >>> grid.shape, grid.dtype
+    ((62, 92, 3), dtype('uint8'))
+    """
     x = _as_hwc(images)
     N, H, W, _ = x.shape
     if not isinstance(nrow, (int, np.integer)) or nrow < 1:
@@ -48,7 +53,13 @@ def image_grid(images, nrow: int, pad: int = 2, background: float = 0.5) -> np.n
 
 def save_image_grid(images, path, nrow: int = 10, scale: int = 3) -> np.ndarray:
     """Write ``image_grid(images, nrow)`` to ``path`` (PNG), each pixel a scale x scale block.
-    Returns the grid (uint8 [H', W', 3], before enlarging)."""
+    Returns the grid (uint8 [H', W', 3], before enlarging).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "grid.png")
+    >>> td.images.save_image_grid(np.ones((4, 1, 8, 8)), path, nrow=2, scale=2).shape   # the grid before enlarging
+    (22, 22, 3)
+    """
     try:
         from PIL import Image
     except ImportError as e:
@@ -62,11 +73,18 @@ def save_image_grid(images, path, nrow: int = 10, scale: int = 3) -> np.ndarray:
     return grid
 
 
-def plot_image_rows(rows, path, row_labels=None, col_labels=None, title=None, cell: float = 0.9, dpi: int = 110):
+def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=None, cell: float = 0.9,
+                    dpi: int = 110):
     """One row of images per entry of ``rows`` (each [n, H, W] or [n, C, H, W] in [0, 1]),
-    labelled on the left by row_labels and on top by col_labels; saved to ``path`` (PNG).
-    Returns the matplotlib Figure."""
-    from .viz import _figure                                  # matplotlib only when drawing
+    labelled on the left by row_labels and on top by col_labels. Returns the matplotlib
+    Figure, saved to ``path`` (.png, .pdf or .svg) if given.
+
+    >>> rows = [np.zeros((3, 8, 8)), np.ones((2, 8, 8))]
+    >>> fig = td.images.plot_image_rows(rows, row_labels=["dark", "light"], col_labels=["a", "b", "c"])
+    >>> len(fig.axes)                                                  # 2 rows x 3 columns
+    6
+    """
+    from .viz import figure as _figure                        # matplotlib only when drawing
     rows = [_as_hwc(r) for r in rows]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig = _figure((cell * n_cols + (1.3 if row_labels else 0.2), cell * n_rows + (0.9 if title else 0.3)
@@ -87,9 +105,7 @@ def plot_image_rows(rows, path, row_labels=None, col_labels=None, title=None, ce
                 ax.set_title(col_labels[j], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    with atomic_write(path) as f:
-        f.write(buffer.getvalue())
+    if path is not None:
+        from .viz import save
+        save(fig, path)
     return fig

@@ -48,7 +48,13 @@ FUNCTIONS = {
 
 
 def array_ufunc(ufunc, method, *inputs, **kwargs):
-    """``Tensor.__array_ufunc__``: a plain call of a ufunc with at least one Tensor input."""
+    """``Tensor.__array_ufunc__``: a plain call of a ufunc with at least one Tensor input.
+
+    >>> x = td.Tensor(np.array([0.0, 1.0]), requires_grad=True)
+    >>> y = np.exp(x)                        # NumPy's ufunc returns a Tensor that keeps the graph
+    >>> type(y).__name__, y.requires_grad
+    ('Tensor', True)
+    """
     if method != "__call__" or kwargs:                  # reductions, out=..., where=...: not supported
         return NotImplemented
     name = ufunc.__name__
@@ -64,7 +70,13 @@ def array_ufunc(ufunc, method, *inputs, **kwargs):
 
 
 def array_function(func, args, kwargs):
-    """``Tensor.__array_function__``: a NumPy function with a Tensor among its arguments."""
+    """``Tensor.__array_function__``: a NumPy function with a Tensor among its arguments.
+
+    >>> x = td.Tensor(np.array([3.0, -1.0]), requires_grad=True)
+    >>> np.maximum(x, 0.0).sum().backward()  # a NumPy function on a Tensor, differentiated
+    >>> x.grad.tolist()
+    [1.0, 0.0]
+    """
     fn = FUNCTIONS.get(func.__name__)
     if fn is None:
         return NotImplemented

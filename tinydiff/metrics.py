@@ -58,6 +58,11 @@ def energy_distance(x, y, chunk_pairs=1 << 20):
     X and Y have the same distribution; the unbiased estimate can dip slightly below 0
     when they do. Work is done in blocks of ~``chunk_pairs`` pairs (~25 MB by default).
     Returns a python float.
+
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(500, 2)), rng.normal(size=(500, 2))
+    >>> abs(td.metrics.energy_distance(a, b)) < 0.02, td.metrics.energy_distance(a, b + 3) > 1
+    (True, True)
     """
     x = _as_cloud("x", x)
     y = _as_cloud("y", y, dim=x.shape[1])
@@ -91,6 +96,10 @@ def mode_counts(samples, means, std, k=3.0):
     Each sample x_i is assigned to its nearest mode c_i = argmin_k |x_i - mu_k| and counts
     for that mode only if it is close: |x_i - mu_{c_i}| <= k * std_{c_i}.
     samples: [N, D], means: [K, D], std: scalar or [K].
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_counts(np.array([[0.1, 0.0], [4.9, 0.0], [2.5, 0.0]]), means, std=0.1).tolist()
+    [1, 1]
     """
     samples, means, std = _mode_arrays(samples, means, std)
     dist = _distances(samples, means)                                 # [N, K]
@@ -108,6 +117,10 @@ def mode_coverage(samples, means, std, weights=None, min_fraction=0.2, k=3.0):
     there lie within k = 3 std of it (and nearer to it than to any other mode).
     Samples far from every mode count for none, so pure noise covers nothing.
     Returns an int in [0, K]; a perfect sampler scores K.
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_coverage(np.zeros((10, 2)), means, std=0.1)      # every sample on one mode
+    1
     """
     counts = mode_counts(samples, means, std, k)
     K, n = len(counts), len(np.asarray(samples))
@@ -128,6 +141,10 @@ def mode_precision(samples, means, std, k=3.0):
     For an exact sampler of a well-separated isotropic 2-D mixture this is
     P(|z| <= k) = 1 - exp(-k^2 / 2) = 0.989 at k = 3 (|z| is chi with 2 degrees of freedom),
     not 1. samples: [N, D], means: [K, D], std: scalar or [K]. Returns a float in [0, 1].
+
+    >>> means = np.array([[0.0, 0.0], [5.0, 0.0]])
+    >>> td.metrics.mode_precision(np.array([[0.1, 0.0], [2.5, 0.0]]), means, std=0.1)
+    0.5
     """
     samples, means, std = _mode_arrays(samples, means, std)
     if len(samples) == 0:
@@ -151,6 +168,9 @@ def sqrtm_psd(matrix) -> np.ndarray:
 
     With matrix = V diag(w) V^T (``eigh``), sqrt = V diag(sqrt(max(w, 0))) V^T. Rounding can
     make the smallest eigenvalues of a PSD matrix slightly negative; they are clipped to 0.
+
+    >>> td.metrics.sqrtm_psd(np.diag([4.0, 9.0])).tolist()
+    [[2.0, 0.0], [0.0, 3.0]]
     """
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
@@ -167,6 +187,12 @@ def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b) -> float:
     when S_a is invertible, and by continuity otherwise) = sum of the square roots of the
     eigenvalues of the symmetric PSD matrix S_a^{1/2} S_b S_a^{1/2}. Clipped at 0: the
     distance is never negative, and rounding can otherwise give -1e-12 for identical sets.
+
+    >>> I = np.eye(2)
+    >>> td.metrics.frechet_distance_gaussians(np.zeros(2), I, np.array([3.0, 4.0]), I)   # |mu_a - mu_b|^2 = 25
+    25.0
+    >>> round(td.metrics.frechet_distance_gaussians(np.zeros(2), I, np.zeros(2), 4 * I), 9)   # 2 + 8 - 2 * 2 * 2
+    2.0
     """
     mu_a, mu_b = np.asarray(mu_a, np.float64), np.asarray(mu_b, np.float64)
     cov_a, cov_b = np.asarray(cov_a, np.float64), np.asarray(cov_b, np.float64)
@@ -183,7 +209,12 @@ def frechet_distance_gaussians(mu_a, cov_a, mu_b, cov_b) -> float:
 
 
 def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
-    """Mean [D] and unbiased covariance [D, D] (divisor N - 1, as ``np.cov``) of feats [N, D], float64."""
+    """Mean [D] and unbiased covariance [D, D] (divisor N - 1, as ``np.cov``) of feats [N, D], float64.
+
+    >>> mean, cov = td.metrics.gaussian_fit(np.array([[0.0, 0.0], [2.0, 2.0]]))
+    >>> mean.tolist(), cov.tolist()
+    ([1.0, 1.0], [[2.0, 2.0], [2.0, 2.0]])
+    """
     x = np.asarray(feats, dtype=np.float64)
     centred = x - x.mean(axis=0)
     return x.mean(axis=0), centred.T @ centred / (len(x) - 1)
@@ -192,7 +223,13 @@ def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(feats_a, feats_b) -> float:
     """The Frechet distance between Gaussians fitted to two sets of features [N_a, D], [N_b, D]
     (``frechet_distance_gaussians`` of their ``gaussian_fit``). Symmetric and >= 0; biased
-    upward at small N, so compare it only with distances at the same N."""
+    upward at small N, so compare it only with distances at the same N.
+
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.normal(size=(500, 3)), rng.normal(size=(500, 3))
+    >>> bool(td.metrics.frechet_distance(a, b) < 0.1), round(td.metrics.frechet_distance(a, a), 9)
+    (True, 0.0)
+    """
     for name, f in (("feats_a", feats_a), ("feats_b", feats_b)):
         f = np.asarray(f)
         if f.ndim != 2 or len(f) < 2 or not np.issubdtype(f.dtype, np.number) or not np.isfinite(f).all():

@@ -40,14 +40,24 @@ OBJECTIVES = {
 
 def make_diffusion(objective: str, betas, **settings) -> GaussianDiffusion:
     """GaussianDiffusion(betas, **OBJECTIVES[objective], **settings); settings (e.g.
-    decoder_nll="discretized" for 8-bit images) may add to or override the table."""
+    decoder_nll="discretized" for 8-bit images) may add to or override the table.
+
+    >>> d = td.make_diffusion("hybrid", td.linear_beta_schedule(1000))
+    >>> d.model_mean_type, d.model_var_type, d.loss_type, d.learned_variance
+    ('eps', 'learned_range', 'hybrid', True)
+    """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
     return GaussianDiffusion(betas, **{**OBJECTIVES[objective], **settings})
 
 
 def split_batch(batch):
-    """A batch is x0 [B, *D] or (x0, model_kwargs): returns (x0, a new dict of model kwargs)."""
+    """A batch is x0 [B, *D] or (x0, model_kwargs): returns (x0, a new dict of model kwargs).
+
+    >>> x0, kwargs = td.objectives.split_batch((np.zeros((2, 2)), {"y": np.array([1, 2])}))
+    >>> x0.shape, sorted(kwargs)
+    ((2, 2), ['y'])
+    """
     if isinstance(batch, tuple):
         x0, kwargs = batch
         return x0, dict(kwargs)
@@ -65,6 +75,13 @@ class DiffusionLoss:
         label_key: the model keyword that carries labels ("y").
     Draws, from rng and in this order: t [B], the noise eps, then the dropout mask.
     The logged terms are the batch means of every term training_losses returns.
+
+    >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
+    >>> loss_fn = td.DiffusionLoss(d)
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> loss, logs = loss_fn(model, np.ones((8, 2), np.float32), np.random.default_rng(1))
+    >>> loss.shape, sorted(logs)
+    ((), ['loss', 'mse'])
     """
 
     def __init__(self, diffusion: GaussianDiffusion, label_dropout: float = 0.0, null_labels=None,

@@ -50,7 +50,11 @@ def _check_flat_state(state_dict, expected: dict, who: str) -> None:
 
 class Optimizer:
     """Base class: holds the parameters, ``lr``, the hyperparameters named in
-    ``hyperparameters`` and a per-parameter state dict created at its first update."""
+    ``hyperparameters`` and a per-parameter state dict created at its first update.
+
+    >>> issubclass(td.optim.Adam, td.optim.Optimizer), td.optim.Adam.hyperparameters
+    (True, ('lr', 'beta1', 'beta2', 'eps', 'weight_decay'))
+    """
 
     hyperparameters: tuple = ("lr",)
     state_names: tuple = ()          # per-parameter arrays (besides the integer "step")
@@ -109,7 +113,14 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (heavy-ball) momentum and L2 weight decay,
-    as ``torch.optim.SGD`` with dampening=0, nesterov=False. The first momentum buffer is g."""
+    as ``torch.optim.SGD`` with dampening=0, nesterov=False. The first momentum buffer is g.
+
+    >>> w = td.nn.Parameter(np.array([1.0]))
+    >>> opt = td.optim.SGD([w], lr=0.1)
+    >>> (w * w).sum().backward(); opt.step()                  # w <- w - 0.1 * 2w
+    >>> w.data.tolist()
+    [0.8]
+    """
 
     hyperparameters = ("lr", "momentum", "weight_decay")
     state_names = ("momentum_buffer",)
@@ -134,7 +145,14 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba 2015, Algorithm 1) with bias correction, as ``torch.optim.Adam``;
-    ``weight_decay`` adds wd*p to the gradient (L2, coupled with the adaptive scaling)."""
+    ``weight_decay`` adds wd*p to the gradient (L2, coupled with the adaptive scaling).
+
+    >>> w = td.nn.Parameter(np.array([1.0, -1.0]))
+    >>> opt = td.optim.Adam([w], lr=0.1)
+    >>> (w * w).sum().backward(); opt.step()                  # the first Adam step moves each weight by ~lr
+    >>> w.data.round(6).tolist()
+    [0.9, -0.9]
+    """
 
     hyperparameters = ("lr", "beta1", "beta2", "eps", "weight_decay")
     state_names = ("exp_avg", "exp_avg_sq")
@@ -173,7 +191,14 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """AdamW (Loshchilov & Hutter 2019): decoupled weight decay p <- p (1 - lr wd) before
-    the Adam step, as ``torch.optim.AdamW`` (default weight_decay 1e-2)."""
+    the Adam step, as ``torch.optim.AdamW`` (default weight_decay 1e-2).
+
+    >>> w = td.nn.Parameter(np.array([1.0]))
+    >>> opt = td.optim.AdamW([w], lr=0.1, weight_decay=0.5)
+    >>> w.grad = np.zeros(1); opt.step()                      # no gradient: only the decay, w (1 - 0.1 * 0.5)
+    >>> w.data.tolist()
+    [0.95]
+    """
 
     decoupled = True
 
@@ -187,6 +212,10 @@ def clip_grad_norm(params, max_norm: float, eps: float = 1e-6) -> float:
     total = sqrt(sum_p ||g_p||^2); if total > max_norm every g_p is multiplied by
     max_norm / (total + eps), as ``torch.nn.utils.clip_grad_norm_``. Returns ``total``
     (the norm before clipping). Parameters without a gradient are skipped.
+
+    >>> w = td.nn.Parameter(np.zeros(2)); w.grad = np.array([3.0, 4.0])
+    >>> td.optim.clip_grad_norm([w], 1.0), w.grad.round(4).tolist()   # returns the norm before clipping
+    (5.0, [0.6, 0.8])
     """
     grads = [p.grad for p in _param_list(params, "clip_grad_norm") if p.grad is not None]
     total = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
@@ -210,6 +239,15 @@ class EMA:
     reaching 0.999 after ~9,000 updates), as TensorFlow's ExponentialMovingAverage with
     num_updates does: with a fixed 0.999 a 2,000-step run's average still holds
     0.999^2000 = 14% of the random initial weights.
+
+    >>> w = td.nn.Parameter(np.array([0.0]))
+    >>> ema = td.optim.EMA([w], decay=0.9)
+    >>> w.data[...] = 1.0; ema.update()                       # s = 0.9 * 0 + 0.1 * 1
+    >>> with ema.average_parameters():
+    ...     print(w.data.round(6).tolist())
+    [0.1]
+    >>> w.data.tolist()                                       # the training weights come back afterwards
+    [1.0]
     """
 
     def __init__(self, model_or_params, decay: float = 0.9999, warmup: bool = False):
@@ -286,6 +324,9 @@ def linear_warmup_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: 
     of the warm-up down to 0 at update ``decay_steps``; None keeps base_lr after warm-up.
     A short run gains most from it: the last updates are small, so the final weights
     sit near a minimum instead of bouncing around it. warmup_steps = 0: no warm-up.
+
+    >>> [td.optim.linear_warmup_lr(s, 1.0, warmup_steps=4, decay_steps=8) for s in (0, 3, 6, 8)]
+    [0.25, 1.0, 0.5, 0.0]
     """
     lr = float(base_lr) if warmup_steps <= 0 else float(base_lr) * min(1.0, (step + 1) / warmup_steps)
     if decay_steps is not None and step >= warmup_steps:
@@ -297,7 +338,13 @@ def linear_warmup_lr(step: int, base_lr: float, warmup_steps: int, decay_steps: 
 class LinearWarmup:
     """Sets ``optimizer.lr`` from ``linear_warmup_lr`` (warm-up, then optional cosine decay to
     ``decay_steps``). Like a PyTorch scheduler: the lr for the first update is set at
-    construction; call ``step()`` after each ``optimizer.step()``."""
+    construction; call ``step()`` after each ``optimizer.step()``.
+
+    >>> opt = td.optim.SGD([td.nn.Parameter(np.zeros(1))], lr=1.0)
+    >>> schedule = td.optim.LinearWarmup(opt, warmup_steps=2)
+    >>> first = opt.lr; schedule.step(); first, opt.lr
+    (0.5, 1.0)
+    """
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int, decay_steps: int | None = None):
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:

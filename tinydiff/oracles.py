@@ -71,6 +71,9 @@ def mixture_log_prob(x, means, stds, weights=None) -> np.ndarray:
 
     The definition of a mixture density, evaluated stably with logsumexp.
     means: [K, D]; stds: scalar or [K]; weights: [K] summing to 1 (None: equal).
+
+    >>> round(float(td.oracles.mixture_log_prob(np.zeros((1, 2)), np.zeros((1, 2)), 1.0)[0]), 6)   # log N(0; 0, I)
+    -1.837877
     """
     means, stds, log_w = _check_mixture(means, stds, weights)
     x = np.asarray(x, dtype=np.float64)
@@ -86,6 +89,9 @@ def mixture_sample(n: int, means, stds, weights=None, rng=None) -> np.ndarray:
     """n draws x_0 ~ sum_k w_k N(m_k, s_k^2 I): pick k ~ Categorical(w), then m_k + s_k z.
 
     rng: numpy.random.Generator (required). Returns float64 [n, D].
+
+    >>> td.oracles.mixture_sample(5, *td.oracles.eight_gaussians(), rng=np.random.default_rng(0)).shape
+    (5, 2)
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
@@ -100,6 +106,10 @@ def noisy_mixture(means, stds, alpha_bar):
     x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps (DDPM eq. 4) with x_0 from component k is a sum
     of independent Gaussians, so its mean and variance add. The weights do not change.
     means: [K, D]; stds: [K]; alpha_bar: [B]. Returns centres [B, K, D], variances [B, K].
+
+    >>> centres, v = td.oracles.noisy_mixture(np.array([[2.0, 0.0]]), np.array([0.1]), np.array([0.25]))
+    >>> centres.tolist(), v.round(4).tolist()                 # sqrt(ab) m and ab s^2 + 1 - ab
+    ([[[1.0, 0.0]]], [[0.7525]])
     """
     ab = alpha_bar[:, None]                                                    # [B, 1]
     return np.sqrt(ab)[..., None] * means[None], ab * stds ** 2 + (1.0 - ab)
@@ -115,6 +125,10 @@ def component_posterior(x_t, means, stds, alpha_bar):
 
     (product of two Gaussians; the gain sqrt(ab) s_k^2 / v_k is a Kalman gain).
     x_t: [B, D]; alpha_bar: [B]. Returns mean_k [B, K, D] and var_k [B, K].
+
+    >>> mean_k, var_k = td.oracles.component_posterior(np.zeros((1, 1)), np.array([[1.0]]), np.array([1.0]), np.array([0.5]))
+    >>> mean_k.round(4).tolist(), var_k.round(4).tolist()    # prior N(1, 1) meets x_t = 0 at ab = 1/2
+    ([[[0.5]]], [[0.5]])
     """
     centres, v = noisy_mixture(means, stds, alpha_bar)
     ab = alpha_bar[:, None]
@@ -129,6 +143,14 @@ class GaussianMixtureOracle:
     (equal); diffusion: an object with float64 buffers ``alphas_cumprod``, ``betas``,
     ``posterior_variance``, ``posterior_log_variance_clipped``, ``posterior_mean_coef1``
     and ``posterior_mean_coef2`` of length T (a GaussianDiffusion).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> oracle = td.oracles.GaussianMixtureOracle(*td.oracles.eight_gaussians(), diffusion=d)
+    >>> x_t = np.array([[0.0, 0.0], [1.9, 0.0]])
+    >>> oracle.score(x_t, np.array([999, 0])).round(2).tolist()   # pure noise: -x; near a mode: toward it
+    [[-0.0, -0.0], [9.89, 0.0]]
+    >>> oracle.eps_model()(x_t, np.array([999, 0])).shape          # a perfect eps-network
+    (2, 2)
     """
 
     def __init__(self, means, stds, weights=None, diffusion=None):
@@ -317,6 +339,10 @@ def eight_gaussians(radius: float = 2.0, std: float = 0.1):
 
     Returns (means [8, 2], stds [8], weights [8]) for `GaussianMixtureOracle` or
     `mixture_log_prob`.
+
+    >>> means, stds, weights = td.oracles.eight_gaussians()
+    >>> means.shape, float(np.linalg.norm(means[3])), float(weights.sum())
+    ((8, 2), 2.0, 1.0)
     """
     angles = np.arange(8) * np.pi / 4
     means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)

@@ -57,7 +57,11 @@ TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 class RunError(SystemExit):
-    """A problem with the run's flags, files or folder, stated in one line (exit status 1)."""
+    """A problem with the run's flags, files or folder, stated in one line (exit status 1).
+
+    >>> issubclass(td.runs.RunError, SystemExit)               # a script ends with the message, no traceback
+    True
+    """
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -68,7 +72,11 @@ class RunError(SystemExit):
 
 
 def flag(name: str) -> str:
-    """The command-line spelling of an argparse destination: "sample_steps" -> "--sample-steps"."""
+    """The command-line spelling of an argparse destination: "sample_steps" -> "--sample-steps".
+
+    >>> td.runs.flag("sample_steps")
+    '--sample-steps'
+    """
     return "--" + name.replace("_", "-")
 
 
@@ -84,42 +92,74 @@ def _number(text, kind, expected, ok):
 
 
 def finite_float(text) -> float:
-    """argparse type: any finite number (refuses nan and inf)."""
+    """argparse type: any finite number (refuses nan and inf).
+
+    >>> td.runs.finite_float("-5")
+    -5.0
+    """
     return _number(text, float, "a finite number", lambda v: True)
 
 
 def positive_int(text) -> int:
-    """argparse type: an int >= 1 (steps, batch size, T, widths)."""
+    """argparse type: an int >= 1 (steps, batch size, T, widths).
+
+    >>> td.runs.positive_int("6000")
+    6000
+    """
     return _number(text, int, "an integer >= 1", lambda v: v >= 1)
 
 
 def nonnegative_int(text) -> int:
-    """argparse type: an int >= 0 (a seed, a count that may be zero)."""
+    """argparse type: an int >= 0 (a seed, a count that may be zero).
+
+    >>> td.runs.nonnegative_int("0")
+    0
+    """
     return _number(text, int, "an integer >= 0", lambda v: v >= 0)
 
 
 def positive_float(text) -> float:
-    """argparse type: a finite number > 0 (a learning rate, minutes)."""
+    """argparse type: a finite number > 0 (a learning rate, minutes).
+
+    >>> td.runs.positive_float("2e-3")
+    0.002
+    """
     return _number(text, float, "a finite number > 0", lambda v: v > 0)
 
 
 def nonnegative_float(text) -> float:
-    """argparse type: a finite number >= 0 (a noise level, a guidance scale w)."""
+    """argparse type: a finite number >= 0 (a noise level, a guidance scale w).
+
+    >>> td.runs.nonnegative_float("0")
+    0.0
+    """
     return _number(text, float, "a finite number >= 0", lambda v: v >= 0)
 
 
 def probability(text) -> float:
-    """argparse type: a number in [0, 1] (label dropout)."""
+    """argparse type: a number in [0, 1] (label dropout).
+
+    >>> td.runs.probability("0.1")
+    0.1
+    """
     return _number(text, float, "a number in [0, 1]", lambda v: 0 <= v <= 1)
 
 
 def open_unit(text) -> float:
-    """argparse type: a number strictly between 0 and 1 (a beta)."""
+    """argparse type: a number strictly between 0 and 1 (a beta).
+
+    >>> td.runs.open_unit("0.02")
+    0.02
+    """
     return _number(text, float, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
 
 
 def decay_rate(text) -> float:
-    """argparse type: a number in [0, 1) (an EMA decay; 1 would never move)."""
+    """argparse type: a number in [0, 1) (an EMA decay; 1 would never move).
+
+    >>> td.runs.decay_rate("0.995")
+    0.995
+    """
     return _number(text, float, "a number in [0, 1)", lambda v: 0 <= v < 1)
 
 
@@ -135,6 +175,12 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
     T = 1 keep 0.9999) the samples come out wrong whatever the model learned, and the prior
     term L_T = KL(q(x_T | x_0) || N(0, I)) of the bound is large: about
     -1/2 log2(1 - alpha_bar_T) bits per dimension for unit-variance data.
+
+    >>> td.runs.check_reaches_noise(td.linear_beta_schedule(1000))        # ends at alpha_bar_T = 4e-5: fine
+    >>> td.runs.check_reaches_noise(td.linear_beta_schedule(10))
+    Traceback (most recent call last):
+    ...
+    ValueError: ...
     """
     alpha_bar_T = float(np.prod(1.0 - np.asarray(betas, dtype=np.float64)))
     if alpha_bar_T > max_signal:
@@ -150,7 +196,12 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
 def remove_temporaries(folder) -> list:
     """Delete the temporary files (".<name>.<hex>.tmp") that atomic writes leave only when the
     process is killed mid-write. They are never read, so removing them loses nothing.
-    Returns the names removed."""
+    Returns the names removed.
+
+    >>> import tempfile
+    >>> td.runs.remove_temporaries(tempfile.mkdtemp())
+    []
+    """
     removed = []
     for name in sorted(os.listdir(folder)):
         if TEMPORARY.match(name):
@@ -168,6 +219,11 @@ def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out") -> list
     a killed run left (``remove_temporaries``) and returns their names. Raises RunError naming
     the flag ``name`` and the folder when any of this fails. A disk that fills up later is
     still possible; the atomic writes then keep the previous files intact.
+
+    >>> import os, tempfile
+    >>> folder = os.path.join(tempfile.mkdtemp(), "out", "toy2d")
+    >>> td.runs.prepare_output_dir(folder), os.path.isdir(folder)     # created; no temporaries to remove
+    ([], True)
     """
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -199,7 +255,11 @@ def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out") -> list
 def checkpoint_bytes(model) -> int:
     """About how many bytes one checkpoint of ``model`` takes: the weights, their EMA and Adam's
     two moments, i.e. 4 copies of the parameters. Writing one needs twice that on disk
-    for a moment (the new file beside the old one)."""
+    for a moment (the new file beside the old one).
+
+    >>> td.runs.checkpoint_bytes(td.nn.Linear(10, 10, rng=np.random.default_rng(0)))   # 110 float32 x 4 copies
+    1760
+    """
     return 4 * sum(p.data.nbytes for p in model.parameters())
 
 
@@ -215,6 +275,10 @@ def read_run_config(checkpoint, *, resume: bool, restart: bool = False) -> dict 
       * a checkpoint exists and neither --resume nor --restart was given: a new run would
         overwrite it and the outputs beside it.
     --restart starts afresh; the old checkpoint is replaced at the new run's first save.
+
+    >>> import os, tempfile
+    >>> td.runs.read_run_config(os.path.join(tempfile.mkdtemp(), "checkpoint.npz"), resume=False) is None   # a new run
+    True
     """
     checkpoint = os.fspath(checkpoint)
     if resume and restart:
@@ -248,7 +312,11 @@ def _show(value) -> str:
 
 
 def as_saved(value):
-    """A flag's value as it reads back from a checkpoint's JSON config (a tuple becomes a list)."""
+    """A flag's value as it reads back from a checkpoint's JSON config (a tuple becomes a list).
+
+    >>> td.runs.as_saved((1, 2))                          # JSON has lists, not tuples
+    [1, 2]
+    """
     return json.loads(json.dumps(value))
 
 
@@ -260,6 +328,11 @@ def check_same_run(saved: dict, current: dict, run_flags, checkpoint="the checkp
     shrink (``steps`` when the learning rate does not decay with it: training for longer is
     the same run, continued). Raises one RunError listing every differing flag with both
     values, e.g. ``--T 100 (the checkpoint has 1000)``.
+
+    >>> td.runs.check_same_run({"T": 1000, "lr": 0.002}, {"T": 100, "lr": 0.002}, ["T", "lr"])
+    Traceback (most recent call last):
+    ...
+    tinydiff.runs.RunError: ... --T 100 (the checkpoint has 1000)...
     """
     differ = []
     for name in run_flags:
@@ -276,7 +349,11 @@ def check_same_run(saved: dict, current: dict, run_flags, checkpoint="the checkp
 
 
 def resumed_config(saved: dict, current: dict, growable=()) -> dict:
-    """The config a resumed run saves: the original run's, with grown flags updated."""
+    """The config a resumed run saves: the original run's, with grown flags updated.
+
+    >>> td.runs.resumed_config({"steps": 100, "T": 10}, {"steps": 300, "T": 10}, growable=("steps",))
+    {'steps': 300, 'T': 10}
+    """
     return {**saved, **{name: current[name] for name in growable if name in current}}
 
 
@@ -288,6 +365,9 @@ def evaluation_tag(saved: dict | None, current: dict, eval_flags) -> str:
     ``--resume --sampler ddim --sample-steps 50`` on a run sampled with ddpm gets
     "sampler-ddim.sample-steps-50": one "<flag>-<value>" per differing flag, in the order of
     eval_flags. Pass the tag to ``tagged``.
+
+    >>> td.runs.evaluation_tag({"sampler": "ddpm"}, {"sampler": "ddim"}, ["sampler"])
+    'sampler-ddim'
     """
     if saved is None:
         return ""
@@ -298,7 +378,11 @@ def evaluation_tag(saved: dict | None, current: dict, eval_flags) -> str:
 
 def tagged(filename: str, tag: str) -> str:
     """``tagged("samples.png", "sampler-ddim")`` -> "samples.sampler-ddim.png"; an empty tag
-    leaves the name alone."""
+    leaves the name alone.
+
+    >>> td.runs.tagged("samples.png", "sampler-ddim"), td.runs.tagged("samples.png", "")
+    ('samples.sampler-ddim.png', 'samples.png')
+    """
     if not tag:
         return filename
     stem, ext = os.path.splitext(filename)

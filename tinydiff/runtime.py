@@ -29,6 +29,9 @@ def reuse_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
     glibc's maximum on 64-bit); trim_threshold: free heap memory kept before returning
     it to the kernel; top_pad: extra heap grown at once. Returns True if applied
     (glibc found), False otherwise. Safe to call more than once.
+
+    >>> td.runtime.reuse_freed_memory() in (True, False)     # True where glibc's mallopt is available
+    True
     """
     global _applied
     if _applied is not None:

@@ -44,6 +44,18 @@ def space_timesteps(T: int, spec, name: str = "spec") -> np.ndarray:
     round(i (T-1)/(K-1)) for i = 0..K-1; "ddimK": the stride s with len(range(0, T, s)) = K,
     i.e. 0, s, 2s, ... (DDIM's "uniform" skip, Song et al. 2021 appendix D.2); or an explicit
     sequence of distinct timesteps in 0..T-1. ``name``: how errors call spec (respace says "steps").
+
+    Rounding follows improved-diffusion's space_timesteps(T, [K]) exactly: a running sum
+    cur += (T-1)/(K-1) rounded by Python's round, which rounds halves to even
+    (space_timesteps(1000, 25) keeps 166, not 167, for 166.5). diffusers'
+    np.linspace(0, T-1, K).round() rounds a product instead of a sum and differs for 278 of
+    K = 2..1000 at T = 1000 (by one step, where a value lies within rounding error of a half).
+    K = 1 keeps the last step T-1, where sampling must start; improved-diffusion keeps 0.
+
+    >>> space_timesteps(1000, 25)[:6].tolist()
+    [0, 42, 83, 125, 166, 208]
+    >>> space_timesteps(1000, "ddim4").tolist(), space_timesteps(10, [9, 0, 5]).tolist()
+    ([0, 250, 500, 750], [0, 5, 9])
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise ValueError(f"T: expected a positive int number of timesteps, got {T!r}")
@@ -60,8 +72,11 @@ def space_timesteps(T: int, spec, name: str = "spec") -> np.ndarray:
                              f"'ddimK' or a list of steps, got {spec!r}")
         if K == 1:
             return np.array([T - 1], dtype=np.int64)
-        # floor(x + 1/2) rounds half up; a spacing >= 1 keeps the K values distinct.
-        return np.floor(np.arange(K) * (T - 1) / (K - 1) + 0.5).astype(np.int64)
+        stride, cur, kept = (T - 1) / (K - 1), 0.0, []
+        for _ in range(K):               # improved-diffusion's loop; a stride >= 1 keeps the K steps distinct
+            kept.append(round(cur))
+            cur += stride
+        return np.array(kept, dtype=np.int64)
     steps = np.asarray(spec)
     if (steps.ndim != 1 or steps.size == 0 or steps.dtype.kind not in "iu" or steps.min() < 0
             or steps.max() >= T or len(np.unique(steps)) != len(steps)):
@@ -78,6 +93,10 @@ def respaced_betas(alphas_cumprod, use_timesteps) -> np.ndarray:
     prod_{j<=i} (1 - beta_j) is alpha_bar_{s_i}: q(x_{s_i} | x_0) is unchanged and a model
     trained on the original steps is asked exactly the questions it was trained on.
     alphas_cumprod: [T] float64; use_timesteps: sorted int [K]. Returns float64 [K].
+
+    >>> ab = np.array([0.9, 0.5, 0.2])
+    >>> td.samplers.respaced_betas(ab, np.array([0, 2])).round(6).tolist()   # 1 - 0.9, 1 - 0.2 / 0.9
+    [0.1, 0.777778]
     """
     kept = np.asarray(alphas_cumprod, dtype=np.float64)[use_timesteps]
     return 1.0 - kept / np.append(1.0, kept[:-1])
@@ -92,6 +111,13 @@ def respace(diffusion: GaussianDiffusion, steps) -> GaussianDiffusion:
     ddpm_sample_loop(respace(d, 50), model, shape, rng), which is what steps=50 does. A
     learned_range v then interpolates between the new chain's beta and beta~, as in
     improved-diffusion. Respacing a respaced chain keeps mapping to the original steps.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> short = td.respace(d, 50)
+    >>> short.num_timesteps, short.timestep_map[:3].tolist()
+    (50, [0, 20, 41])
+    >>> bool(np.allclose(short.alphas_cumprod, d.alphas_cumprod[short.timestep_map]))  # same q(x_t | x_0)
+    True
     """
     kept = space_timesteps(diffusion.num_timesteps, steps, name="steps")
     return GaussianDiffusion(respaced_betas(diffusion.alphas_cumprod, kept),
@@ -117,6 +143,12 @@ def ddpm_sample_loop(diffusion, model, shape, rng, *, steps=None, model_kwargs=N
     optional x_T [B, *D]; steps: sample on a respaced chain of K steps (None: all T).
     Returns x_0 [B, *D] in `dtype`, or (x_0, trajectory) with trajectory [K + 1, B, *D] =
     (x_T, ..., x_0) if return_trajectory (memory: K + 1 copies).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> x0, traj = td.ddpm_sample_loop(d, zero_eps, (5, 2), np.random.default_rng(0), return_trajectory=True)
+    >>> x0.shape, traj.shape                                    # trajectory: x_T, ..., x_0
+    ((5, 2), (101, 5, 2))
     """
     chain, model = _setup(diffusion, model, steps, guidance)
     x = standard_normal_noise(shape, dtype, noise, rng)
@@ -140,6 +172,9 @@ def ddim_sigma(alpha_bar, alpha_bar_prev, eta):
 
     eta = 1 gives the DDPM posterior variance beta~ of the (possibly strided) step; eta = 0
     a deterministic step. Shapes broadcast.
+
+    >>> float(td.samplers.ddim_sigma(0.5, 0.8, 0.0)), round(float(td.samplers.ddim_sigma(0.5, 0.8, 1.0)), 6)
+    (0.0, 0.387298)
     """
     return eta * np.sqrt((1.0 - alpha_bar_prev) / (1.0 - alpha_bar) * (1.0 - alpha_bar / alpha_bar_prev))
 
@@ -156,6 +191,12 @@ def ddim_step(diffusion, model, x_t, t, eta=0.0, rng=None, noise=None, clip_deno
     chain t-1 is the previous kept step. x_t: [B, *D]; t: int [B]. A noise array is drawn
     even when sigma = 0, so eta = 1 consumes the generator exactly like p_sample.
     Returns {"sample", "pred_x0"} ndarrays.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> out = td.samplers.ddim_step(d, zero_eps, np.ones((1, 2)), np.array([99]), eta=0.0, rng=np.random.default_rng(0))
+    >>> bool(np.allclose(out["sample"], np.sqrt(d.alphas_cumprod[98] / d.alphas_cumprod[99])))   # eps = 0: a rescale
+    True
     """
     with no_grad():
         out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
@@ -181,6 +222,12 @@ def ddim_sample_loop(diffusion, model, shape, rng, *, steps=None, eta=0.0, model
     q(x_T) = N(sqrt(ab_T) mu, ...) is carried to the output (a mean bias ~ s sqrt(ab_T) |mu|
     for N(mu, s^2) data); noise (eta > 0) washes it out.
     Returns x_0 [*shape] in `dtype`, or (x_0, trajectory [K + 1, *shape]) if return_trajectory.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> x0 = td.ddim_sample_loop(d, zero_eps, (4, 2), np.random.default_rng(0), steps=10)   # 10 network calls
+    >>> x0.shape
+    (4, 2)
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta: expected a value in [0, 1], got {eta!r}")
@@ -205,6 +252,9 @@ def langevin_noise_level(alpha_bar):
     Dividing DDPM's x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps by sqrt(ab) gives the noise-
     conditional setting of Song & Ermon (2019), y = x_0 + sigma z, with sigma_t from ~0.01
     (t = 0) to ~160 (t = T-1) for DDPM's linear schedule.
+
+    >>> float(td.samplers.langevin_noise_level(0.5))                  # x_t / sqrt(ab) = x_0 + sigma eps
+    1.0
     """
     return np.sqrt((1.0 - alpha_bar) / alpha_bar)
 
@@ -217,6 +267,9 @@ def check_langevin_step_lr(alphas_cumprod, step_lr) -> None:
     on it multiplies y by 1 - alpha_t / (2 sigma_t^2) each step: beyond 4 every step amplifies.
     (A schedule whose first step adds very little noise, e.g. logsnr with logsnr_max = 14,
     needs a smaller step_lr than DDPM's linear one.)
+
+    >>> ab = np.cumprod(1 - td.linear_beta_schedule(1000))
+    >>> td.samplers.check_langevin_step_lr(ab, 2e-5)                  # 2e-5 / sigma_min^2 = 0.2 < 4: stable
     """
     sigma_min = float(langevin_noise_level(np.asarray(alphas_cumprod, dtype=np.float64)[0]))
     if not step_lr / sigma_min ** 2 < 4:
@@ -233,6 +286,12 @@ def langevin_step(diffusion, model, y, t, step_size, rng=None, noise=None, model
     (Song & Ermon 2019, Algorithm 1 line 6). The score: grad_{x_t} log q(x_t) = -eps/sqrt(1 - ab)
     (score_from_eps), and x_t = sqrt(ab) y gives grad_y = sqrt(ab) grad_{x_t} = -eps / sigma_t.
     y: [B, *D]; t: int [B]; step_size alpha: scalar or [B, 1, ...]. Returns (y_new, s(y)).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)                  # score 0: only the noise moves y
+    >>> y, score = td.samplers.langevin_step(d, zero_eps, np.zeros((1, 2)), np.array([50]), 0.01, noise=np.ones((1, 2)))
+    >>> y.round(6).tolist(), score.tolist()                           # sqrt(alpha) z with alpha = 0.01
+    ([[0.1, 0.1]], [[-0.0, -0.0]])
     """
     x_t = diffusion.coef(diffusion.sqrt_alphas_cumprod, t, y) * y
     with no_grad():
@@ -270,6 +329,11 @@ def langevin_sample_loop(diffusion, model, shape, rng, *, steps=None, n_steps_ea
     data, exact scores, all 1000 DDPM levels: std +4.1% with n_steps_each=1, step_lr=1e-4,
     +0.9% with 10 (tests/test_samplers.py computes these laws exactly).
     Returns x_0 [*shape] in `dtype`, or (x_0, trajectory [L + 1, *shape] of y after each level).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> td.langevin_sample_loop(d, zero_eps, (3, 2), np.random.default_rng(0), steps=5, n_steps_each=2).shape
+    (3, 2)
     """
     if not (isinstance(n_steps_each, (int, np.integer)) and n_steps_each >= 1):
         raise ValueError(f"n_steps_each: expected an int >= 1, got {n_steps_each!r}")
@@ -305,7 +369,13 @@ SAMPLERS = {"ddpm": ddpm_sample_loop, "ddim": ddim_sample_loop, "langevin": lang
 def sample(diffusion, model, shape, rng, sampler: str = "ddpm", **kwargs):
     """Run the sampler called ``sampler`` ("ddpm", "ddim" or "langevin") with ``kwargs``:
     sample(d, model, (16, 1, 28, 28), rng, sampler="ddim", steps=50, guidance=3.0,
-    model_kwargs={"y": labels})."""
+    model_kwargs={"y": labels}).
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> td.sample(d, zero_eps, (3, 2), np.random.default_rng(0), sampler="ddim", steps=5).shape
+    (3, 2)
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {sorted(SAMPLERS)}, got {sampler!r}")
     return SAMPLERS[sampler](diffusion, model, shape, rng, **kwargs)

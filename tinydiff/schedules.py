@@ -29,6 +29,13 @@ def validate_betas(betas) -> np.ndarray:
     Valid means: 1-D, non-empty, every beta finite and strictly inside (0, 1). beta = 0
     would make a step that adds no noise (and a posterior variance of 0 inside the
     chain); beta = 1 would erase the signal in one step (alpha_bar = 0 from then on).
+
+    >>> td.schedules.validate_betas([0.1, 0.2]).dtype
+    dtype('float64')
+    >>> td.schedules.validate_betas([0.1, 1.0])
+    Traceback (most recent call last):
+    ...
+    ValueError: betas[1] = 1.0: every beta must be finite and strictly inside (0, 1) (1 bad entries, first shown)
     """
     try:
         arr = np.asarray(betas, dtype=np.float64)
@@ -58,6 +65,12 @@ def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.0
     Ho et al. (2020), section 4: T = 1000, beta_1 = 1e-4 rising linearly to beta_T = 0.02.
     (improved-diffusion rescales both ends by 1000 / T; we do not: the arguments are
     the betas you get.) Returns float64 [T]; raises ValueError on an invalid schedule.
+
+    >>> betas = td.linear_beta_schedule(1000)
+    >>> betas.shape, float(betas[0]), float(betas[-1])
+    ((1000,), 0.0001, 0.02)
+    >>> float(np.prod(1 - betas))            # alpha_bar at the last step: almost no signal left
+    4.035829...e-05
     """
     T = _check_num_timesteps(T)
     return validate_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
@@ -73,6 +86,10 @@ def betas_for_alpha_bar(T: int, alpha_bar, max_beta: float = 0.999) -> np.ndarra
 
     (Nichol & Dhariwal 2021, the line after eq. 17). Before clipping, the product
     telescopes: alphas_cumprod[t] = alpha_bar((t+1)/T) / alpha_bar(0).
+
+    >>> betas = td.betas_for_alpha_bar(4, lambda tau: 1.0 - tau, max_beta=0.999)
+    >>> np.cumprod(1 - betas).round(6).tolist()   # 1 - tau at tau = 1/4, 1/2, 3/4; then beta = 1 is clipped
+    [0.75, 0.5, 0.25, 0.00025]
     """
     T = _check_num_timesteps(T)
     tau = np.arange(T + 1, dtype=np.float64) / T             # [T + 1]: 0, 1/T, ..., 1
@@ -88,6 +105,10 @@ def cosine_beta_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> n
     with paper t = 1..T, i.e. code index t-1 (see module docstring). The offset s keeps
     beta_1 from being vanishingly small; betas are clipped to max_beta so the last steps,
     where alpha_bar -> 0, stay below 1. Returns float64 [T].
+
+    >>> betas = td.cosine_beta_schedule(1000)
+    >>> float(np.cumprod(1 - betas)[499]).__round__(3)   # half way, about half the signal is left
+    0.494
     """
     if not 0 < max_beta < 1:
         raise ValueError(f"max_beta: expected a value in (0, 1), got {max_beta!r}")
@@ -115,6 +136,10 @@ def logsnr_beta_schedule(T: int, logsnr_max: float = 14.0, logsnr_min: float = -
     resolve a 2-D curve 0.002 wide, where a linear beta schedule spends its first steps far
     above that scale. beta_t is computed from log-sigmoids, exact even for beta ~ 1e-7.
     Returns float64 [T].
+
+    >>> ab = np.cumprod(1 - td.logsnr_beta_schedule(40))
+    >>> np.log(ab / (1 - ab))[[0, -1]].round(6).tolist()    # log-SNR from 14 down to -5
+    [14.0, -5.0]
     """
     T = _check_num_timesteps(T)
     if not (math.isfinite(logsnr_max) and math.isfinite(logsnr_min) and logsnr_max > logsnr_min):
@@ -132,6 +157,12 @@ def extract(arr: np.ndarray, t, shape) -> np.ndarray:
     data's shape (B, *D). Returns [B, 1, ..., 1] with len(shape) axes. This is the one
     place where per-timestep values meet the data (improved-diffusion's
     `_extract_into_tensor`), so no other code depends on how many axes D has.
+
+    >>> arr = np.array([10.0, 20.0, 30.0])
+    >>> td.extract(arr, np.array([2, 0]), (2, 3, 4, 4)).shape     # ready to multiply a [2, 3, 4, 4] batch
+    (2, 1, 1, 1)
+    >>> td.extract(arr, np.array([2, 0]), (2, 2)).ravel().tolist()
+    [30.0, 10.0]
     """
     t = np.asarray(t)
     if np.ndim(arr) != 1:

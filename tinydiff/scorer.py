@@ -91,6 +91,10 @@ def as_model_input(images, name: str = "images") -> np.ndarray:
     Accepted: [N, 28, 28] or [N, 1, 28, 28], either uint8 0..255 (x = k / 127.5 - 1) or
     floating point in [0, 1] (x = 2 v - 1), the format of ``samples.npy``. Anything else is a
     ValueError naming the shape, dtype or range received.
+
+    >>> x = td.scorer.as_model_input(np.full((2, 28, 28), 255, np.uint8))
+    >>> x.shape, float(x.max())                                     # [N, 1, 28, 28] in [-1, 1]
+    ((2, 1, 28, 28), 1.0)
     """
     a = np.asarray(images)
     if a.ndim == 4 and a.shape[1] == 1:
@@ -131,6 +135,11 @@ class DigitClassifier(nn.Module):
         Linear(hidden -> 10)                               [B, 10] logits
 
     Strided convolutions downsample (no pooling layer needed). channels = (c1, c2, c3).
+
+    >>> from tinydiff.scorer import DigitClassifier
+    >>> model = DigitClassifier(rng=np.random.default_rng(0))
+    >>> model(np.zeros((2, 1, 28, 28), np.float32)).shape           # logits for the 10 digits
+    (2, 10)
     """
 
     def __init__(self, channels=(16, 32, 64), hidden: int = 128, *, rng=None, dtype=np.float32):
@@ -158,7 +167,12 @@ class DigitClassifier(nn.Module):
 
 
 def cross_entropy(logits: Tensor, labels: np.ndarray) -> Tensor:
-    """-(1/B) sum_b log softmax(logits_b)[y_b]  for logits [B, K] and integer labels y [B]."""
+    """-(1/B) sum_b log softmax(logits_b)[y_b]  for logits [B, K] and integer labels y [B].
+
+    >>> logits = td.Tensor(np.zeros((2, 10)))                       # uniform: the loss is log 10
+    >>> round(float(td.scorer.cross_entropy(logits, np.array([3, 7])).item()), 4)
+    2.3026
+    """
     logp = log_softmax(logits, axis=1)                          # [B, K]
     return -logp[np.arange(len(labels)), labels].mean()
 
@@ -169,6 +183,11 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
 
     The padded batch is viewed as all its H x W windows ([B, C, 2s+1, 2s+1, H, W], no copy);
     each image picks one window.
+
+    >>> x = -np.ones((1, 1, 5, 5), np.float32); x[0, 0, 2, 2] = 1.0      # one bright pixel in the middle
+    >>> shifted = td.scorer.random_shift(x, 1, np.random.default_rng(0))
+    >>> float(shifted.max()), int((shifted == 1).sum())                    # moved by at most 1, not lost
+    (1.0, 1)
     """
     if max_shift == 0:
         return x
@@ -182,7 +201,11 @@ def random_shift(x: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.
 def non_digits(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """n images [n, 1, 28, 28] in model space that are no digit, each one of four kinds at random:
     uniform noise, a constant grey, a digit of x [B, 1, 28, 28] with its pixels shuffled (the ink
-    of a digit without its shape), or coarse blobs (7 x 7 noise enlarged to 28 x 28)."""
+    of a digit without its shape), or coarse blobs (7 x 7 noise enlarged to 28 x 28).
+
+    >>> td.scorer.non_digits(np.zeros((4, 1, 28, 28), np.float32), 3, np.random.default_rng(0)).shape
+    (3, 1, 28, 28)
+    """
     kinds = np.stack([
         rng.uniform(-1, 1, size=(n, 1, SIDE, SIDE)),
         np.broadcast_to(rng.uniform(-1, 1, size=(n, 1, 1, 1)), (n, 1, SIDE, SIDE)),
@@ -206,6 +229,13 @@ class ClassifierLoss:
     the uniform distribution u with KL(u || p) = -(1/10) sum_k log p_k - log 10 (zero at u, so
     the logged loss still falls towards the digits' cross-entropy). Logs the loss and the
     digits' accuracy.
+
+    >>> from tinydiff.scorer import ClassifierLoss, DigitClassifier
+    >>> model = DigitClassifier(channels=(4, 4, 4), hidden=8, rng=np.random.default_rng(0))
+    >>> x, y = np.zeros((4, 1, 28, 28), np.float32), np.array([0, 1, 2, 3])
+    >>> loss, logs = ClassifierLoss()(model, (x, {"y": y}), np.random.default_rng(1))
+    >>> loss.shape, bool(loss.item() > 0)
+    ((), True)
     """
 
     def __init__(self, max_shift: int = 2, outliers: float = 0.25, weight: float = 0.5):
@@ -233,6 +263,9 @@ def train_classifier(images, labels, *, steps: int = DEFAULT_STEPS, batch_size: 
     integer ``labels`` [N]: ``steps`` AdamW steps of ``batch_size`` digits in shuffled epochs,
     cross-entropy on randomly shifted digits, learning rate warmed up over 100 steps and then
     cosine-decayed to 0. Progress lines (with ETA) go to ``log``. Returns the model in eval mode.
+
+    >>> model = td.scorer.train_classifier(np.zeros((8, 28, 28), np.uint8), np.arange(8) % 10,   # doctest: +SKIP
+    ...                                    steps=1000)
     """
     x = as_model_input(images)
     y = _as_labels(labels, len(x))
@@ -250,7 +283,11 @@ def train_classifier(images, labels, *, steps: int = DEFAULT_STEPS, batch_size: 
 # ---------------------------------------------------------------------- the cached scorer
 def default_cache_dir() -> Path:
     """The cache base: $TINYDIFF_DATA, else $XDG_CACHE_HOME/tinydiff (if absolute), else
-    ~/.cache/tinydiff -- where ``tinydiff.data.mnist`` keeps MNIST in its mnist/ subfolder."""
+    ~/.cache/tinydiff -- where ``tinydiff.data.mnist`` keeps MNIST in its mnist/ subfolder.
+
+    >>> td.scorer.default_cache_dir()                               # doctest: +SKIP
+    PosixPath('/home/you/.cache/tinydiff')
+    """
     if os.environ.get("TINYDIFF_DATA"):
         return Path(os.environ["TINYDIFF_DATA"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME", "")
@@ -258,12 +295,20 @@ def default_cache_dir() -> Path:
 
 
 def scorer_path(cache_dir=None) -> Path:
-    """<cache>/scorer/mnist_cnn_v1.npz, where the trained classifier is kept."""
+    """<cache>/scorer/mnist_cnn_v1.npz, where the trained classifier is kept.
+
+    >>> td.scorer.scorer_path("/tmp/cache").as_posix()
+    '/tmp/cache/scorer/mnist_cnn_v1.npz'
+    """
     return Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser() / "scorer" / CACHE_NAME
 
 
 class ScorerCacheError(ValueError):
-    """The scorer's cache file exists but is not a valid digit-classifier file."""
+    """The scorer's cache file exists but is not a valid digit-classifier file.
+
+    >>> issubclass(td.scorer.ScorerCacheError, Exception)
+    True
+    """
 
 
 class DigitScorer:
@@ -276,6 +321,10 @@ class DigitScorer:
         scorer = DigitScorer.load()                       # ~1 minute the first time, then instant
         scorer.score(samples, labels)                     # {"accuracy": ..., "fid": ..., "fid_floor": ...}
         scorer.confident_fraction(samples, threshold=0.9) # share of samples that read as some digit
+
+    >>> scorer = td.scorer.DigitScorer.load()                       # doctest: +SKIP
+    >>> scorer.score(samples, labels)["accuracy"]                   # doctest: +SKIP
+    0.97
     """
 
     def __init__(self, model: DigitClassifier, meta: dict, data_dir=None, path=None, download: bool = False):
@@ -456,7 +505,10 @@ def _confident(probs: np.ndarray, threshold: float) -> float:
 
 # ---------------------------------------------------------------------- command line
 def format_report(result: dict) -> str:
-    """The lines ``python -m tinydiff.scorer`` prints for a ``score`` result."""
+    """The lines ``python -m tinydiff.scorer`` prints for a ``score`` result.
+
+    >>> print(td.scorer.format_report(result))                      # doctest: +SKIP
+    """
     lines = [f"samples              {result['n']:,}"]
     if "accuracy" in result:
         lines.append(f"accuracy             {result['accuracy']:.2%}   classified as the requested label")
@@ -484,6 +536,11 @@ def _load_npy(parser, path, what):
 
 
 def main(argv=None) -> dict:
+    """``python -m tinydiff.scorer SAMPLES.npy [--labels LABELS.npy]``: score the samples and print
+    the report (``format_report``); returns the result dict.
+
+    >>> td.scorer.main(["samples.npy", "--labels", "labels.npy"])  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(
         prog="python -m tinydiff.scorer",
         description="Score generated MNIST digits with a small classifier trained by tinydiff: accuracy "

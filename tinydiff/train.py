@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 
 import numpy as np
 
@@ -42,22 +41,26 @@ from .data.arrays import EpochSampler
 from .diffusion import GaussianDiffusion
 from .objectives import DiffusionLoss
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
+from .progress import Progress
 
 
 MAX_SKIPS_IN_A_ROW = 10     # with skip_nonfinite: this many bad steps in a row means training is broken
 
 
 class NonFiniteError(FloatingPointError):
-    """A NaN or inf loss or gradient; the message names the step, the terms and the parameter."""
+    """A NaN or inf loss or gradient; the message names the step, the terms and the parameter.
+
+    >>> issubclass(td.train.NonFiniteError, FloatingPointError)
+    True
+    """
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (a full disk, a vanished folder); the previous one is intact."""
+    """A checkpoint could not be written (a full disk, a vanished folder); the previous one is intact.
 
-
-def _format_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+    >>> issubclass(td.train.CheckpointWriteError, OSError)
+    True
+    """
 
 
 def _first_nonfinite(named_arrays):
@@ -89,6 +92,17 @@ def as_batch_sampler(data):
     * a function ``sample(rng, n)`` returning x0 [n, *D] or (x0, model_kwargs).
     The result is tried once on a throwaway Generator, so a wrong kind of data fails here,
     not at the first training step.
+
+    >>> rng = np.random.default_rng(0)
+    >>> data = td.data.make_dataset("8gaussians")
+    >>> td.train.as_batch_sampler(data)(rng, 5).shape                     # a dataset: data.sample(n, rng)
+    (5, 2)
+    >>> td.train.as_batch_sampler(np.zeros((100, 3)))(rng, 5).shape       # an array: epochs
+    (5, 3)
+    >>> td.train.as_batch_sampler(data.sample)
+    Traceback (most recent call last):
+    ...
+    TypeError: data: drawing a trial batch of 2 failed ...
     """
     if hasattr(data, "sample") and callable(data.sample):
         sampler = lambda rng, n: data.sample(n, rng)  # noqa: E731
@@ -145,6 +159,15 @@ class Trainer:
     ``saved_step`` (the step of the last checkpoint written or read), ``skipped`` (the step
     being taken each time a batch was skipped). Scripts that train for long may call
     ``tinydiff.runtime.reuse_freed_memory()`` first.
+
+    >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> trainer = td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=32, log_every=0)
+    >>> losses = trainer.train(5)
+    >>> trainer.step, len(losses)
+    (5, 5)
+    >>> with trainer.ema.average_parameters(model):                      # evaluate with the averaged weights
+    ...     x0 = td.ddim_sample_loop(d, model, (4, 2), np.random.default_rng(1), steps=5)
     """
 
     def __init__(self, model, loss_fn, data, *, batch_size: int = 256, lr: float = 1e-3,
@@ -239,17 +262,20 @@ class Trainer:
         return "; ".join(parts)
 
     def train(self, steps: int) -> list[float]:
-        """Train until ``self.step == steps`` (a resumed trainer continues where it stopped)."""
-        start_step, start = self.step, time.perf_counter()
+        """Train until ``self.step == steps`` (a resumed trainer continues where it stopped).
+
+        Progress (``tinydiff.progress.Progress``): one line redrawn in place on a terminal or
+        in a notebook, else a line every ``log_every`` steps; the loss shown is the mean of
+        the last ``log_every`` steps, the speed and ETA are measured over the last 20 seconds.
+        """
+        progress = None
+        if self.log_every:
+            progress = Progress(steps, "step", every=self.log_every, initial=self.step, unit="steps",
+                                log=None if self.log is print else self.log)
         while self.step < steps:
             self.train_step()
-            done = self.step - start_step
-            if self.log_every and (self.step % self.log_every == 0 or self.step == steps):
-                elapsed = time.perf_counter() - start
-                rate = done / max(elapsed, 1e-9)
-                recent = np.mean(self.losses[-self.log_every:])
-                self.log(f"step {self.step:>6}/{steps}  loss {recent:.4f}  {rate:6.1f} steps/s  "
-                         f"elapsed {_format_seconds(elapsed)}  ETA {_format_seconds((steps - self.step) / rate)}")
+            if progress is not None:
+                progress.update(self.step, loss=float(np.mean(self.losses[-self.log_every:])))
             if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
                 self.save(self.checkpoint_path)
         if self.checkpoint_path and self.saved_step != self.step:     # nothing new: keep the file as it is

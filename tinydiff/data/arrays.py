@@ -19,6 +19,14 @@ class EpochSampler:
     drawn from ``rng`` (the trainer's Generator) at that moment. The order and the
     position are the sampler's state (``state_dict``), saved in checkpoints so that a
     resumed run sees exactly the batches the uninterrupted one would have seen.
+
+    >>> sampler = td.data.EpochSampler(np.arange(5)[:, None], np.arange(5))
+    >>> rng = np.random.default_rng(0)
+    >>> x, kw = sampler(rng, 3)
+    >>> x.shape, sorted(kw)
+    ((3, 1), ['y'])
+    >>> _ = sampler(rng, 3); sampler.epoch                    # the 6th example starts a second epoch
+    2
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray | None = None):

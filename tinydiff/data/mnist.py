@@ -79,7 +79,11 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 class DownloadError(OSError):
-    """No mirror delivered a file that passed its checksum; the message says what to do by hand."""
+    """No mirror delivered a file that passed its checksum; the message says what to do by hand.
+
+    >>> issubclass(td.data.DownloadError, OSError) or issubclass(td.data.DownloadError, Exception)
+    True
+    """
 
 
 # ---------------------------------------------------------------- reading
@@ -99,6 +103,13 @@ def read_idx(path):
     Raises ValueError naming ``path`` for a wrong magic number, an incomplete header,
     images that are not 28 x 28, a body shorter or longer than the header promises,
     a truncated or corrupt gzip stream, or a label above 9.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")
+    >>> with open(path, "wb") as f:                           # magic 0x801 (labels), 3 labels, then the labels
+    ...     _ = f.write((0x801).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes([7, 2, 1]))
+    >>> td.data.read_idx(path).tolist()
+    [7, 2, 1]
     """
     path = Path(path)
     data = _unzip(path.read_bytes(), path)
@@ -164,7 +175,13 @@ def _first_holding(names, data_dir):
 def mnist_dir(data_dir=None):
     """The MNIST folder: the first candidate (explicit ``data_dir``, ``$TINYDIFF_DATA/mnist``,
     the user cache) holding all four files; if none does, the first candidate, which is
-    where ``download_mnist`` puts them."""
+    where ``download_mnist`` puts them.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> str(td.data.mnist_dir(folder)) == folder              # where the files are, or where they will go
+    True
+    """
     return _first_holding(MNIST_FILES.values(), data_dir) or _candidates(data_dir)[0]
 
 
@@ -267,6 +284,9 @@ def download_mnist(data_dir=None, *, mirrors=MNIST_MIRRORS, checksums=MNIST_MD5,
     timeout: seconds a connection or a read may stall. log: a print-like function (None for silence);
     progress percentages go on one line when log is print to a terminal.
     Raises DownloadError, listing each mirror's failure and the files to install by hand.
+
+    >>> folder = td.data.download_mnist()                     # doctest: +SKIP
+    MNIST: 4 file(s) saved in /home/you/.cache/tinydiff/mnist
     """
     log = log or (lambda *args: None)
     mirrors = [_check_mirror(m) for m in ([mirrors] if isinstance(mirrors, str) else mirrors)]
@@ -314,6 +334,15 @@ def load_mnist(split="train", data_dir=None, *, download=False, limit=None, log=
     limit: keep only the first ``limit`` digits (after validating the whole files).
     log: where download messages go (print-like, or None).
     Raises FileNotFoundError naming every folder searched and how to get the files.
+
+    >>> images, labels = td.data.load_mnist("test", limit=100)          # doctest: +SKIP
+    >>> images.shape, images.dtype, labels[:5]                          # doctest: +SKIP
+    ((100, 28, 28), dtype('uint8'), array([7, 2, 1, 0, 4]))
+    >>> import tempfile
+    >>> td.data.load_mnist("test", data_dir=tempfile.mkdtemp())        # an empty folder: says what to do
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: MNIST test split not found: ...
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -356,6 +385,10 @@ def to_model_space(images):
     of the diffusion bound (DDPM, Ho et al. 2020, eq. 13; ``tinydiff.gaussian.
     discretized_gaussian_log_likelihood``): 256 bins of width 2/255 centred on k / 127.5 - 1,
     so 0 -> -1 and 255 -> +1 exactly.
+
+    >>> x = td.data.to_model_space(np.array([[[0, 128, 255]]], dtype=np.uint8))
+    >>> x.shape, [round(v, 4) for v in x.ravel().tolist()]     # [N, 1, H, W]; 0 -> -1, 255 -> 1
+    ((1, 1, 1, 3), [-1.0, 0.0039, 1.0])
     """
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:
@@ -366,7 +399,11 @@ def to_model_space(images):
 
 def from_model_space(x):
     """Inverse of ``to_model_space``: x in [-1, 1] -> float32 (x + 1) / 2 in [0, 1], clipped,
-    shape kept (for pictures; ``np.round(255 * from_model_space(x))`` recovers the pixels)."""
+    shape kept (for pictures; ``np.round(255 * from_model_space(x))`` recovers the pixels).
+
+    >>> td.data.from_model_space(np.array([-1.0, 0.0, 1.0, 1.5])).tolist()   # clipped to [0, 1]
+    [0.0, 0.5, 1.0, 1.0]
+    """
     x = np.asarray(x, dtype=np.float32)
     return np.clip((x + np.float32(1.0)) * np.float32(0.5), 0.0, 1.0)
 
@@ -376,6 +413,10 @@ class MNIST:
 
     ``MNIST("test").to_model_space(ds.images)`` gives the float32 [N, 1, 28, 28] the models
     train on (see ``to_model_space`` for the scaling and why).
+
+    >>> test = td.data.MNIST("test", limit=1000)              # doctest: +SKIP
+    >>> test, test.to_model_space(test.images).shape          # doctest: +SKIP
+    (MNIST(split='test', n=1000), (1000, 1, 28, 28))
     """
 
     to_model_space = staticmethod(to_model_space)

@@ -6,7 +6,8 @@ passed in. Datasets whose density is known also expose ``log_prob(x)`` (natural 
 and ``entropy_bits()``, the true negative log-likelihood per point in bits: the
 floor that a perfect model's NLL reaches.
 
-    GaussianMixture  isotropic mixture; default = the 8 modes on a circle of seed 000
+    GaussianMixture  isotropic mixture; default = the 8 modes on a circle of Sachit Gaudi's
+                     "Think Diffusion! Think Probability"
     Gaussian         one isotropic Gaussian (a mixture with K = 1), for sanity checks
     SwissRoll        the 2-D swiss roll of Sohl-Dickstein et al. (2015), Fig. 1
     TwoMoons         two interleaved half circles
@@ -43,7 +44,11 @@ def _as_points(x, dim):
 
 
 def logsumexp(a, axis=-1):
-    """log sum_k exp(a_k) along ``axis``, stable: m + log sum_k exp(a_k - m), m = max_k a_k."""
+    """log sum_k exp(a_k) along ``axis``, stable: m + log sum_k exp(a_k - m), m = max_k a_k.
+
+    >>> round(float(td.data.toy2d.logsumexp(np.array([0.0, 0.0]))), 6)      # log 2
+    0.693147
+    """
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # all -inf along the axis -> result -inf, not nan
     out = np.log(np.sum(np.exp(a - m), axis=axis, keepdims=True)) + m
@@ -55,8 +60,15 @@ class GaussianMixture:
 
     Attributes (float64, read by the closed-form Bayes-optimal denoiser):
         means: [K, D]   weights: [K], sum to 1   std: float
-    Default: the 8-mode mixture of seed 000 -- ``n_modes`` means on a circle of
-    ``radius`` 2 at angles 2*pi*k/n_modes (= k*pi/4), std 0.1, equal weights.
+    Default: the 8-mode mixture of Sachit Gaudi's "Think Diffusion! Think Probability" --
+    ``n_modes`` means on a circle of ``radius`` 2 at angles 2*pi*k/n_modes (= k*pi/4),
+    std 0.1, equal weights.
+
+    >>> data = td.data.GaussianMixture()                      # 8 modes on a circle of radius 2, std 0.1
+    >>> data.sample(5, np.random.default_rng(0)).shape
+    (5, 2)
+    >>> round(data.entropy_bits(), 4)                         # 3 bits for the mode + log2(2 pi e 0.01)
+    0.4503
     """
 
     def __init__(self, means=None, std=0.1, weights=None, n_modes=8, radius=2.0):
@@ -134,6 +146,9 @@ class Gaussian(GaussianMixture):
     """p(x) = N(x; mean, std^2 I): a one-component ``GaussianMixture`` with an exact entropy.
 
     Attributes: ``mean`` [D], plus the mixture's ``means`` [1, D], ``weights`` [1], ``std``.
+
+    >>> round(td.data.Gaussian(std=1.0).entropy_bits(), 4)    # log2(2 pi e) for N(0, I) in 2-D
+    4.0942
     """
 
     def __init__(self, mean=(0.0, 0.0), std=1.0):
@@ -155,6 +170,11 @@ class SwissRoll:
     coordinate is shifted and scaled by its *population* mean and std (computed once by
     quadrature over s, not from the sample), so the output has exactly zero mean and unit
     variance per coordinate -- the scale a unit-variance forward diffusion expects.
+
+    >>> roll = td.data.SwissRoll(noise=0.5)
+    >>> x = roll.sample(1000, np.random.default_rng(0))
+    >>> x.shape, bool(abs(x.std() - 1) < 0.1)                 # standardised to unit variance
+    ((1000, 2), True)
     """
 
     def __init__(self, noise=0.5, standardize=True):
@@ -278,6 +298,9 @@ class TwoMoons:
     theta ~ U(0, pi); each point picks a moon with probability 1/2:
         upper: (cos theta, sin theta),  lower: (1 - cos theta, 1/2 - sin theta),
     then adds noise * N(0, I) and subtracts the exact mean (1/2, 1/4).
+
+    >>> td.data.TwoMoons().sample(4, np.random.default_rng(0)).shape
+    (4, 2)
     """
 
     def __init__(self, noise=0.1):
@@ -299,6 +322,10 @@ class Checkerboard:
     """Uniform density on the dark squares of an ``n_cells`` x ``n_cells`` board on
     [-half_width, half_width]^2. Square (i, j) (counted from the lower-left corner,
     half-open) is dark when i + j is even.  p(x) = 1 / (dark area) there, 0 elsewhere.
+
+    >>> board = td.data.Checkerboard()                        # 8 dark squares of area 1 on [-2, 2]^2
+    >>> board.entropy_bits()                                  # uniform over area 8: log2 8
+    3.0
     """
 
     def __init__(self, n_cells=4, half_width=2.0):
@@ -332,7 +359,7 @@ class Checkerboard:
 
 
 DATASETS = {
-    "8gaussians": GaussianMixture,   # defaults give the 8-mode ring of seed 000
+    "8gaussians": GaussianMixture,   # defaults give the 8-mode ring (Gaudi, "Think Diffusion! Think Probability")
     "gaussian_mixture": GaussianMixture,
     "gaussian": Gaussian,
     "swiss_roll": SwissRoll,
@@ -345,6 +372,11 @@ def make_dataset(name, **kwargs):
     """Build a dataset by name, e.g. ``make_dataset("8gaussians", std=0.05)``.
 
     Names are case-insensitive and '-' equals '_'; see ``DATASETS`` for the list.
+
+    >>> td.data.make_dataset("8gaussians", std=0.05).std
+    0.05
+    >>> sorted(td.data.DATASETS)
+    ['8gaussians', 'checkerboard', 'gaussian', 'gaussian_mixture', 'moons', 'swiss_roll']
     """
     key = str(name).lower().replace("-", "_")
     if key not in DATASETS:

@@ -34,6 +34,11 @@ class ForwardResidual(nn.Module):
     ``forward(x_t, t)`` returns [B, 2D] = (mu, log sigma^2), the layout GaussianDiffusion
     expects for model_mean_type="mean", model_var_type="learned". x_t is data, not a
     parameter, so no gradient flows into it. Buffers are float32 like the network.
+
+    >>> betas = td.linear_beta_schedule(40)
+    >>> model = td.models.ForwardResidual(td.models.ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0)), betas)
+    >>> model(np.zeros((3, 2), np.float32), np.array([0, 1, 39])).shape  # (mu, log sigma^2)
+    (3, 4)
     """
 
     def __init__(self, net: nn.Module, betas):

@@ -30,6 +30,10 @@ class ToyMLP(nn.Module):
         hidden: width of the three hidden layers.
         emb_dim: size of the sinusoidal timestep embedding (even).
         rng: Generator for the initial weights.
+
+    >>> model = td.models.ToyMLP(heads=2, hidden=32, rng=np.random.default_rng(0))
+    >>> model(np.zeros((5, 2), np.float32), np.arange(5)).shape        # [B, D * heads]
+    (5, 4)
     """
 
     def __init__(self, data_dim: int = 2, heads: int = 1, hidden: int = 256, emb_dim: int = 64,

@@ -49,7 +49,12 @@ from ..engine import Tensor, concat
 
 
 class ResBlock(nn.Module):
-    """The residual block above: x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W]."""
+    """The residual block above: x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W].
+
+    >>> block = td.models.ResBlock(8, 16, emb_dim=32, rng=np.random.default_rng(0))
+    >>> block(td.Tensor(np.zeros((2, 8, 4, 4), np.float32)), td.Tensor(np.zeros((2, 32), np.float32))).shape
+    (2, 16, 4, 4)
+    """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, num_groups: int = 8, dropout: float = 0.0,
                  *, rng=None, dtype=np.float32):
@@ -63,9 +68,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else None
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
-        h = self.conv1(nn.silu(self.norm1(x)))                              # [B, cout, H, W]
+        h = self.conv1(self.norm1(x, silu=True))                            # [B, cout, H, W]; GN+SiLU fused
         h = h + self.emb_proj(emb_act).reshape(h.shape[0], h.shape[1], 1, 1)  # the timestep, per channel
-        h = self.conv2(self.dropout(nn.silu(self.norm2(h))))
+        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
         return h + (x if self.skip is None else self.skip(x))
 
 
@@ -92,6 +97,13 @@ class UNet(nn.Module):
     ``forward(x, t, y=None)``: t int [B]; y int [B] (one attribute) or [B, n_attributes];
     y=None on a conditional model means "no label" (the null class). ``null_labels``
     gives the null index of each attribute.
+
+    >>> unet = td.models.UNet(base_channels=8, channel_mults=(1, 2), num_classes=10, rng=np.random.default_rng(0))
+    >>> x = np.zeros((2, 1, 8, 8), np.float32)
+    >>> unet(x, np.array([0, 999]), y=np.array([3, 10])).shape          # label 10 = the null class
+    (2, 1, 8, 8)
+    >>> unet.null_labels
+    (10,)
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),
@@ -217,9 +229,9 @@ class UNet(nn.Module):
         h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act)), emb_act)
         attn = iter(self.up_attn)
         for k, i in enumerate(reversed(range(self.levels - 1))):            # decoder, coarse to fine
-            h = self.upsamples[k](nn.upsample_nearest(h, 2))
+            h = self.upsamples[k](h, upsample=2)                             # nearest x2, then the conv
             h = self.up_blocks[k](concat([h, skips.pop()], axis=1), emb_act)   # the skip connection
             if i in self.attention_levels:
                 h = next(attn)(h)
-        return self.out_conv(nn.silu(self.out_norm(h)))                     # [B, out_channels, H, W]
+        return self.out_conv(self.out_norm(h, silu=True))                   # [B, out_channels, H, W]
 

@@ -28,6 +28,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     q, k, v: [B, C, N]  ->  out[b, :, i] = sum_j A[b, i, j] v[b, :, j],
     A[b, i, :] = softmax_j( q[b, :, i] . k[b, :, j] / sqrt(C) ).   Returns [B, C, N].
+
+    >>> q = k = td.Tensor(np.zeros((1, 4, 3)))                # [B, C, N]: equal scores everywhere
+    >>> v = td.Tensor(np.arange(12.0).reshape(1, 4, 3))
+    >>> td.nn.attention(q, k, v).data[0, 0].tolist()          # uniform weights: the mean of v over the N positions
+    [1.0, 1.0, 1.0]
     """
     C = q.shape[1]
     scores = (q * C ** -0.5).transpose(0, 2, 1) @ k              # [B, N, N]; scale q (smaller than scores)
@@ -42,6 +47,10 @@ class SelfAttention2d(Module):
     [0, C) are q, [C, 2C) k, [2C, 3C) v), proj (Conv2d(C, C, 1)). PyTorch default
     initialisation; ``zero_init_proj=True`` zeroes proj as DDPM and improved-diffusion
     do, so that the block starts as the identity.
+
+    >>> attn = td.nn.SelfAttention2d(8, num_groups=4, rng=np.random.default_rng(0))
+    >>> attn(np.zeros((2, 8, 4, 4), np.float32)).shape
+    (2, 8, 4, 4)
     """
 
     def __init__(self, channels: int, num_groups: int = 32, zero_init_proj: bool = False, *,

@@ -26,6 +26,8 @@ from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
 from .helpers import to_tensor, uniform_parameter
 from .module import Module, Parameter
+from .norm_fast import group_norm_act
+from ..parallel import parallel_for
 
 
 # ---------------------------------------------------------------------- Linear
@@ -40,6 +42,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         dL/dx = g W,    dL/dW = g^T x,    dL/db = sum_n g        (g = dL/dy, [N, out])
 
     each computed only if needed. tests/test_layers.py ties it to the composed form.
+
+    >>> x, w, b = td.Tensor(np.ones((2, 3))), td.Tensor(np.full((4, 3), 0.5)), td.Tensor(np.zeros(4))
+    >>> td.nn.linear(x, w, b).data.tolist()[0]                # x W^T + b: 3 * 0.5
+    [1.5, 1.5, 1.5, 1.5]
     """
     lead, n_in = x.shape[:-1], x.shape[-1]
     x2 = x.data.reshape(-1, n_in)                                   # [N, in]
@@ -62,6 +68,10 @@ class Linear(Module):
     """y = x W^T + b for x: [..., in_features] -> y: [..., out_features].
 
     weight: (out_features, in_features), bias: (out_features,), both U(-1/sqrt(in), 1/sqrt(in)).
+
+    >>> layer = td.nn.Linear(3, 5, rng=np.random.default_rng(0))
+    >>> layer.weight.shape, layer(np.zeros((2, 3), np.float32)).shape   # PyTorch's layout: [out, in]
+    ((5, 3), (2, 5))
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None, dtype=np.float32):
@@ -84,7 +94,12 @@ class Linear(Module):
 
 # ---------------------------------------------------------------------- Embedding
 class Embedding(Module):
-    """y = W[labels]: labels int [*S] -> y [*S, embedding_dim]. weight ~ N(0, 1) like PyTorch."""
+    """y = W[labels]: labels int [*S] -> y [*S, embedding_dim]. weight ~ N(0, 1) like PyTorch.
+
+    >>> emb = td.nn.Embedding(11, 4, rng=np.random.default_rng(0))      # 10 digits and a null label
+    >>> emb(np.array([3, 10])).shape
+    (2, 4)
+    """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, rng=None, dtype=np.float32):
         super().__init__()
@@ -114,6 +129,11 @@ def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 
     (its channels and all positions S):  x_hat = (x - mu) / sqrt(sigma^2 + eps), with the
     biased variance sigma^2 = mean((x - mu)^2) as in PyTorch. Then y = x_hat * gamma_c + beta_c
     with weight = gamma: (C,), bias = beta: (C,). Returns [B, C, *S].
+
+    >>> x = td.Tensor(np.arange(16.0).reshape(1, 4, 2, 2))
+    >>> y = td.nn.group_norm(x, num_groups=2).data
+    >>> y.reshape(2, -1).mean(axis=1).round(6).tolist()                 # each group: mean 0 (and variance 1)
+    [0.0, 0.0]
     """
     B, C = x.shape[:2]
     g = x.reshape(B, num_groups, -1)                            # [B, G, C/G * prod(S)]
@@ -129,11 +149,23 @@ def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 
     return y
 
 
+def group_norm_silu(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """silu(group_norm(x)) as one fused op (``norm_fast.py``): the pair every UNet block starts with."""
+    return group_norm_act(to_tensor(x), num_groups, weight, bias, eps, silu=True)
+
+
 class GroupNorm(Module):
     """GroupNorm(num_groups, num_channels): x [B, C, *S] -> same shape; weight 1, bias 0.
 
+    ``norm(x)`` computes ``group_norm`` above as one fused op (``norm_fast.py``, tested
+    against the composed function); ``norm(x, silu=True)`` is ``silu(norm(x))`` fused.
+
     ``rng`` is unused (the initialisation is deterministic); it is accepted so every
     layer with parameters is built the same way.
+
+    >>> norm = td.nn.GroupNorm(2, 4)
+    >>> norm(np.random.default_rng(0).normal(size=(3, 4, 5, 5)).astype(np.float32)).shape
+    (3, 4, 5, 5)
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
@@ -151,12 +183,12 @@ class GroupNorm(Module):
         self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
 
-    def forward(self, x) -> Tensor:
+    def forward(self, x, silu: bool = False) -> Tensor:
         x = to_tensor(x, self.weight.dtype if self.weight is not None else None)
         if x.ndim < 2 or x.shape[1] != self.num_channels or 0 in x.shape[2:]:
             raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...] with at least one position, "
                              f"got shape {x.shape}")
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, silu=silu)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
@@ -172,28 +204,51 @@ def silu(x: Tensor) -> Tensor:
 
         d/dx x s(x) = s (1 + x (1 - s)) = s (1 + x - y)
 
-    with one temporary instead of five. tests/test_layers.py ties it to the composed form.
+    with one temporary instead of five, split over both cores along the first axis
+    (``tinydiff.parallel``). tests/test_layers.py ties it to the composed form.
+
+    >>> td.nn.silu(td.Tensor(np.array([0.0, 1.0]))).data.round(4).tolist()   # x sigmoid(x)
+    [0.0, 0.7311]
     """
     x_t = to_tensor(x)
     x = x_t.data
-    s = np.multiply(x, 0.5)
-    np.tanh(s, out=s)
-    s += 1
-    s *= 0.5                                            # s = sigmoid(x), in place
-    out = x * s
+    s, out = np.empty_like(x), np.empty_like(x)         # in x's memory layout
+    X, S, Y = (a if a.ndim else a.reshape(1) for a in (x, s, out))   # both cores split axis 0
+    rows = len(X)
+
+    def forward(lo, hi):
+        sig = S[lo:hi]
+        np.multiply(X[lo:hi], 0.5, out=sig)
+        np.tanh(sig, out=sig)
+        sig += 1
+        sig *= 0.5                                      # s = sigmoid(x), in place
+        np.multiply(X[lo:hi], sig, out=Y[lo:hi])
+
+    parallel_for(forward, rows, work=x.size)
 
     def backward(g):
-        d = x - out
-        d += 1
-        d *= s
-        d *= g
+        d = np.empty_like(x)
+        D, Gr = (a if a.ndim else a.reshape(1) for a in (d, np.asarray(g)))
+
+        def work(lo, hi):
+            part = D[lo:hi]
+            np.subtract(X[lo:hi], Y[lo:hi], out=part)
+            part += 1
+            part *= S[lo:hi]
+            part *= Gr[lo:hi]
+
+        parallel_for(work, rows, work=x.size)
         return (d,)
 
     return Tensor.from_op(out, (x_t,), backward)
 
 
 class SiLU(Module):
-    """y = x * sigmoid(x) (the fused ``silu`` op above)."""
+    """y = x * sigmoid(x) (the fused ``silu`` op above).
+
+    >>> td.nn.SiLU()(np.array([-1.0, 2.0])).data.round(4).tolist()
+    [-0.2689, 1.7616]
+    """
 
     def forward(self, x) -> Tensor:
         return silu(x)
@@ -205,6 +260,12 @@ class Dropout(Module):
 
     The mask is drawn with ``rng.random(shape, dtype=float32)`` whatever the input dtype,
     so the same seed gives the same mask in float32 and float64.
+
+    >>> drop = td.nn.Dropout(0.5, rng=np.random.default_rng(0))
+    >>> sorted(set(drop(np.ones(8, np.float32)).data.tolist()))         # kept values scaled by 1 / (1 - p)
+    [0.0, 2.0]
+    >>> drop.eval()(np.ones(3, np.float32)).data.tolist()               # evaluation: the identity
+    [1.0, 1.0, 1.0]
     """
 
     def __init__(self, p: float = 0.5, *, rng=None):
@@ -232,6 +293,9 @@ def upsample_nearest(x: Tensor, scale: int = 2) -> Tensor:
     Composed: adding zeros of shape (1, 1, 1, s, 1, s) to x viewed as [B, C, H, 1, W, 1]
     broadcasts each pixel into an s x s block; in backward the engine's unbroadcast sums
     the block's gradients back onto the pixel, which is the exact adjoint.
+
+    >>> td.nn.upsample_nearest(td.Tensor(np.arange(4.0).reshape(1, 1, 2, 2))).data[0, 0].tolist()
+    [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [2.0, 2.0, 3.0, 3.0], [2.0, 2.0, 3.0, 3.0]]
     """
     B, C, H, W = x.shape
     block = np.zeros((1, 1, 1, scale, 1, scale), dtype=x.dtype)
@@ -239,7 +303,11 @@ def upsample_nearest(x: Tensor, scale: int = 2) -> Tensor:
 
 
 class Upsample(Module):
-    """Nearest-neighbour upsampling by an integer ``scale_factor`` (2 in the DDPM UNet)."""
+    """Nearest-neighbour upsampling by an integer ``scale_factor`` (2 in the DDPM UNet).
+
+    >>> td.nn.Upsample(2)(np.zeros((1, 3, 4, 4), np.float32)).shape
+    (1, 3, 8, 8)
+    """
 
     def __init__(self, scale_factor: int = 2):
         super().__init__()
@@ -267,6 +335,10 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0, dtype=np.float3
     The angles are formed in float64 (t * f_i reaches ~1000 radians, where float32 has
     lost ~1e-4 of phase) on this small [B, dim] array, and the result cast to ``dtype``.
     Returns an ndarray: there is nothing to differentiate.
+
+    >>> emb = td.nn.timestep_embedding(np.array([0, 10]), dim=8)
+    >>> emb.shape, emb[0].tolist()                            # t = 0: sin 0 = 0, cos 0 = 1
+    ((2, 8), [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     """
     t = np.asarray(t.data if isinstance(t, Tensor) else t)
     if t.ndim != 1 or t.dtype.kind not in "iuf":
@@ -286,6 +358,9 @@ class SinusoidalEmbedding(Module):
     computed once ([T, dim]) and then gathered: emb = table[t]. This takes the sines
     and cosines out of the training step. Real-valued t falls back to the formula.
     No parameters; the table is a cache, not state (it is not in the state dict).
+
+    >>> td.nn.SinusoidalEmbedding(16)(np.array([0, 500, 999])).shape
+    (3, 16)
     """
 
     def __init__(self, dim: int, max_period: float = 10000.0, dtype=np.float32):

@@ -27,7 +27,12 @@ from ..engine import Tensor
 
 
 class Parameter(Tensor):
-    """A Tensor that is a learnable weight of a Module (always ``requires_grad=True``)."""
+    """A Tensor that is a learnable weight of a Module (always ``requires_grad=True``).
+
+    >>> p = td.nn.Parameter(np.zeros((2, 3), np.float32))
+    >>> p.requires_grad, p.shape
+    (True, (2, 3))
+    """
 
     __slots__ = ()
 
@@ -41,7 +46,21 @@ class Parameter(Tensor):
 # ---------------------------------------------------------------------- Module
 class Module:
     """Base class of layers and models. Subclasses set attributes in ``__init__`` and
-    define ``forward``; calling the module calls ``forward``."""
+    define ``forward``; calling the module calls ``forward``.
+
+    >>> class Affine(td.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.scale = td.nn.Parameter(np.ones(2, np.float32))
+    ...         self.shift = td.nn.Linear(2, 2, rng=np.random.default_rng(0))
+    ...     def forward(self, x):
+    ...         return self.shift(x * self.scale)
+    >>> m = Affine()
+    >>> sorted(m.state_dict()), m.num_parameters()            # found by attribute, named by path
+    (['scale', 'shift.bias', 'shift.weight'], 8)
+    >>> m(np.ones((4, 2), np.float32)).shape
+    (4, 2)
+    """
 
     training = True         # class default, so a subclass that forgets super().__init__() still works
 
@@ -174,7 +193,12 @@ class Module:
 
 
 class ModuleList(Module):
-    """A list of modules whose parameters are named "0.weight", "1.bias", ..."""
+    """A list of modules whose parameters are named "0.weight", "1.bias", ...
+
+    >>> layers = td.nn.ModuleList([td.nn.Linear(2, 2, rng=np.random.default_rng(0)) for _ in range(3)])
+    >>> len(layers), list(layers.state_dict())[:2]
+    (3, ['0.weight', '0.bias'])
+    """
 
     def __init__(self, modules=()):
         super().__init__()
@@ -210,7 +234,13 @@ class ModuleList(Module):
 
 
 class Sequential(ModuleList):
-    """Modules applied one after another: ``Sequential(Linear(2, 64), SiLU(), Linear(64, 2))``."""
+    """Modules applied one after another: ``Sequential(Linear(2, 64), SiLU(), Linear(64, 2))``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> net = td.nn.Sequential(td.nn.Linear(2, 64, rng=rng), td.nn.SiLU(), td.nn.Linear(64, 2, rng=rng))
+    >>> net(np.ones((8, 2), np.float32)).shape, list(net.state_dict())
+    ((8, 2), ['0.weight', '0.bias', '2.weight', '2.bias'])
+    """
 
     def __init__(self, *modules: Module):
         super().__init__(modules)

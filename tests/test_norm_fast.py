@@ -1,0 +1,58 @@
+"""The fused GroupNorm (+ SiLU) op of norm_fast.py against the composed versions it replaces,
+silu(group_norm(x)) and group_norm(x) built from the engine's primitives (which
+tests/test_layers.py checks against finite differences): values and gradients in float64,
+for both memory layouts, shapes and group counts drawn by Hypothesis."""
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from tinydiff import Tensor
+from tinydiff.gradcheck import assert_grad_close
+from tinydiff.nn import GroupNorm, group_norm, group_norm_silu, silu
+from tinydiff.nn.norm_fast import group_norm_act
+
+
+def grads(fn, x, w, b, g):
+    xt, wt, bt = (Tensor(v, requires_grad=True) for v in (x, w, b))
+    y = fn(xt, wt, bt)
+    y.backward(g)
+    return y.data, xt.grad, wt.grad, bt.grad
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(1, 3), groups=st.integers(1, 4), per_group=st.integers(1, 4), H=st.integers(1, 5),
+       W=st.integers(1, 5), act=st.booleans(), channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_fused_matches_composed(B, groups, per_group, H, W, act, channels_last, seed):
+    rng = np.random.default_rng(seed)
+    C = groups * per_group
+    x = rng.standard_normal((B, C, H, W)) * 3 + rng.standard_normal()
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w, b, g = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal((B, C, H, W))
+
+    def composed(x, w, b):
+        y = group_norm(x, groups, w, b)
+        return silu(y) if act else y
+
+    fused = grads(lambda x, w, b: group_norm_act(x, groups, w, b, silu=act), x, w, b, g)
+    for got, want in zip(fused, grads(composed, x, w, b, g)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
+    nhwc = lambda a: a.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert nhwc(fused[0]) == nhwc(x)                        # the output keeps the input's layout
+
+
+def test_fused_gradients_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(4), rng.standard_normal(4)
+    assert_grad_close(lambda x, w, b: group_norm_silu(x, 2, w, b), [x, w, b], atol=1e-6)
+
+
+def test_layer_float32_and_no_affine():
+    """GroupNorm(x, silu=True) on float32 equals silu(GroupNorm(x)); affine=False works."""
+    rng = np.random.default_rng(1)
+    norm = GroupNorm(2, 6)
+    x = rng.standard_normal((3, 6, 4, 4)).astype(np.float32)
+    y = norm(x, silu=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.data, silu(group_norm(Tensor(x), 2, norm.weight, norm.bias)).data, atol=1e-5)
+    plain = GroupNorm(3, 6, affine=False)
+    np.testing.assert_allclose(plain(x).data, group_norm(Tensor(x), 3).data, atol=1e-5)

@@ -1,0 +1,61 @@
+"""tinydiff.parallel: threaded ops give exactly the single-threaded result (bit for bit),
+chunks cover the range, exceptions propagate, and the thread count is configurable."""
+import numpy as np
+import pytest
+
+from tinydiff import Tensor, parallel
+from tinydiff.nn import Conv2d, GroupNorm, silu
+
+
+@pytest.fixture
+def threads_everywhere(monkeypatch):
+    """Thread even small arrays, so that the tests' small shapes take the threaded path."""
+    monkeypatch.setattr(parallel, "MIN_WORK", 0)
+    previous = parallel.set_num_threads(3)
+    yield
+    parallel.set_num_threads(previous)
+
+
+def step(seed):
+    """Outputs and gradients of a conv -> GroupNorm+SiLU -> phase conv -> strided conv -> SiLU chain."""
+    rng = np.random.default_rng(seed)
+    conv = Conv2d(8, 8, 3, padding=1, rng=rng)
+    norm = GroupNorm(4, 8)
+    up = Conv2d(8, 8, 3, padding=1, rng=rng)
+    down = Conv2d(8, 8, 3, stride=2, padding=1, rng=rng)
+    x = Tensor(rng.standard_normal((5, 8, 7, 6)).astype(np.float32), requires_grad=True)
+    y = silu(down(up(norm(conv(x), silu=True), upsample=2)))
+    y.backward(rng.standard_normal(y.shape).astype(np.float32))
+    return [y.data, x.grad] + [p.grad for m in (conv, norm, up, down) for p in m.parameters()]
+
+
+def test_threaded_equals_single_threaded(threads_everywhere):
+    threaded = step(0)
+    parallel.set_num_threads(1)
+    for a, b in zip(threaded, step(0)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_chunks_cover_the_range():
+    for n in range(0, 9):
+        for parts in range(1, 5):
+            pieces = parallel.chunks(n, parts)
+            assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
+
+
+def test_exceptions_propagate(threads_everywhere):
+    def fn(lo, hi):
+        if lo > 0:
+            raise RuntimeError("chunk failed")
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        parallel.parallel_for(fn, 10)
+
+
+def test_thread_count_settings(monkeypatch):
+    monkeypatch.setenv("TINYDIFF_NUM_THREADS", "3")
+    assert parallel._default_threads() == 3
+    monkeypatch.setenv("TINYDIFF_NUM_THREADS", "zero")
+    with pytest.raises(ValueError, match="TINYDIFF_NUM_THREADS"):
+        parallel._default_threads()
+    with pytest.raises(ValueError, match="set_num_threads"):
+        parallel.set_num_threads(0)

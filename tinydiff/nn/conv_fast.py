@@ -1,0 +1,309 @@
+"""The fast convolution: channels-last activations, three kernels, dx as a convolution.
+
+What it computes: exactly ``conv.py``'s convolution (read that first: im2col, one GEMM,
+col2im), which stays as the plain twin and the reference ``conv2d(..., impl="im2col")``;
+tests/test_conv_fast.py holds this file to it in float64 on Hypothesis-drawn shapes.
+
+Why it is faster, in the order it matters for a UNet on a CPU:
+
+1. **Channels-last memory.** Activations keep PyTorch's logical shape [B, C, H, W], but
+   their memory is laid out as [B, H, W, C] (``a.transpose(0, 3, 1, 2)`` of a contiguous
+   NHWC buffer; PyTorch calls this ``torch.channels_last``). Then the C values under one
+   pixel are contiguous: a 1x1 convolution is a plain GEMM with no copy at all, an im2col
+   patch is kh*kw contiguous runs of C floats, and the GEMM writes the output directly
+   in the same layout. NumPy's elementwise ops keep the layout of their inputs, so the
+   GroupNorm, SiLU and residual adds between convolutions never reorder memory.
+   Weights keep PyTorch's [O, C, kh, kw] layout, so state dicts are unchanged.
+2. **Winograd for 3x3, stride 1, padding 1** (``winograd.py``): 2.25x fewer multiplies.
+3. **dx as a transposed convolution.** For stride 1, dL/dx is the convolution of dL/dy,
+   padded by k-1-p, with the kernel flipped and its in/out channels swapped. That is one
+   im2col of dy and one GEMM, instead of a GEMM into a [N, C*kh*kw] dcols array (9x the
+   size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
+4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
+   dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
+   rather than kept, and whole slices go to the cores (``tinydiff.parallel``).
+5. **Upsample x2 + 3x3 conv as phase convolutions** (at the end of this file).
+
+The three kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
+least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  anything else -> channels-last
+``im2col`` (+ GEMM), which is also what a 3x3 layer with one input or output channel uses.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..engine import Tensor
+from ..parallel import parallel_for, parallel_slices
+from . import winograd
+
+WINOGRAD_MIN_CHANNELS = 8       # below this the transforms' short inner loops cost more than they save
+
+
+def channels_last(a: np.ndarray) -> np.ndarray:
+    """[B, C, H, W] (any memory layout) -> a C-contiguous [B, H, W, C] array; free if ``a``
+    already has channels-last memory, else one copy split over the threads."""
+    t = a.transpose(0, 2, 3, 1)
+    if t.flags.c_contiguous:
+        return t
+    out = np.empty(t.shape, a.dtype)
+
+    def work(lo, hi):
+        out[lo:hi] = t[lo:hi]
+
+    parallel_for(work, a.shape[0], work=a.size)
+    return out
+
+
+def as_nchw(y: np.ndarray) -> np.ndarray:
+    """A channels-last buffer [B, H, W, C] seen with PyTorch's logical shape [B, C, H, W] (a view)."""
+    return y.transpose(0, 3, 1, 2)
+
+
+def pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """Zero-pad the H and W axes of channels-last x [B, H, W, C] (one copy, threaded)."""
+    if not (top or bottom or left or right):
+        return x
+    Bn, H, W, C = x.shape
+    out = np.empty((Bn, H + top + bottom, W + left + right, C), x.dtype)
+
+    def work(lo, hi):
+        o = out[lo:hi]
+        o[:, :top] = 0
+        o[:, H + top:] = 0
+        o[:, top:H + top, :left] = 0
+        o[:, top:H + top, W + left:] = 0
+        o[:, top:H + top, left:W + left] = x[lo:hi]
+
+    parallel_for(work, Bn, work=out.size)
+    return out
+
+
+def im2col_nhwc(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
+    """Channels-last patches: x [B, H, W, C] -> cols [B*Ho*Wo, kh*kw*C], row (b, i, j),
+    column (p, q, c) = x_pad[b, s*i + p, s*j + q, c]. Each (p, q) is a run of C contiguous floats."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = pad_hw(x, ph, ph, pw, pw)
+    Bn, Hp, Wp, C = xp.shape
+    Ho, Wo = (Hp - kh) // sh + 1, (Wp - kw) // sw + 1
+    windows = sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]   # view [B, Ho, Wo, C, kh, kw]
+    windows = windows[:, :Ho, :Wo].transpose(0, 1, 2, 4, 5, 3)                  # view [B, Ho, Wo, kh, kw, C]
+    cols = np.empty((Bn, Ho, Wo, kh, kw, C), x.dtype)
+
+    def work(lo, hi):
+        np.copyto(cols[lo:hi], windows[lo:hi])
+
+    parallel_for(work, Bn, work=cols.size)
+    return cols.reshape(Bn * Ho * Wo, kh * kw * C)
+
+
+def col2im_nhwc(dcols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarray:
+    """Adjoint of ``im2col_nhwc``: dcols [B*Ho*Wo, kh*kw*C] -> dx [B, H, W, C], adding the
+    overlapping patches with one strided add per kernel offset (p, q)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    Bn, H, W, C = x_shape
+    Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    d = dcols.reshape(Bn, Ho, Wo, kh, kw, C)
+    dxp = np.zeros((Bn, H + 2 * ph, W + 2 * pw, C), dcols.dtype)
+
+    def work(lo, hi):
+        for p in range(kh):
+            for q in range(kw):
+                dxp[lo:hi, p:p + sh * (Ho - 1) + 1:sh, q:q + sw * (Wo - 1) + 1:sw] += d[lo:hi, :, :, p, q]
+
+    parallel_for(work, Bn, work=dcols.size)
+    return np.ascontiguousarray(dxp[:, ph:ph + H, pw:pw + W])
+
+
+def _gemm_weight(w: np.ndarray) -> np.ndarray:
+    """[O, C, kh, kw] -> [kh*kw*C, O], rows in im2col_nhwc's (p, q, c) order."""
+    O, C, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * C, O))
+
+
+def kernel_for(weight_shape, stride, padding) -> str:
+    """Which kernel ``conv2d_fast`` uses: "pointwise", "winograd" or "im2col"."""
+    O, C, kh, kw = weight_shape
+    if (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0):
+        return "pointwise"
+    if ((kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
+            and min(C, O) >= WINOGRAD_MIN_CHANNELS):
+        return "winograd"
+    return "im2col"
+
+
+def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) -> Tensor:
+    """The same y = conv(x, W) + b as ``conv.conv2d`` (arguments already checked there);
+    y: [B, O, Ho, Wo] with channels-last memory."""
+    O, C, kh, kw = weight.shape
+    kernel = kernel_for(weight.shape, stride, padding)
+    xd = channels_last(x.data)                                   # [B, H, W, C]
+    Bn, H, W, _ = xd.shape
+    b = None if bias is None else bias.data
+    need_dx = x.requires_grad
+
+    if kernel == "winograd":
+        U = winograd.weight_transform(weight.data)                # [16, C, O]
+        y = winograd.conv3x3_forward(xd, U, b)
+
+        def backward(g):
+            gd = channels_last(g)                                 # [B, H, W, O]
+            dx, dw = winograd.conv3x3_backward(gd, xd, U, need_dx, weight.requires_grad)
+            return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    else:
+        w_mat = _gemm_weight(weight.data)                         # [kh*kw*C, O]
+        Ho, Wo = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
+        y = np.empty((Bn, Ho, Wo, O), xd.dtype)
+        # Patches are 9x the image for 3x3: made in batch slices, never kept (backward remakes them).
+        slices = winograd.batch_chunks(Bn, Ho * Wo * kh * kw * C * xd.itemsize)
+
+        def run(lo, hi):
+            out = y[lo:hi].reshape(-1, O)
+            np.matmul(_patches(xd[lo:hi], kernel, (kh, kw), stride, padding), w_mat, out=out)   # the GEMM
+            if b is not None:
+                out += b
+
+        parallel_slices(run, slices)
+
+        def backward(g):
+            gd = channels_last(g)                                 # [B, Ho, Wo, O]
+            dw = None
+            if weight.requires_grad:
+                partial = {}
+
+                def run_dw(lo, hi):
+                    partial[lo] = gd[lo:hi].reshape(-1, O).T @ _patches(xd[lo:hi], kernel, (kh, kw), stride, padding)
+
+                parallel_slices(run_dw, slices)
+                dw = np.zeros((O, kh * kw * C), gd.dtype)
+                for lo, _ in slices:                              # a fixed order: same sum on any thread count
+                    dw += partial[lo]
+                dw = dw.reshape(O, kh, kw, C).transpose(0, 3, 1, 2)
+            dx = _input_grad(gd, weight.data, w_mat, (Bn, H, W, C), kernel, stride, padding) if need_dx else None
+            return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor.from_op(as_nchw(y), parents, backward)
+
+
+def _patches(x, kernel, size, stride, padding):
+    """The GEMM operand [B*Ho*Wo, kh*kw*C]: x itself for a 1x1 kernel, else its patches."""
+    return x.reshape(-1, x.shape[-1]) if kernel == "pointwise" else im2col_nhwc(x, size, stride, padding)
+
+
+def _bias_grad(gd, bias):
+    if bias is None or not bias.requires_grad:
+        return None
+    return gd.reshape(-1, gd.shape[-1]).sum(axis=0)
+
+
+def _input_grad(gd, w, w_mat, x_shape, kernel, stride, padding):
+    """dL/dx [B, H, W, C] from gd = dL/dy [B, Ho, Wo, O], in batch slices (``parallel_slices``)."""
+    O, C, kh, kw = w.shape
+    (ph, pw) = padding
+    dx = np.empty(x_shape, gd.dtype)
+    transposed = stride == (1, 1) and ph <= kh - 1 and pw <= kw - 1
+    if transposed:
+        # Transposed convolution: x_pad[i + p] fed y[i] through w[p], so dx[i'] collects
+        # dy[i' - p] w[p] over p: a convolution of dy padded by k-1-p with the kernel
+        # flipped (p -> k-1-p) and its channel axes swapped ([C, O, kh, kw]).
+        w_flipped = _gemm_weight(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    per_example = gd[0].size * (1 if kernel == "pointwise" else kh * kw) * gd.itemsize
+
+    def run(lo, hi):
+        g = gd[lo:hi]
+        if kernel == "pointwise":
+            np.matmul(g.reshape(-1, O), w_mat.T, out=dx[lo:hi].reshape(-1, C))
+        elif transposed:
+            cols = im2col_nhwc(g, (kh, kw), (1, 1), (kh - 1 - ph, kw - 1 - pw))
+            np.matmul(cols, w_flipped, out=dx[lo:hi].reshape(-1, C))
+        else:
+            dcols = g.reshape(-1, O) @ w_mat.T                    # [b*Ho*Wo, kh*kw*C]
+            dx[lo:hi] = col2im_nhwc(dcols, (hi - lo,) + tuple(x_shape[1:]), (kh, kw), stride, padding)
+
+    parallel_slices(run, winograd.batch_chunks(x_shape[0], per_example))
+    return dx
+
+
+# ---------------------------------------------------------------------- upsample x2, then 3x3 conv
+# Nearest upsampling by 2 followed by a 3x3, padding-1 convolution (the UNet decoder's
+# "upsample" step) is exactly FOUR 2x2 convolutions of the small image, one per output
+# phase (a, b) = (row, column) parity: output row 2i + a reads upsampled rows 2i + a - 1,
+# 2i + a, 2i + a + 1, i.e. small rows (i - 1, i, i) for a = 0 and (i, i, i + 1) for a = 1,
+# so the kernel rows that land on the same small row add up:
+#     a = 0: small row offsets (-1, 0) get kernel rows (0, 1 + 2);  a = 1: (0, +1) get (0 + 1, 2).
+# Written as ONE 3x3 convolution of the small image with 4*O output channels ([a, b, o]; each
+# phase's 2x2 kernel sits inside a 3x3 one, the rest zeros) it runs on the Winograd kernel,
+# then a pixel shuffle interleaves the phases. The 4x larger upsampled image is never built,
+# and the multiplies per small pixel and channel pair drop from 36 (upsample, then 3x3) to 16
+# (four 2x2 kernels), and to 9 with Winograd's tiles once the GEMMs skip the columns where
+# the transformed phase kernels are exactly zero (``phase_blocks``).
+PHASE_ROWS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],      # R[a, u, p]: kernel row p -> small row offset u
+                       [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=float)
+
+
+def phase_blocks(O: int) -> list:
+    """Where the phase kernels' Winograd weights U[xi] can be nonzero: for tile position
+    xi = 4i + j, the (lo, hi) ranges of the 4*O columns [a, b, o]. A phase with a = 0 has
+    no kernel row at small offset +1, and G's last row reads only that row, so U[3, j] = 0;
+    with a = 1 the offset -1 is missing and U[0, j] = 0 (G's first row); likewise for b, j."""
+    allowed = [(0,), (0, 1), (0, 1), (1,)]                  # phases a (or b) present at i (or j)
+    return [[((2 * a + allowed[j][0]) * O, (2 * a + allowed[j][-1] + 1) * O) for a in allowed[i]]
+            for i in range(4) for j in range(4)]
+
+
+def phase_weight(w: np.ndarray) -> np.ndarray:
+    """[O, C, 3, 3] -> the 3x3 kernels of the four phases, [4*O, C, 3, 3] in (a, b, o) order."""
+    O, C = w.shape[:2]
+    R = PHASE_ROWS.astype(w.dtype)
+    return np.einsum("aup,bvq,ocpq->abocuv", R, R, w).reshape(4 * O, C, 3, 3)
+
+
+def phase_weight_adjoint(dw4: np.ndarray) -> np.ndarray:
+    """Adjoint of ``phase_weight``: [4*O, C, 3, 3] -> [O, C, 3, 3]."""
+    O4, C = dw4.shape[:2]
+    R = PHASE_ROWS.astype(dw4.dtype)
+    return np.einsum("aup,bvq,abocuv->ocpq", R, R, dw4.reshape(2, 2, O4 // 4, C, 3, 3))
+
+
+def _shuffle(src: np.ndarray, dst: np.ndarray, to_phases: bool) -> None:
+    """Copy between phases [B, H, W, (2, 2, O)] and the image [B, 2H, 2W, O] (threaded)."""
+    Bn, H, W = src.shape[:3] if not to_phases else (src.shape[0], src.shape[1] // 2, src.shape[2] // 2)
+    O = dst.shape[-1] if not to_phases else src.shape[-1]
+    image = (src if to_phases else dst).reshape(Bn, H, 2, W, 2, O)
+    phases = (dst if to_phases else src).reshape(Bn, H, W, 2, 2, O).transpose(0, 1, 3, 2, 4, 5)
+
+    def work(lo, hi):
+        if to_phases:
+            phases[lo:hi] = image[lo:hi]
+        else:
+            image[lo:hi] = phases[lo:hi]
+
+    parallel_for(work, Bn, work=src.size)
+
+
+def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
+    """conv3x3(upsample_nearest(x, 2), W) + b, padding 1, as four phase convolutions.
+    x: [B, C, H, W] -> y: [B, O, 2H, 2W] with channels-last memory."""
+    O, C = weight.shape[:2]
+    xd = channels_last(x.data)
+    Bn, H, W, _ = xd.shape
+    U = winograd.weight_transform(phase_weight(weight.data))           # [16, C, 4O]
+    b4 = None if bias is None else np.tile(bias.data, 4)
+    blocks = phase_blocks(O)
+    y4 = winograd.conv3x3_forward(xd, U, b4, blocks)                  # [B, H, W, 4O]
+    y = np.empty((Bn, 2 * H, 2 * W, O), xd.dtype)
+    _shuffle(y4, y, to_phases=False)
+    del y4
+
+    def backward(g):
+        gd = channels_last(g)                                          # [B, 2H, 2W, O]
+        g4 = np.empty((Bn, H, W, 4 * O), gd.dtype)
+        _shuffle(gd, g4, to_phases=True)
+        dx, dw4 = winograd.conv3x3_backward(g4, xd, U, x.requires_grad, weight.requires_grad, blocks)
+        dw = None if dw4 is None else phase_weight_adjoint(dw4)
+        return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    parents = (x, weight) if bias is None else (x, weight, bias)
+    return Tensor.from_op(as_nchw(y), parents, backward)

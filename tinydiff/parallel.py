@@ -1,0 +1,196 @@
+"""Both cores for copies and elementwise work: a small process-wide thread pool.
+
+NumPy runs a ufunc or a copy on one thread, but it releases the GIL inside the loop,
+so two Python threads that each transform half of a batch really run on two cores.
+Two ways to use them:
+
+    parallel_for(fn, n, work)      fn(lo, hi) on consecutive chunks of range(n): copies
+                                   and elementwise passes (padding, layout changes, silu)
+    parallel_slices(fn, slices)    fn(lo, hi) on given batch slices, one whole slice per
+                                   thread, OpenBLAS on one thread meanwhile: convolutions
+                                   (transforms and GEMMs) and GroupNorm, slice by slice
+
+which splits ``range(n)`` (usually the batch) into chunks that the calling thread and the
+pool's threads take one by one, and returns when all are done.
+Each chunk computes exactly what the whole call would have computed for its rows, so
+the result is bit-identical to ``fn(0, n)`` on one thread, as long as ``fn`` writes only
+its own rows (tests/test_parallel.py checks every threaded op against one thread).
+
+Threads are used only when the work is large: ``work`` is the number of array elements
+the call touches, and below ``MIN_WORK`` (a few hundred microseconds of NumPy time) the
+cost of waking a thread (~30 us) is not worth paying.
+
+Both hand the pieces out from a shared counter, so a thread that another process delays
+does not hold the others up. The pool size is ``os.cpu_count()``; set the environment variable
+``TINYDIFF_NUM_THREADS`` (e.g. to 1) before importing tinydiff to override it, or call
+``set_num_threads(k)`` at run time.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+MIN_WORK = 1 << 18          # elements; smaller calls run inline on the calling thread
+
+
+def _default_threads() -> int:
+    value = os.environ.get("TINYDIFF_NUM_THREADS")
+    if value is None:
+        return max(1, os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"TINYDIFF_NUM_THREADS must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise ValueError(f"TINYDIFF_NUM_THREADS must be a positive integer, got {value!r}")
+    return n
+
+
+_num_threads = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+_local = threading.local()                              # .inside: this thread runs a chunk already
+
+
+def get_num_threads() -> int:
+    """How many threads ``parallel_for`` splits work over (1 means no threading)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> int:
+    """Use ``n`` threads from now on; returns the previous count. ``n = 1`` turns threading off."""
+    global _num_threads, _pool
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads needs an int >= 1, got {n!r}")
+    previous, _num_threads = _num_threads, n
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    return previous
+
+
+def chunks(n: int, parts: int) -> list:
+    """``range(n)`` cut into ``parts`` consecutive (lo, hi) pieces of near-equal size."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+def parallel_for(fn, n: int, work: int | None = None) -> None:
+    """Call ``fn(lo, hi)`` for chunks of ``range(n)``, on several threads when worth it.
+
+    ``work``: elements touched by the whole call (defaults to large). The range is cut
+    into twice as many chunks as threads, and every thread, the caller included, takes
+    the next undone chunk until none is left: if another process holds a core and one
+    thread stalls, the others finish its share instead of waiting for it. Exceptions
+    raised by any chunk propagate to the caller.
+    """
+    if getattr(_local, "inside", False):                # nested in a chunk: that chunk is one thread's
+        fn(0, n)
+        return
+    threads = _num_threads if (work is None or work >= MIN_WORK) else 1
+    pieces = chunks(n, 2 * threads if threads > 1 else 1)
+    if len(pieces) <= 1:
+        fn(0, n)
+        return
+    _run(fn, pieces, threads)
+
+
+def _run(fn, pieces: list, threads: int) -> None:
+    """Every thread, the caller included, calls fn on the next undone piece until none is left."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_num_threads - 1, thread_name_prefix="tinydiff")
+    todo = itertools.count()                            # next(todo) is atomic under the GIL
+
+    def drain():
+        _local.inside = True
+        try:
+            for i in iter(lambda: next(todo), None):
+                if i >= len(pieces):
+                    return
+                fn(*pieces[i])
+        finally:
+            _local.inside = False
+
+    futures = [_pool.submit(drain) for _ in range(min(threads, len(pieces)) - 1)]
+    try:
+        drain()                                         # the caller works too, not just waits
+    finally:                                            # never return while a chunk still runs
+        for future in futures:
+            future.exception()
+    for future in futures:
+        future.result()                                 # re-raises a chunk's exception
+
+
+# ---------------------------------------------------------------------- whole slices per thread
+# A convolution in batch slices (winograd.py) calls many small GEMMs. OpenBLAS would split
+# each of them over its own threads, and a small GEMM spends much of its time waking and
+# joining them; when another process holds a core, a GEMM waits for a thread that is not
+# running (measured: a 32-channel 28x28 Winograd forward took 4.3 s instead of 40 ms on a
+# busy machine). Giving each thread whole slices (transforms and GEMMs) with OpenBLAS set
+# to one thread avoids both. OpenBLAS is reached through the NumPy wheel's own library.
+
+def _find_blas_threads():
+    """(set, get) of the OpenBLAS that NumPy uses, or None if it cannot be found."""
+    folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+    for path in sorted(glob.glob(os.path.join(folder, "*openblas*"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                    return setter, getter
+    return None
+
+
+_blas = _find_blas_threads()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    setter, getter = _blas
+    previous = getter()
+    setter(1)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def batch_slices(n: int, bytes_per_item: int, budget: int) -> list:
+    """Consecutive (lo, hi) slices of range(n) holding at most ``budget`` bytes each (at least one item).
+
+    NumPy makes one pass over memory per operation, so a kernel of several operations runs
+    at the speed of the cache its working set fits in: slicing the batch keeps it there.
+    """
+    per = max(1, budget // max(1, bytes_per_item))
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
+
+
+def parallel_slices(fn, slices: list) -> None:
+    """Call ``fn(lo, hi)`` for every (lo, hi) in ``slices``, whole slices on different threads.
+
+    Inside a slice everything runs on its thread: nested ``parallel_for`` calls run inline
+    and OpenBLAS uses one thread. ``fn`` must write only its own slice's rows (or its own
+    entry of a list of partial results, summed afterwards in slice order). Without several
+    threads, or if NumPy's OpenBLAS cannot be found, the slices run one after another and
+    their inner work is threaded as usual.
+    """
+    if _num_threads == 1 or len(slices) == 1 or _blas is None or getattr(_local, "inside", False):
+        for lo, hi in slices:
+            fn(lo, hi)
+        return
+    with _single_threaded_blas():
+        _run(fn, slices, _num_threads)
