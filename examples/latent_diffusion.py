@@ -77,8 +77,8 @@ def parse_args(argv=None):
     v.add_argument("--vae-steps", type=runs.positive_int, default=None,
                    help="training steps when the VAE must be trained (default: examples/vae.py's own)")
     v.add_argument("--vae-latent", default="4x7x7", help="latent shape when the VAE must be trained")
-    v.add_argument("--vae-kl-weight", type=runs.nonnegative_float, default=0.01,
-                   help="KL weight when the VAE must be trained (Rombach et al. keep it small: sharp codes)")
+    v.add_argument("--vae-kl-weight", type=runs.nonnegative_float, default=1.0,
+                   help="KL weight when the VAE must be trained (1: the ELBO; Rombach et al. use ~1e-6)")
     v.add_argument("--vae-args", default="", help="more flags for examples/vae.py when it must be trained, "
                                                   "e.g. \"--channels 8,16\"")
     g = p.add_argument_group("training the diffusion model")

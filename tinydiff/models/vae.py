@@ -27,7 +27,7 @@ q(x_t | x_{t-1}) and takes a thousand small steps, each decoded by the same netw
 Layers (c0, c1 = ``channels``; k latent channels or d latent values):
 
     encoder   x [B, 1, 28, 28]
-              Conv3x3(1 -> c0), SiLU                              [B, c0, 28, 28]
+              Conv3x3(1 -> c0), GroupNorm, SiLU                   [B, c0, 28, 28]
               Conv3x3 stride 2 (c0 -> c1), GroupNorm, SiLU        [B, c1, 14, 14]
               Conv3x3 stride 2 (c1 -> c1), GroupNorm, SiLU        [B, c1, 7, 7]
               Conv3x3 (c1 -> c1), GroupNorm, SiLU                 [B, c1, 7, 7]
@@ -51,17 +51,6 @@ from ..checks import check_positive_int, check_rng
 from ..engine import Tensor, no_grad
 
 DECODERS = ("discretized", "bernoulli")
-
-
-def _conv_block(cin: int, cout: int, stride: int, groups: int, kw: dict) -> nn.Sequential:
-    """Conv3x3 (cin -> cout, stride), GroupNorm, SiLU."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, **kw),
-                         nn.GroupNorm(groups, cout, dtype=kw["dtype"]), nn.SiLU())
-
-
-def _up_block(cin: int, cout: int, groups: int, kw: dict) -> nn.Sequential:
-    """Upsample x2 (nearest), Conv3x3 (cin -> cout), GroupNorm, SiLU."""
-    return nn.Sequential(nn.Upsample(2), *_conv_block(cin, cout, 1, groups, kw))
 
 
 class VAE(nn.Module):
@@ -97,10 +86,12 @@ class VAE(nn.Module):
         self.spatial = len(self.latent_shape) == 3
         kw = dict(rng=rng, dtype=dtype)
 
-        self.enc_in = nn.Sequential(nn.Conv2d(1, c0, 3, padding=1, **kw), nn.SiLU())
-        self.enc_blocks = nn.Sequential(_conv_block(c0, c1, 2, num_groups, kw),       # 28 -> 14
-                                        _conv_block(c1, c1, 2, num_groups, kw),       # 14 -> 7
-                                        _conv_block(c1, c1, 1, num_groups, kw))
+        # encoder: four 3x3 convolutions, each followed by GroupNorm and SiLU (fused: norm(h, silu=True))
+        self.enc_convs = nn.ModuleList([nn.Conv2d(1, c0, 3, padding=1, **kw),                  # 28
+                                        nn.Conv2d(c0, c1, 3, stride=2, padding=1, **kw),       # 28 -> 14
+                                        nn.Conv2d(c1, c1, 3, stride=2, padding=1, **kw),       # 14 -> 7
+                                        nn.Conv2d(c1, c1, 3, padding=1, **kw)])                # 7
+        self.enc_norms = nn.ModuleList([nn.GroupNorm(num_groups, c, dtype=dtype) for c in (c0, c1, c1, c1)])
         if self.spatial:
             k = self.latent_shape[0]
             self.enc_head = nn.Conv2d(c1, 2 * k, 1, **kw)
@@ -109,20 +100,25 @@ class VAE(nn.Module):
             d = self.latent_shape[0]
             self.enc_head = nn.Linear(c1 * 49, 2 * d, **kw)
             self.dec_in = nn.Linear(d, c1 * 49, **kw)
-        self.dec_blocks = nn.Sequential(nn.GroupNorm(num_groups, c1, dtype=dtype), nn.SiLU(),
-                                        _conv_block(c1, c1, 1, num_groups, kw),        # 7
-                                        _up_block(c1, c0, num_groups, kw),             # 7 -> 14
-                                        _up_block(c0, c0, num_groups, kw))             # 14 -> 28
+        # decoder: the mirror image, doubling the grid (nearest, then the conv: Conv2d(h, upsample=2))
+        self.dec_norm_in = nn.GroupNorm(num_groups, c1, dtype=dtype)
+        self.dec_convs = nn.ModuleList([nn.Conv2d(c1, c1, 3, padding=1, **kw),                 # 7
+                                        nn.Conv2d(c1, c0, 3, padding=1, **kw),                 # 7 -> 14
+                                        nn.Conv2d(c0, c0, 3, padding=1, **kw)])                # 14 -> 28
+        self.dec_upsample = (1, 2, 2)
+        self.dec_norms = nn.ModuleList([nn.GroupNorm(num_groups, c, dtype=dtype) for c in (c1, c0, c0)])
         self.dec_out = nn.Conv2d(c0, 2 if decoder == "discretized" else 1, 3, padding=1, **kw)
 
     # ------------------------------------------------------------------ q(z | x)
     def encode(self, x):
         """q_phi(z | x) = N(mu, diag exp(log_variance)): x [B, 1, 28, 28] in [-1, 1] ->
         (mu, log_variance), each [B, *latent_shape] (Tensors)."""
-        x = nn.to_tensor(x, self.enc_in[0].weight.dtype)
+        x = nn.to_tensor(x, self.dec_out.weight.dtype)
         if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
             raise ValueError(f"x: expected digits [B, 1, 28, 28] in [-1, 1], got shape {x.shape}")
-        h = self.enc_blocks(self.enc_in(x))                                   # [B, c1, 7, 7]
+        h = x
+        for conv, norm in zip(self.enc_convs, self.enc_norms):
+            h = norm(conv(h), silu=True)                                      # ends at [B, c1, 7, 7]
         if not self.spatial:
             h = h.reshape(h.shape[0], -1)                                     # [B, c1 * 49]
         out = self.enc_head(h)                                                # [B, 2k, 7, 7] or [B, 2d]
@@ -133,13 +129,16 @@ class VAE(nn.Module):
     def decode(self, z) -> Tensor:
         """The decoder's output for z [B, *latent_shape]: [B, 1, 28, 28] Bernoulli logits, or
         [B, 2, 28, 28] = (mean, log_variance) of the discretized Gaussian. See decoder_params."""
-        z = nn.to_tensor(z, self.enc_in[0].weight.dtype)
+        z = nn.to_tensor(z, self.dec_out.weight.dtype)
         if tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"z: expected latents [B, {', '.join(map(str, self.latent_shape))}], got shape {z.shape}")
         h = self.dec_in(z)
         if not self.spatial:
             h = h.reshape(h.shape[0], self.channels[1], 7, 7)                 # [B, c1, 7, 7]
-        return self.dec_out(self.dec_blocks(h))
+        h = self.dec_norm_in(h, silu=True)
+        for conv, norm, up in zip(self.dec_convs, self.dec_norms, self.dec_upsample):
+            h = norm(conv(h, upsample=up), silu=True)                         # 7, 14, 28
+        return self.dec_out(h)                                                # [B, 1 or 2, 28, 28]
 
     def decoder_params(self, output) -> dict:
         """Name the decoder output's channels: {"logits": [B, 1, 28, 28]} (Bernoulli), or
