@@ -156,7 +156,8 @@ def train(args, vae, x_train, checkpoint, saved):
 
 def evaluate_bound(vae, x0, samples_per_digit: int, rng) -> dict:
     """The negative ELBO of each digit in nats, averaged over ``samples_per_digit`` draws of z
-    (each draw is an unbiased estimate of the bound; the mean has less variance), with its terms."""
+    (each draw is an unbiased estimate of the bound; the mean has less variance), with its terms.
+    Returns (summary dict, per-digit -ELBO in nats [N])."""
     parts = {k: [] for k in ("nelbo", "reconstruction", "kl")}
     with td.no_grad():
         for i in range(0, len(x0), 250):
@@ -171,7 +172,7 @@ def evaluate_bound(vae, x0, samples_per_digit: int, rng) -> dict:
             "reconstruction_nats": float(per_digit["reconstruction"].mean()),
             "kl_nats": float(per_digit["kl"].mean()),
             "bpd": float(bits_per_dim(nelbo.mean(), DIGITS)), "bpd_stderr": float(bits_per_dim(stderr, DIGITS)),
-            "digits": len(nelbo), "samples_per_digit": samples_per_digit}
+            "digits": len(nelbo), "samples_per_digit": samples_per_digit}, nelbo
 
 
 def kl_per_latent(vae, x0) -> np.ndarray:
@@ -271,7 +272,7 @@ def evaluate(args, vae, trainer, train_seconds, tag="") -> dict:
             save_vae(os.path.join(args.out, "vae.npz"), vae)
         vae.eval()
         x_eval = x_test[:args.eval_digits]
-        bound = evaluate_bound(vae, x_eval, args.elbo_samples, rng)
+        bound, per_digit = evaluate_bound(vae, x_eval, args.elbo_samples, rng)
         bound["convention"] = (
             "upper bound on -log2 P(x) / 784 of the 8-bit test digit (discretized Gaussian decoder), "
             "unconditional: E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), the first N official test digits"
@@ -314,6 +315,8 @@ def evaluate(args, vae, trainer, train_seconds, tag="") -> dict:
             plot_latent_map(vae, x_test[:5000], test_labels[:5000], out("latent_map.png"))
     with atomic_write(out("samples.npy")) as f:
         np.save(f, samples.astype(np.float32))
+    with atomic_write(out("elbo_per_digit.npy")) as f:     # -ELBO in nats of test digit i: compare any subset
+        np.save(f, per_digit)
 
     if not args.no_score:
         from tinydiff.scorer import DigitScorer
@@ -326,7 +329,8 @@ def evaluate(args, vae, trainer, train_seconds, tag="") -> dict:
         f.write(json.dumps(metrics, indent=2).encode())
     print(json.dumps(metrics, indent=2))
     print(f"wrote reconstructions.png, samples.png, interpolation.png"
-          f"{', latent_map.png' if args.latent == (2,) else ''}, loss.png, samples.npy, vae.npz, metrics.json "
+          f"{', latent_map.png' if args.latent == (2,) else ''}, loss.png, samples.npy, elbo_per_digit.npy, vae.npz, "
+          f"metrics.json "
           f"to {args.out}" + (f" (named *.{tag}.*)" if tag else ""))
     return metrics
 

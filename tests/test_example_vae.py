@@ -41,7 +41,7 @@ def test_tiny_vae_run_writes_every_output(tmp_path, extra):
     out = tmp_path / "vae"
     metrics = load("vae").main(TINY_VAE + extra + DATA + ["--out", str(out)])
     names = ["reconstructions.png", "samples.png", "interpolation.png", "loss.png", "samples.npy", "vae.npz",
-             "metrics.json", "checkpoint.npz"] + (["latent_map.png"] if "2" in extra else [])
+             "metrics.json", "checkpoint.npz", "elbo_per_digit.npy"] + (["latent_map.png"] if "2" in extra else [])
     for name in names:
         assert (out / name).is_file(), name
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
@@ -50,6 +50,8 @@ def test_tiny_vae_run_writes_every_output(tmp_path, extra):
     assert elbo["nelbo_nats"] == pytest.approx(elbo["reconstruction_nats"] + elbo["kl_nats"])
     assert elbo["bpd"] == pytest.approx(elbo["nelbo_nats"] / (784 * math.log(2)))
     assert ("NOT a likelihood" in elbo["convention"]) == ("bernoulli" in extra)
+    per_digit = np.load(out / "elbo_per_digit.npy", allow_pickle=False)
+    assert per_digit.shape == (30,) and per_digit.mean() == pytest.approx(elbo["nelbo_nats"])
     samples = np.load(out / "samples.npy", allow_pickle=False)
     assert samples.shape == (20, 28, 28) and samples.min() >= 0 and samples.max() <= 1
     vae = load("vae").load_vae(out / "vae.npz")
@@ -82,6 +84,47 @@ def test_latent_diffusion_refuses_a_flat_vae(tmp_path):
     with pytest.raises(ValueError, match="spatial latent"):
         load("latent_diffusion").main(["--vae", str(out / "vae.npz"), "--steps", "2", "--no-score",
                                        "--train-limit", "50"] + DATA + ["--out", str(tmp_path / "ld")])
+
+
+def parse_error(module, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        module.parse_args(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name,argv,words", [
+    ("vae", ["--latent", "4x8x8"], "argument --latent: expected d (a flat latent) or kx7x7"),
+    ("vae", ["--latent", "big"], "argument --latent: expected a size such as 16 or 4x7x7"),
+    ("vae", ["--channels", "12,64"], "--channels: expected two widths, multiples of 8"),
+    ("vae", ["--kl-weight", "-1"], "argument --kl-weight: expected a finite number >= 0"),
+    ("vae", ["--steps", "0"], "argument --steps: expected an integer >= 1"),
+    ("latent_diffusion", ["--mults", "1,2"], "levels would halve the 7 x 7 latent grid"),
+    ("latent_diffusion", ["--width", "60"], "--width 60: GroupNorm's 8 groups need a multiple of 8"),
+    ("latent_diffusion", ["--n-samples", "15"], "--n-samples must be a multiple of 10"),
+    ("latent_diffusion", ["--schedule", "linear", "--T", "1", "--sample-steps", "1"], "--schedule linear with --T 1"),
+    ("latent_diffusion", ["--prediction", "x0"], "argument --prediction: invalid choice"),
+])
+def test_bad_flags_fail_in_one_line_before_any_work(name, argv, words, capsys):
+    assert words in parse_error(load(name), argv, capsys)
+
+
+def test_a_finished_run_is_never_overwritten_and_resume_must_be_the_same_run(tmp_path):
+    """tinydiff.runs: without --resume an existing run stops the script; --resume with a flag that
+    changes the model is refused by name; --resume with another evaluation setting writes tagged
+    files beside the run's own."""
+    from tinydiff.runs import RunError
+    out = tmp_path / "vae"
+    example = load("vae")
+    example.main(TINY_VAE + ["--latent", "3"] + DATA + ["--out", str(out)])
+    with pytest.raises(RunError, match="already holds a run"):
+        example.main(TINY_VAE + ["--latent", "3"] + DATA + ["--out", str(out)])
+    with pytest.raises(RunError, match=r"--latent 4 \(the checkpoint has 3\)"):
+        example.main(TINY_VAE + ["--latent", "4", "--resume"] + DATA + ["--out", str(out)])
+    own = (out / "metrics.json").read_bytes()
+    again = example.main(TINY_VAE + ["--latent", "3", "--resume", "--eval-digits", "20"] + DATA + ["--out", str(out)])
+    assert again["elbo"]["digits"] == 20 and (out / "metrics.eval-digits-20.json").is_file()
+    assert (out / "metrics.json").read_bytes() == own
 
 
 @pytest.mark.slow
