@@ -48,7 +48,11 @@ def reparameterize(mean, log_variance, noise=None, rng=None):
     """z = mu + sigma * eps, sigma = exp(log_variance / 2), eps ~ N(0, I): a draw from
     q(z | x) = N(mu, diag sigma^2) written as a differentiable function of mu and sigma
     (Kingma & Welling 2014, sec. 2.4 and eq. 10). mean, log_variance: [B, *L] (arrays or
-    Tensors); noise: eps [B, *L] (tests inject it), else drawn from rng. Returns z [B, *L]."""
+    Tensors); noise: eps [B, *L] (tests inject it), else drawn from rng. Returns z [B, *L].
+
+    >>> td.elbo.reparameterize(np.array([1.0, -2.0]), np.array([0.0, np.log(4.0)]), noise=np.array([0.5, 0.5]))
+    array([ 1.5, -1. ])
+    """
     eps = standard_normal_noise(mean.shape, mean.dtype, noise, rng)
     return mean + np.exp(0.5 * log_variance) * eps
 
@@ -59,13 +63,21 @@ def kl_to_standard_normal(mean, log_variance):
         KL = -1/2 (1 + log sigma^2 - mu^2 - sigma^2)
 
     which is ``gaussian.normal_kl`` with the second Gaussian N(0, 1); sum it over the latent
-    dimensions for the KL of the diagonal Gaussian. Shapes broadcast; works on Tensors."""
-    zero = np.zeros((), dtype=np.result_type(unwrap(mean).dtype, np.float32))
+    dimensions for the KL of the diagonal Gaussian. Shapes broadcast; works on Tensors.
+
+    >>> td.elbo.kl_to_standard_normal(np.array([0.0, 1.0]), np.array([0.0, 0.0]))   # N(0,1) itself; mean 1
+    array([0. , 0.5])
+    """
+    zero = np.zeros((), dtype=np.result_type(np.asarray(unwrap(mean)).dtype, np.float32))
     return normal_kl(mean, log_variance, zero, zero)
 
 
 def softplus(x):
-    """log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large |x|."""
+    """log(1 + e^x) = max(x, 0) + log(1 + e^-|x|): no overflow for large |x|.
+
+    >>> td.elbo.softplus(np.array([-1000.0, 0.0, 1000.0]))
+    array([0.00000000e+00, 6.93147181e-01, 1.00000000e+03])
+    """
     return np.maximum(x, 0.0) + np.log(1.0 + np.exp(-np.abs(x)))
 
 
@@ -75,7 +87,11 @@ def bernoulli_log_likelihood(x, logits):
         log p(x | z) = x log p + (1 - x) log(1 - p) = x * logits - softplus(logits)
 
     x: targets in [0, 1] (grey values are allowed, as in the VAE paper; then this is the
-    cross-entropy, not the log-probability of any 8-bit image). Shapes broadcast."""
+    cross-entropy, not the log-probability of any 8-bit image). Shapes broadcast.
+
+    >>> td.elbo.bernoulli_log_likelihood(np.array([1.0, 0.0]), np.array([0.0, 0.0]))    # p = 1/2: log 1/2
+    array([-0.69314718, -0.69314718])
+    """
     return x * logits - softplus(logits)
 
 
@@ -85,7 +101,15 @@ def reconstruction_nll(x, params: dict, decoder: str):
     decoder "discretized": params {"mean", "log_variance"}: minus the sum over pixels of the
         discretized Gaussian log-probability (DDPM eq. 13, ``gaussian.decoder_nll``);
     decoder "bernoulli": params {"logits"}: minus the sum of ``bernoulli_log_likelihood``
-        with targets (x + 1) / 2 in [0, 1]."""
+        with targets (x + 1) / 2 in [0, 1].
+
+    >>> x = -np.ones((1, 1, 28, 28))                          # a blank digit
+    >>> td.elbo.reconstruction_nll(x, {"logits": np.full(x.shape, -10.0)}, "bernoulli").round(4)
+    array([0.0356])
+    >>> params = {"mean": np.full(x.shape, -2.0), "log_variance": np.full(x.shape, -4.0)}
+    >>> td.elbo.reconstruction_nll(x, params, "discretized").round(6)   # all mass in the bottom bin
+    array([0.])
+    """
     x = np.asarray(unwrap(x))
     if decoder == "discretized":
         per_pixel = decoder_nll(x, params["mean"], params["log_variance"], kind="discretized")
@@ -97,7 +121,11 @@ def reconstruction_nll(x, params: dict, decoder: str):
 
 
 def bits_per_dim(nats, dims: int):
-    """nats per example -> bits per dimension: nats / (dims * log 2)."""
+    """nats per example -> bits per dimension: nats / (dims * log 2).
+
+    >>> float(td.elbo.bits_per_dim(784 * np.log(2), 784))
+    1.0
+    """
     return nats / (dims * LOG2)
 
 
@@ -112,7 +140,13 @@ def elbo_terms(vae, x, noise=None, rng=None) -> dict:
       "kl"              KL(q(z|x) || p(z)), summed over the latent values  (the prior term, L_T)
       "nelbo"           their sum: in expectation over eps an upper bound on -log p(x)
       "bpd"             nelbo in bits per dimension (D = 784)
-    and "z" [B, *latent], the sample used."""
+    and "z" [B, *latent], the sample used.
+
+    >>> vae = td.models.VAE((2,), channels=(8, 8), rng=np.random.default_rng(0))
+    >>> terms = td.elbo.elbo_terms(vae, np.zeros((3, 1, 28, 28), np.float32), rng=np.random.default_rng(0))
+    >>> sorted(terms), terms["nelbo"].shape, terms["z"].shape
+    (['bpd', 'kl', 'nelbo', 'reconstruction', 'z'], (3,), (3, 2))
+    """
     mean, log_variance = vae.encode(x)
     z = reparameterize(mean, log_variance, noise=noise, rng=rng)
     params = vae.decoder_params(vae.decode(z))
@@ -130,7 +164,12 @@ def elbo_monte_carlo(vae, x, noise=None, rng=None):
         -L(x) ~= -( log p(x | z) + log p(z) - log q(z | x) ),   z = mu + sigma * eps
 
     the KL estimated by the same sample instead of in closed form; [B] nats. Its mean over
-    eps equals ``elbo_terms``' "nelbo" (the tests check it); its variance is larger."""
+    eps equals ``elbo_terms``' "nelbo" (the tests check it); its variance is larger.
+
+    >>> vae = td.models.VAE((2,), channels=(8, 8), rng=np.random.default_rng(0))
+    >>> td.elbo.elbo_monte_carlo(vae, np.zeros((3, 1, 28, 28), np.float32), rng=np.random.default_rng(0)).shape
+    (3,)
+    """
     mean, log_variance = vae.encode(x)
     z = reparameterize(mean, log_variance, noise=noise, rng=rng)
     recon = reconstruction_nll(x, vae.decoder_params(vae.decode(z)), vae.decoder)
@@ -150,6 +189,12 @@ class ELBOLoss:
         samples for sharper reconstructions; the bound a model is evaluated with always uses 1.
     A batch may carry labels ((x, {"y": ...})); the VAE ignores them. Logs, in nats per digit:
     "nelbo", "reconstruction", "kl", and "bpd".
+
+    >>> vae = td.models.VAE((2,), channels=(8, 8), rng=np.random.default_rng(0))
+    >>> trainer = td.Trainer(vae, td.elbo.ELBOLoss(), np.zeros((8, 1, 28, 28), np.float32), batch_size=4,
+    ...                      log_every=0)
+    >>> len(trainer.train(2)), sorted(trainer.last_logs)
+    (2, ['bpd', 'kl', 'nelbo', 'reconstruction'])
     """
 
     def __init__(self, kl_weight: float = 1.0):

@@ -39,6 +39,15 @@ class LatentSpace:
     Args:
         vae: a trained ``models.VAE`` (only encode and generate are used; it is put in eval mode).
         scale_factor: s; ``LatentSpace.fit(vae, x, rng)`` measures it as 1 / std(z).
+
+    >>> vae = td.models.VAE((4, 7, 7), channels=(8, 8), rng=np.random.default_rng(0))
+    >>> x = np.zeros((3, 1, 28, 28), np.float32)
+    >>> space = td.latent.LatentSpace.fit(vae, x, np.random.default_rng(0))
+    >>> codes = space.encode(x, rng=np.random.default_rng(1))      # s * z, z ~ q(z | x)
+    >>> codes.shape, space.decode(codes).shape
+    ((3, 4, 7, 7), (3, 1, 28, 28))
+    >>> bool(np.allclose(space.unscale(space.scale(codes)), codes))
+    True
     """
 
     def __init__(self, vae, scale_factor: float):

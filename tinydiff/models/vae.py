@@ -67,6 +67,13 @@ class VAE(nn.Module):
 
     ``encode(x) -> (mu, log sigma^2)``, ``decode(z) -> decoder output``,
     ``decoder_params(output)`` names its channels, ``generate(z)`` is the mean image.
+
+    >>> vae = td.models.VAE((16,), rng=np.random.default_rng(0))
+    >>> mu, log_variance = vae.encode(np.zeros((2, 1, 28, 28), np.float32))
+    >>> mu.shape, vae.decode(mu).shape, sorted(vae.decoder_params(vae.decode(mu)))
+    ((2, 16), (2, 2, 28, 28), ['log_variance', 'mean'])
+    >>> vae.generate(np.zeros((5, 16), np.float32)).shape         # decoder means of 5 latents
+    (5, 1, 28, 28)
     """
 
     def __init__(self, latent_shape=(16,), channels=(32, 64), decoder: str = "discretized",
