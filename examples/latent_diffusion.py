@@ -380,10 +380,32 @@ def evaluate(args, diffusion, model, space, trainer, train_seconds, vae_train_se
         metrics["scorer_vae_prior"]["on"] = "the same decoder fed z ~ N(0, I), the VAE's own prior"
     with atomic_write(out("metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote grid.png, guidance.png, prior_vs_diffusion.png, samples.npy, labels.npy, metrics.json to "
-          f"{args.out}" + (f" (named *.{tag}.*)" if tag else ""))
+    report(args, metrics, tag)
     return metrics
+
+
+def report(args, metrics, tag=""):
+    """The folder the run wrote to, then one line per number with its target."""
+    names = ["grid.png", "guidance.png", "prior_vs_diffusion.png", "metrics.json", "samples.npy", "labels.npy"]
+    print(f"\nwrote {os.path.abspath(args.out)}: {', '.join(runs.tagged(n, tag) for n in names)}, checkpoint.npz")
+    m, ok = metrics, {True: "ok", False: "MISSED"}
+    print(f"latent {' x '.join(map(str, m['latent_shape']))}, scale factor s = 1 / std(z) = {m['scale_factor']:.4f}")
+    if "total_train_seconds" in m:
+        print(f"training: VAE {m['vae_train_seconds']:.0f} s + diffusion {m['train_seconds']:.0f} s = "
+              f"{m['total_train_seconds']:.0f} s (target <= 600 s): {ok[m['total_train_seconds'] <= 600]}")
+    else:
+        print(f"training: diffusion {m['train_seconds']:.0f} s (the VAE was trained before: see its metrics.json)")
+    if "scorer" in m:
+        sc, prior = m["scorer"], m["scorer_vae_prior"]
+        print(f"guided samples (w = {m['guidance']:g}) read as the digit asked for: {sc['accuracy']:.1%} (target "
+              f">= 90%): {ok[sc['accuracy'] >= 0.9]}; Frechet distance {sc['fid']:.1f} (floor {sc['fid_floor']:.1f})")
+        print(f"the same decoder fed z ~ N(0, I): {prior['confident_fraction']:.1%} confident, Frechet distance "
+              f"{prior['fid']:.1f}")
+    if "timing" in m:
+        t = m["timing"]
+        print(f"sampling, s per 100 digits: latent {t['sample_seconds_per_100']['latent']:.2f}, pixel "
+              f"{t['sample_seconds_per_100']['pixel']:.2f}: {t['sampling_speedup']:.1f}x faster (target >= 5x): "
+              f"{ok[t['sampling_speedup'] >= 5]}; a training step {t['training_speedup']:.1f}x faster")
 
 
 if __name__ == "__main__":

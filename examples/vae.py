@@ -327,12 +327,30 @@ def evaluate(args, vae, trainer, train_seconds, tag="") -> dict:
         metrics["scorer"] = score
     with atomic_write(out("metrics.json")) as f:
         f.write(json.dumps(metrics, indent=2).encode())
-    print(json.dumps(metrics, indent=2))
-    print(f"wrote reconstructions.png, samples.png, interpolation.png"
-          f"{', latent_map.png' if args.latent == (2,) else ''}, loss.png, samples.npy, elbo_per_digit.npy, vae.npz, "
-          f"metrics.json "
-          f"to {args.out}" + (f" (named *.{tag}.*)" if tag else ""))
+    report(args, metrics, tag)
     return metrics
+
+
+def report(args, metrics, tag=""):
+    """The folder the run wrote to, then one line per number, with its target where it has one."""
+    names = ["reconstructions.png", "samples.png", "interpolation.png", "loss.png"]
+    names += (["latent_map.png"] if args.latent == (2,) else []) + ["metrics.json", "samples.npy", "elbo_per_digit.npy"]
+    names = [runs.tagged(n, tag) for n in names] + ([] if tag else ["vae.npz"]) + ["checkpoint.npz"]
+    print(f"\nwrote {os.path.abspath(args.out)}: {', '.join(names)}")
+    e, ok = metrics["elbo"], {True: "ok", False: "MISSED"}
+    unit = "bits/dim" if args.decoder == "discretized" else "bits/dim of a Bernoulli cross-entropy (no likelihood)"
+    print(f"-ELBO on {e['digits']} test digits: {e['nelbo_nats']:.1f} +- {e['stderr_nats']:.1f} nats = "
+          f"{e['bpd']:.4f} +- {e['bpd_stderr']:.4f} {unit} (reconstruction {e['reconstruction_nats']:.1f} + "
+          f"KL {e['kl_nats']:.1f} nats; {metrics['active_latents']['count']} of {metrics['active_latents']['of']} "
+          "latent values in use)")
+    print(f"reconstruction error (decoder mean at mu(x)): MSE {metrics['reconstruction']['mse']:.4f}, pixels in [0, 1]")
+    if "scorer" in metrics:
+        sc = metrics["scorer"]
+        print(f"prior samples read with confidence >= 0.9: {sc['confident_fraction']:.1%} (target >= 80%): "
+              f"{ok[sc['confident_fraction'] >= 0.8]}; Frechet distance {sc['fid']:.1f} (real-vs-real floor "
+              f"{sc['fid_floor']:.1f} at N = {sc['n_fid']})")
+    print(f"training: {metrics['train_seconds']:.0f} s for {metrics['steps']} steps (target <= 300 s for the default "
+          f"run): {ok[metrics['train_seconds'] <= 300]}")
 
 
 if __name__ == "__main__":
