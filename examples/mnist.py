@@ -75,7 +75,8 @@ def parse_args(argv=None):
     g.add_argument("--unconditional", action="store_true", help="train without labels (no guidance)")
     g.add_argument("--seed", type=runs.nonnegative_int, default=0, help="seed of every random draw")
     m = p.add_argument_group("model and diffusion")
-    m.add_argument("--width", type=runs.positive_int, default=32, help="UNet base channels (32: MNIST-UNET)")
+    m.add_argument("--width", type=runs.positive_int, default=16,
+                   help="UNet base channels (32 is MNIST-UNET, the UNet() default; 16 trains 2.4x faster)")
     m.add_argument("--mults", default="1,2,2", help="UNet channel multiplier per level, comma-separated")
     m.add_argument("--T", type=runs.positive_int, default=1000, help="number of diffusion steps")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"],
@@ -180,6 +181,7 @@ def train(args, diffusion, model, images, labels, checkpoint, saved):
                       ema_decay=args.ema, ema_warmup=True, seed=args.seed, log_every=50,
                       checkpoint_path=checkpoint, checkpoint_every=args.checkpoint_every,
                       config=vars(args) if saved is None else saved["config"])
+    begin, budget = time.perf_counter(), None
     if saved is not None:
         trainer.resume(checkpoint)
         steps = int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
@@ -187,27 +189,30 @@ def train(args, diffusion, model, images, labels, checkpoint, saved):
     elif args.steps is not None:
         steps = args.steps
     else:                                   # calibrate the budget: 5 steps to warm up, 10 timed
-        start = time.perf_counter()
         trainer.train(5)
         mid = time.perf_counter()
         trainer.train(15)
         rate = 10 / (time.perf_counter() - mid)
-        steps = max(20, int((args.minutes * 60 - (mid - start)) * rate) + 5)
-        print(f"{rate:.2f} steps/s: {args.minutes:g} minutes is {steps} steps of batch {args.batch}")
+        budget = args.minutes * 60
+        steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
+        print(f"{rate:.2f} steps/s: {args.minutes:g} minutes is about {steps} steps of batch {args.batch} "
+              "(training stops at the budget if the machine slows down)")
     if saved is None:                       # the schedule now that the step count is known
         trainer.warmup.warmup_steps = min(warmup, steps // 10)
         trainer.warmup.decay_steps = steps
         trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
     trainer.config["steps_resolved"] = steps
-    start = time.perf_counter()
     try:
-        trainer.train(steps)
+        trainer.train(steps, max_seconds=None if budget is None else budget - (time.perf_counter() - begin))
     except KeyboardInterrupt:
         kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
         raise runs.RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
     except (NonFiniteError, CheckpointWriteError) as err:
         raise runs.RunError(str(err)) from None
-    return trainer, time.perf_counter() - start
+    if trainer.step < steps:
+        print(f"the {args.minutes:g}-minute budget ran out at step {trainer.step} of {steps} "
+              "(--resume finishes the planned steps)")
+    return trainer, time.perf_counter() - begin
 
 
 def balanced_labels(n: int) -> np.ndarray:
@@ -261,7 +266,8 @@ def evaluate(args, diffusion, model, trainer, train_seconds, tag="") -> dict:
     sample_kw = dict(sampler=args.sampler, steps=args.sample_steps, clip_denoised=True,
                      guidance=args.guidance if conditional else None)
     y = balanced_labels(args.n_samples)
-    metrics = {"steps": trainer.step, "train_seconds": round(train_seconds, 1), "batch": args.batch,
+    metrics = {"steps": trainer.step, "planned_steps": int(trainer.config["steps_resolved"]),
+               "train_seconds": round(train_seconds, 1), "batch": args.batch,
                "final_loss": float(np.mean(trainer.losses[-100:])), "sampler": args.sampler,
                "sample_steps": args.sample_steps, "guidance": args.guidance if conditional else None}
     with trainer.ema.average_parameters(model), td.no_grad():
