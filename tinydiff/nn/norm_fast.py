@@ -62,7 +62,15 @@ def _channel_view(a: np.ndarray):
 def group_norm_act(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5,
                    silu: bool = False) -> Tensor:
     """GroupNorm of x [B, C, *S] (then SiLU if ``silu``) as one op; weight, bias: [C] Tensors or None.
-    Returns [B, C, *S] in the memory layout of x."""
+    Returns [B, C, *S] in the memory layout of x.
+
+    >>> x = td.Tensor(np.arange(16.0).reshape(1, 4, 2, 2))
+    >>> y = td.nn.norm_fast.group_norm_act(x, num_groups=2)
+    >>> y.data[0, :2].ravel().round(3).tolist()                # group 0 = 0..7: (x - 3.5) / sqrt(5.25)
+    [-1.528, -1.091, -0.655, -0.218, 0.218, 0.655, 1.091, 1.528]
+    >>> np.allclose(td.nn.norm_fast.group_norm_act(x, 2, silu=True).data, td.nn.silu(y).data)
+    True
+    """
     xd = x.data
     B, C = xd.shape[:2]
     G = num_groups

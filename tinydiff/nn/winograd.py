@@ -52,19 +52,37 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 
 
 def tiles(H: int, W: int) -> tuple:
-    """Number of 2x2 output tiles along each axis: (ceil(H/2), ceil(W/2))."""
+    """Number of 2x2 output tiles along each axis: (ceil(H/2), ceil(W/2)).
+
+    >>> td.nn.winograd.tiles(28, 7)                            # an odd size gets a cropped last tile
+    (14, 4)
+    """
     return (H + 1) // 2, (W + 1) // 2
 
 
 def weight_transform(w: np.ndarray) -> np.ndarray:
-    """U = G g G^T for every (out, in) pair: w [O, C, 3, 3] -> U [16, C, O] (xi = 4*row + col)."""
+    """U = G g G^T for every (out, in) pair: w [O, C, 3, 3] -> U [16, C, O] (xi = 4*row + col).
+
+    For a kernel of ones, G g G^T is the outer product of G's row sums (1, 3/2, 1/2, 1):
+
+    >>> U = td.nn.winograd.weight_transform(np.ones((1, 1, 3, 3)))
+    >>> U.shape, U[:4, 0, 0].tolist()
+    ((16, 1, 1), [1.0, 1.5, 0.5, 1.0])
+    """
     O, C = w.shape[:2]
     u = np.einsum("ip,ocpq,jq->ijco", G.astype(w.dtype), w, G.astype(w.dtype))
     return np.ascontiguousarray(u.reshape(16, C, O))
 
 
 def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
-    """dW = G^T dU G, the adjoint of ``weight_transform``: dU [16, C, O] -> dW [O, C, 3, 3]."""
+    """dW = G^T dU G, the adjoint of ``weight_transform``: dU [16, C, O] -> dW [O, C, 3, 3].
+
+    >>> rng = np.random.default_rng(0)
+    >>> w, du = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal((16, 3, 2))
+    >>> dw = td.nn.winograd.weight_transform_adjoint(du)
+    >>> dw.shape, bool(np.isclose(np.vdot(td.nn.winograd.weight_transform(w), du), np.vdot(w, dw)))
+    ((2, 3, 3, 3), True)
+    """
     C, O = du.shape[1:]
     return np.einsum("ip,ijco,jq->ocpq", G.astype(du.dtype), du.reshape(4, 4, C, O), G.astype(du.dtype))
 
@@ -116,6 +134,14 @@ def input_transform(x: np.ndarray, V: np.ndarray) -> None:
     """V = B^T d B over the overlapping 4x4 tiles of x zero-padded by 1 (and 1 more if odd).
 
     x: [B, H, W, C] channels-last -> V: [16, B, Th, Tw, C], written in place.
+
+    A 2 x 2 image of ones is one tile, the ones in its centre; position xi = 5, row 1 of
+    B^T times column 1 of B, is (d1 + d2)(d1 + d2): the sum of the central 2 x 2.
+
+    >>> V = np.empty((16, 1, 1, 1, 1))
+    >>> td.nn.winograd.input_transform(np.ones((1, 2, 2, 1)), V)
+    >>> V[5].item(), V[:, 0, 0, 0, 0].reshape(4, 4).tolist()[1]
+    (4.0, [-2.0, 4.0, 0.0, 2.0])
     """
     Bn, H, W, C = x.shape
     Th, Tw = tiles(H, W)
@@ -136,6 +162,13 @@ def output_transform(M: np.ndarray, y: np.ndarray, bias=None) -> None:
 
     M is used as scratch. The bias is added to M[5] only: both rows of A^T have a 1 in
     column 1, so M[5] (= M[1, 1]) reaches every output pixel of the tile with weight 1.
+
+    With M all ones, y = (A^T 1)(1^T A), the outer product of A^T's row sums (3, -1):
+
+    >>> y = np.empty((1, 2, 2, 1))
+    >>> td.nn.winograd.output_transform(np.ones((16, 1, 1, 1, 1)), y)
+    >>> y[0, :, :, 0].tolist()
+    [[9.0, -3.0], [-3.0, 1.0]]
     """
     Bn, H, W, O = y.shape
     Th, Tw = M.shape[2:4]
@@ -168,7 +201,18 @@ def output_transform(M: np.ndarray, y: np.ndarray, bias=None) -> None:
 
 
 def output_transform_adjoint(dy: np.ndarray, dM: np.ndarray) -> None:
-    """dM = A dY A^T per 2x2 output tile: dy [B, H, W, O] -> dM [16, B, Th, Tw, O] (in place)."""
+    """dM = A dY A^T per 2x2 output tile: dy [B, H, W, O] -> dM [16, B, Th, Tw, O] (in place).
+
+    The adjoint of ``output_transform``: <output_transform(M), dy> = <M, dM>.
+
+    >>> rng = np.random.default_rng(0)
+    >>> M, dy = rng.standard_normal((16, 1, 2, 2, 3)), rng.standard_normal((1, 3, 4, 3))   # odd H: cropped
+    >>> y, dM = np.empty_like(dy), np.empty_like(M)
+    >>> td.nn.winograd.output_transform(M.copy(), y)           # (M is used as scratch)
+    >>> td.nn.winograd.output_transform_adjoint(dy, dM)
+    >>> bool(np.isclose(np.vdot(y, dy), np.vdot(M, dM)))
+    True
+    """
     Bn, H, W, O = dy.shape
     Th, Tw = dM.shape[2:4]
 
@@ -220,7 +264,18 @@ def _input_adjoint_1d(v, z_even, z_odd, tmp):
 
 
 def input_transform_adjoint(dV: np.ndarray, dx: np.ndarray) -> None:
-    """dx = sum over tiles of B dV B^T, cropped to the unpadded image: dV [16, B, Th, Tw, C] -> dx [B, H, W, C]."""
+    """dx = sum over tiles of B dV B^T, cropped to the unpadded image: dV [16, B, Th, Tw, C] -> dx [B, H, W, C].
+
+    The adjoint of ``input_transform``: <input_transform(x), dV> = <x, dx>.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x, dV = rng.standard_normal((1, 3, 5, 2)), rng.standard_normal((16, 1, 2, 3, 2))
+    >>> V, dx = np.empty_like(dV), np.empty_like(x)
+    >>> td.nn.winograd.input_transform(x, V)
+    >>> td.nn.winograd.input_transform_adjoint(dV, dx)
+    >>> bool(np.isclose(np.vdot(V, dV), np.vdot(x, dx)))
+    True
+    """
     Bn, H, W, C = dx.shape
     Th, Tw = dV.shape[2:4]
 
@@ -253,6 +308,11 @@ def batch_chunks(Bn: int, bytes_per_example: int) -> list:
     cache. The transforms are bound by memory traffic: on this machine (1 MiB L2 per
     core) slices of 2 MiB make a 32-channel 28x28 convolution's forward + backward 30 ms
     single-threaded, against 43 ms with 24 MiB slices.
+
+    >>> td.nn.winograd.batch_chunks(10, 3 << 19)               # 1.5 MiB per example: one at a time
+    [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
+    >>> td.nn.winograd.batch_chunks(10, 1 << 19)               # 0.5 MiB: four per slice
+    [(0, 4), (4, 8), (8, 10)]
     """
     return batch_slices(Bn, bytes_per_example, CHUNK_BYTES)
 
@@ -278,6 +338,14 @@ def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None, blocks=None) -> np.
 
     x: [B, H, W, C] channels-last -> y [B, H, W, O]. Nothing is kept for backward but x.
     ``blocks``: where U is nonzero (see ``_products``), or None.
+
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((4, 8, 3, 3))   # NCHW, PyTorch layout
+    >>> y = td.nn.winograd.conv3x3_forward(x.transpose(0, 2, 3, 1), td.nn.winograd.weight_transform(w))
+    >>> y.shape                                                # channels-last [B, H, W, O]
+    (2, 5, 5, 4)
+    >>> np.allclose(y.transpose(0, 3, 1, 2), td.nn.conv2d(x, w, padding=1, impl="im2col").data)
+    True
     """
     Bn, H, W, C = x.shape
     O = U.shape[2]
@@ -297,7 +365,20 @@ def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None, blocks=None) -> np.
 def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool = True, need_dw: bool = True,
                      blocks=None):
     """Gradients of ``conv3x3_forward`` from dy [B, H, W, O] and its input x [B, H, W, C]:
-    (dx [B, H, W, C] or None, dW [O, C, 3, 3] or None). V = B^T x B is recomputed per slice."""
+    (dx [B, H, W, C] or None, dW [O, C, 3, 3] or None). V = B^T x B is recomputed per slice.
+
+    The gradients of sum(y * g), against those of the plain im2col twin:
+
+    >>> rng = np.random.default_rng(0)
+    >>> x, w = rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((4, 8, 3, 3))
+    >>> g = rng.standard_normal((2, 4, 5, 5))                  # dL/dy
+    >>> nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    >>> dx, dw = td.nn.winograd.conv3x3_backward(nhwc(g), nhwc(x), td.nn.winograd.weight_transform(w))
+    >>> xt, wt = td.Tensor(x, requires_grad=True), td.Tensor(w, requires_grad=True)
+    >>> td.nn.conv2d(xt, wt, padding=1, impl="im2col").backward(g)
+    >>> np.allclose(dx, nhwc(xt.grad)), np.allclose(dw, wt.grad)
+    (True, True)
+    """
     Bn, H, W, O = dy.shape
     C = U.shape[1]
     Th, Tw = tiles(H, W)
