@@ -1,4 +1,4 @@
-"""The fast convolution: channels-last activations, three kernels, dx as a convolution.
+"""The fast convolution: channels-last activations, four kernels, dx as a convolution.
 
 What it computes: exactly ``conv.py``'s convolution (read that first: im2col, one GEMM,
 col2im), which stays as the plain twin and the reference ``conv2d(..., impl="im2col")``;
@@ -24,9 +24,10 @@ Why it is faster, in the order it matters for a UNet on a CPU:
    rather than kept, and whole slices go to the cores (``tinydiff.parallel``).
 5. **Upsample x2 + 3x3 conv as phase convolutions** (at the end of this file).
 
-The three kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
-least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  anything else -> channels-last
-``im2col`` (+ GEMM), which is also what a 3x3 layer with one input or output channel uses.
+The four kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
+least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  other stride-1 layers with fewer
+outputs than inputs (the UNet's 32 -> 1 output conv) -> ``col2im``, each input pixel's
+products added into the outputs around it;  anything else -> channels-last ``im2col`` (+ GEMM).
 """
 from __future__ import annotations
 
@@ -156,13 +157,13 @@ def _gemm_weight(w: np.ndarray) -> np.ndarray:
 
 
 def kernel_for(weight_shape, stride, padding) -> str:
-    """Which kernel ``conv2d_fast`` uses: "pointwise", "winograd" or "im2col".
+    """Which kernel ``conv2d_fast`` uses: "pointwise", "winograd", "col2im" or "im2col".
 
     >>> kernel_for = td.nn.conv_fast.kernel_for                # weight [O, C, kh, kw], stride, padding
     >>> kernel_for((64, 32, 1, 1), (1, 1), (0, 0)), kernel_for((64, 32, 3, 3), (1, 1), (1, 1))
     ('pointwise', 'winograd')
-    >>> kernel_for((64, 64, 3, 3), (2, 2), (1, 1)), kernel_for((1, 32, 3, 3), (1, 1), (1, 1))
-    ('im2col', 'im2col')
+    >>> kernel_for((1, 32, 3, 3), (1, 1), (1, 1)), kernel_for((64, 64, 3, 3), (2, 2), (1, 1))   # few outputs; strided
+    ('col2im', 'im2col')
     """
     O, C, kh, kw = weight_shape
     if (kh, kw) == (1, 1) and stride == (1, 1) and padding == (0, 0):
@@ -170,6 +171,8 @@ def kernel_for(weight_shape, stride, padding) -> str:
     if ((kh, kw) == (3, 3) and stride == (1, 1) and padding == (1, 1)
             and min(C, O) >= WINOGRAD_MIN_CHANNELS):
         return "winograd"
+    if stride == (1, 1) and O < C and padding[0] < kh and padding[1] < kw:
+        return "col2im"
     return "im2col"
 
 
@@ -198,6 +201,47 @@ def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) 
         def backward(g):
             gd = channels_last(g)                                 # [B, H, W, O]
             dx, dw = winograd.conv3x3_backward(gd, xd, U, need_dx, weight.requires_grad)
+            return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
+
+    elif kernel == "col2im":
+        # Fewer outputs than inputs (the UNet's last conv, 32 -> 1 channels): rather than
+        # patches of x (kh*kw*C values per pixel), make each input pixel's products with the
+        # kernel, Z = x @ Wz (kh*kw*O values per pixel), and add them into the outputs around
+        # the pixel: y = col2im(Z), i.e. a transposed convolution with the flipped kernel
+        # (padding k-1-p). Backward is its adjoint: dZ = im2col(dy), dx = dZ Wz^T, dWz = x^T dZ.
+        Wz = _gemm_weight(weight.data[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).T      # [C, kh*kw*O]
+        Ho, Wo = H + 2 * padding[0] - kh + 1, W + 2 * padding[1] - kw + 1
+        flipped = (kh - 1 - padding[0], kw - 1 - padding[1])
+        y = np.empty((Bn, Ho, Wo, O), xd.dtype)
+        slices = winograd.batch_chunks(Bn, H * W * kh * kw * O * xd.itemsize)
+
+        def run(lo, hi):
+            Z = xd[lo:hi].reshape(-1, C) @ Wz                                        # [b*H*W, kh*kw*O]
+            y[lo:hi] = col2im_nhwc(Z, (hi - lo, Ho, Wo, O), (kh, kw), (1, 1), flipped)
+            if b is not None:
+                y[lo:hi] += b
+
+        parallel_slices(run, slices)
+
+        def backward(g):
+            gd = channels_last(g)                                 # [B, Ho, Wo, O]
+            dx = np.empty((Bn, H, W, C), gd.dtype) if need_dx else None
+            partial = {}
+
+            def run_back(lo, hi):
+                dZ = im2col_nhwc(gd[lo:hi], (kh, kw), (1, 1), flipped)                # [b*H*W, kh*kw*O]
+                if need_dx:
+                    np.matmul(dZ, Wz.T, out=dx[lo:hi].reshape(-1, C))
+                if weight.requires_grad:
+                    partial[lo] = xd[lo:hi].reshape(-1, C).T @ dZ                      # [C, kh*kw*O]
+
+            parallel_slices(run_back, slices)
+            dw = None
+            if weight.requires_grad:
+                dWz = np.zeros((C, kh * kw * O), gd.dtype)
+                for lo, _ in slices:                              # a fixed order: same sum on any thread count
+                    dWz += partial[lo]
+                dw = dWz.reshape(C, kh, kw, O)[:, ::-1, ::-1].transpose(3, 0, 1, 2)   # unflip: [O, C, kh, kw]
             return (None if dx is None else as_nchw(dx), dw, _bias_grad(gd, bias))
 
     else:
