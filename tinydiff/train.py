@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import numpy as np
 
@@ -261,8 +262,12 @@ class Trainer:
         parts.append(f"the weights are those of step {self.step} and {kept}")
         return "; ".join(parts)
 
-    def train(self, steps: int) -> list[float]:
+    def train(self, steps: int, max_seconds: float | None = None) -> list[float]:
         """Train until ``self.step == steps`` (a resumed trainer continues where it stopped).
+
+        max_seconds: also stop after the first step that ends past this many seconds of
+        training (a hard time budget; the checkpoint then holds that step, and a later
+        ``train(steps)`` on the resumed trainer finishes the run).
 
         Progress (``tinydiff.progress.Progress``): one line redrawn in place on a terminal or
         in a notebook, else a line every ``log_every`` steps; the loss shown is the mean of
@@ -272,8 +277,13 @@ class Trainer:
         if self.log_every:
             progress = Progress(steps, "step", every=self.log_every, initial=self.step, unit="steps",
                                 log=None if self.log is print else self.log)
+        start = time.perf_counter()
         while self.step < steps:
             self.train_step()
+            if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                steps = self.step                                   # out of time: stop here
+                if progress is not None:
+                    progress.total = steps                          # its last line says where it stopped
             if progress is not None:
                 progress.update(self.step, loss=float(np.mean(self.losses[-self.log_every:])))
             if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
