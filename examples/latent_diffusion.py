@@ -60,9 +60,10 @@ RUN_FLAGS = ("vae", "steps", "batch", "lr", "ema", "label_dropout", "seed", "wid
 EVAL_FLAGS = ("sampler", "sample_steps", "guidance", "n_samples", "no_score", "timing_rounds", "timing_batch")
 
 
-def vae_example():
-    """examples/vae.py as a module: it trains (and saves, and loads) the VAE this example freezes."""
-    spec = importlib.util.spec_from_file_location("vae_example", Path(__file__).with_name("vae.py"))
+def example(name: str):
+    """examples/<name>.py as a module: vae.py trains (and saves, and loads) the VAE this example
+    freezes; mnist.py builds the pixel-space model the timing compares with."""
+    spec = importlib.util.spec_from_file_location(f"{name}_example", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -161,7 +162,7 @@ def make_betas(args):
 def frozen_vae(args):
     """The VAE at args.vae; trained first (examples/vae.py, its own output folder) when missing.
     Returns (vae, seconds spent training it here: 0 when it was already there)."""
-    example = vae_example()
+    vae_py = example("vae")
     if not os.path.exists(args.vae):
         folder = os.path.dirname(os.path.abspath(args.vae))
         print(f"no VAE at {args.vae}: training one with examples/vae.py (latent {args.vae_latent}) into {folder}")
@@ -172,13 +173,13 @@ def frozen_vae(args):
         argv += ["--no-download"] if args.no_download else []
         argv += ["--train-limit", str(args.train_limit)] if args.train_limit else []
         argv += ["--resume"] if os.path.exists(os.path.join(folder, "checkpoint.npz")) else []   # a killed run
-        metrics = example.main(argv + args.vae_args.split())
+        metrics = vae_py.main(argv + args.vae_args.split())
         if os.path.abspath(os.path.join(folder, "vae.npz")) != os.path.abspath(args.vae):
             raise FileNotFoundError(f"--vae {args.vae}: examples/vae.py writes vae.npz, so name the file vae.npz")
         trained_seconds = metrics["train_seconds"]
     else:
         trained_seconds = 0.0
-    vae = example.load_vae(args.vae)
+    vae = vae_py.load_vae(args.vae)
     if len(vae.latent_shape) != 3:
         raise ValueError(f"--vae {args.vae}: latent diffusion needs a spatial latent (k x 7 x 7), this VAE has "
                          f"latent shape {vae.latent_shape}; train one with --latent 4x7x7")
@@ -242,19 +243,22 @@ def train(args, diffusion, model, data, checkpoint, saved, scale_factor):
 # ---------------------------------------------------------------- latent vs pixel timing
 def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int = 100) -> dict:
     """Seconds per 100 digits of one training step and of one guided sampling chain (the same
-    sampler, steps, guidance and batch), for this latent UNet + decoder and for examples/mnist.py's
-    default pixel-space UNet (MNIST-UNET, untrained: the time does not depend on the weights).
-    The two alternate within each round, so both see the same machine load; the minimum over
-    rounds is reported (the least disturbed run)."""
-    pixel = UNet(num_classes=10, rng=np.random.default_rng(0))
-    loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
+    sampler, steps, guidance and batch), for this latent UNet + decoder and for the pixel-space
+    diffusion and UNet that examples/mnist.py builds with its default flags (untrained: the time
+    does not depend on the weights). The two alternate within each round, so both see the same
+    machine load; the minimum over rounds is reported (the least disturbed run)."""
+    mnist_py = example("mnist")
+    pixel_args = mnist_py.parse_args([])
+    pixel_diffusion, pixel = mnist_py.build(pixel_args)
+    latent_loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
+    pixel_loss = DiffusionLoss(pixel_diffusion, label_dropout=pixel_args.label_dropout)
     rng = np.random.default_rng(0)
     y = np.arange(batch) % 10
     x_pixel = rng.uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32)
     z_latent = rng.standard_normal((batch, *space.shape)).astype(np.float32)
     sample_kw = dict(sampler=args.sampler, steps=args.sample_steps, guidance=args.guidance, model_kwargs={"y": y})
 
-    def train_step(net, x):
+    def train_step(loss, net, x):
         start = time.perf_counter()
         value, _ = loss(net, (x, {"y": y}), np.random.default_rng(1))
         value.backward()
@@ -263,7 +267,7 @@ def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int 
 
     def sample_pixels():
         start = time.perf_counter()
-        run_sampler(diffusion, pixel, (batch, 1, 28, 28), np.random.default_rng(2), **sample_kw)
+        run_sampler(pixel_diffusion, pixel, (batch, 1, 28, 28), np.random.default_rng(2), **sample_kw)
         return time.perf_counter() - start
 
     def sample_latents():
@@ -273,8 +277,8 @@ def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int 
 
     times = {"train_pixel": [], "train_latent": [], "sample_pixel": [], "sample_latent": []}
     for r in range(rounds):
-        times["train_latent"].append(train_step(model, z_latent))
-        times["train_pixel"].append(train_step(pixel, x_pixel))
+        times["train_latent"].append(train_step(latent_loss, model, z_latent))
+        times["train_pixel"].append(train_step(pixel_loss, pixel, x_pixel))
         times["sample_latent"].append(sample_latents())
         times["sample_pixel"].append(sample_pixels())
         print(f"  timing round {r + 1}/{rounds}: sampling {batch} digits, latent {times['sample_latent'][-1]:.1f} s, "
@@ -287,7 +291,8 @@ def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int 
             "setup": f"{args.sampler}, {args.sample_steps} steps, guidance {args.guidance:g} (two network passes per "
                      f"step), batch {batch}, latent time includes decoding; one training step = forward + "
                      f"backward at batch {batch}; minimum of {rounds} interleaved rounds",
-            "pixel_model": f"examples/mnist.py default UNet ({pixel.num_parameters():,} parameters, 1 x 28 x 28)",
+            "pixel_model": f"examples/mnist.py's default UNet (width {pixel_args.width}, mults "
+                           f"{','.join(map(str, pixel_args.mults))}: {pixel.num_parameters():,} parameters, 1 x 28 x 28)",
             "latent_model": f"this UNet ({model.num_parameters():,} parameters, {' x '.join(map(str, space.shape))}) "
                             f"+ the VAE decoder"}
 
