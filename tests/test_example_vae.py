@@ -148,12 +148,13 @@ def default_vae_run(tmp_path_factory):
 @pytest.mark.slow
 def test_default_vae_run_meets_its_targets(default_vae_run):
     """README "The VAE and latent diffusion": the bound on 1,000 test digits in bits/dim with its
-    terms, training within 5 minutes, and the decoder fed posterior draws reads as digits."""
+    terms, and the decoder fed posterior draws reads as digits. (The time target, 5 minutes of
+    training, is measured by the run itself and reported, not asserted: no timed tests.)"""
     metrics = default_vae_run
     elbo = metrics["elbo"]
     assert elbo["digits"] == 1000 and 1.0 < elbo["bpd"] < 2.0            # measured 1.572 +- 0.016
     assert elbo["nelbo_nats"] == pytest.approx(elbo["reconstruction_nats"] + elbo["kl_nats"])
-    assert metrics["train_seconds"] <= 300
+    assert metrics["steps"] == 1500 and metrics["latent_shape"] == [8]
     assert metrics["scorer_posterior"]["confident_fraction"] >= 0.80       # measured 87.2%
 
 
@@ -166,9 +167,11 @@ def test_default_vae_prior_samples_reach_80_percent_confident(default_vae_run):
 
 @pytest.mark.slow
 def test_default_latent_diffusion_run_meets_its_targets(tmp_path):
-    """README: the VAE + diffusion trained within 10 minutes, >= 90% of 500 guided samples read as the
-    digit asked for, sampling at least 5x faster per digit than the pixel-space UNet at the same steps."""
+    """README: >= 90% of 500 guided samples read as the digit asked for (measured 98.2%), sampling at
+    least 5x faster per digit than examples/mnist.py's pixel-space UNet at the same steps (a ratio of
+    interleaved timings in one process; measured 9.9x). The time target, 10 minutes of training for
+    the VAE and the diffusion, is reported by the run (303 s), not asserted: no timed tests."""
     metrics = load("latent_diffusion").main(DATA + ["--out", str(tmp_path / "ld")])
-    assert metrics["total_train_seconds"] <= 600
+    assert metrics["vae_train_seconds"] > 0 and metrics["steps"] == 5000       # it trained its own VAE
     assert metrics["scorer"]["accuracy"] >= 0.90
     assert metrics["timing"]["sampling_speedup"] >= 5
