@@ -7,6 +7,7 @@ same data, same thread count) and reports the ratio tinydiff / PyTorch.
 
     python bench/bench_step.py                       # tinydiff only
     /path/to/venv-with-torch/bin/python bench/bench_step.py    # with the PyTorch comparison
+    ... bench/bench_step.py --cpu-time               # one thread each, CPU time: robust on a busy machine
 
 A step here is what the training loop does each iteration:
     x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps      (q_sample, DDPM eq. 4)
@@ -53,13 +54,16 @@ def tinydiff_step(model, opt, x0, t, eps, ab):
     return loss.item()
 
 
+CLOCK = time.perf_counter        # --cpu-time: time.process_time, with every framework on one thread
+
+
 def time_block(step, reps):
     """Milliseconds of each of ``reps`` consecutive steps."""
     times = []
     for _ in range(reps):
-        start = time.perf_counter()
+        start = CLOCK()
         step()
-        times.append((time.perf_counter() - start) * 1e3)
+        times.append((CLOCK() - start) * 1e3)
     return times
 
 
@@ -116,17 +120,28 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--default-malloc", action="store_true",
                         help="do not call tinydiff.runtime.reuse_freed_memory (as the Trainer does)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread each and CPU time instead of wall time: a ratio that another "
+                             "process on the machine barely disturbs")
     args = parser.parse_args(argv)
     allocator = "glibc default" if args.default_malloc else f"reuse_freed_memory: {reuse_freed_memory()}"
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
+        td.parallel.set_num_threads(1)
+        if td.parallel._blas is not None:
+            td.parallel._blas[0](1)                                 # NumPy's OpenBLAS on one thread
 
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas).astype(np.float32)
     results = {"numpy": np.__version__, "allocator": allocator, "rounds": args.rounds, "reps_per_round": args.reps,
-               "runs": []}
+               "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "runs": []}
     torch = None
     if not args.no_torch:
         try:
             import torch
+            if args.cpu_time:
+                torch.set_num_threads(1)
         except ImportError:
             results["torch"] = "not installed: only tinydiff was timed"
     for batch in args.batches:

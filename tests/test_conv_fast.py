@@ -64,10 +64,25 @@ def test_winograd_matches_im2col_twin(B, C, O, H, W, seed):
     assert_same(run(x, w, b, 1, 1, "fast"), run(x, w, b, 1, 1, "im2col"))
 
 
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 3), O=st.integers(1, 4), extra=st.integers(1, 8), kernel=st.sampled_from([2, 3]),
+       data=st.data(), seed=st.integers(0, 2**16))
+def test_col2im_kernel_matches_im2col_twin(B, O, extra, kernel, data, seed):
+    """Fewer outputs than inputs, stride 1: y = col2im(x @ Wz), a transposed convolution."""
+    padding = data.draw(st.integers(0, kernel - 1))
+    H, W = data.draw(st.integers(kernel, kernel + 5)), data.draw(st.integers(kernel, kernel + 5))
+    rng = np.random.default_rng(seed)
+    C = O + extra
+    x, w, b = rng.standard_normal((B, C, H, W)), rng.standard_normal((O, C, kernel, kernel)), rng.standard_normal(O)
+    assert kernel_for(w.shape, (1, 1), (padding, padding)) == "col2im"
+    assert_same(run(x, w, b, 1, padding, "fast"), run(x, w, b, 1, padding, "im2col"))
+
+
 def test_kernel_choice():
     assert kernel_for((8, 8, 1, 1), (1, 1), (0, 0)) == "pointwise"
     assert kernel_for((8, 8, 3, 3), (1, 1), (1, 1)) == "winograd"
-    assert kernel_for((1, 32, 3, 3), (1, 1), (1, 1)) == "im2col"        # one output channel
+    assert kernel_for((1, 32, 3, 3), (1, 1), (1, 1)) == "col2im"        # one output channel
+    assert kernel_for((32, 1, 3, 3), (1, 1), (1, 1)) == "im2col"        # one input channel
     assert kernel_for((8, 8, 3, 3), (2, 2), (1, 1)) == "im2col"
 
 

@@ -70,6 +70,15 @@ def test_resume_continues_a_finished_run(tmp_path):
     assert again["steps"] == first["steps"] == 12
 
 
+def test_minutes_budget_sets_the_step_count_and_never_overruns(tmp_path):
+    """--minutes instead of --steps: the step count comes from the speed of the first steps, is
+    saved, and training stops at the budget (here a few seconds) even if the estimate was high."""
+    args = [a for a in TINY if a not in ("--steps", "12")] + ["--minutes", "0.05"]
+    metrics = load_example().main(args + ["--data-dir", str(MNIST_DIR), "--out", str(tmp_path / "run")])
+    assert metrics["planned_steps"] >= 20 and 1 <= metrics["steps"] <= metrics["planned_steps"]
+    assert metrics["train_seconds"] <= 0.05 * 60 + 2
+
+
 @pytest.mark.slow
 def test_default_run_meets_its_targets(tmp_path):
     """The README's default run: >= 95% of 500 guided samples read as the digit asked for, a Frechet

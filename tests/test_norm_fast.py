@@ -56,3 +56,16 @@ def test_layer_float32_and_no_affine():
     np.testing.assert_allclose(y.data, silu(group_norm(Tensor(x), 2, norm.weight, norm.bias)).data, atol=1e-5)
     plain = GroupNorm(3, 6, affine=False)
     np.testing.assert_allclose(plain(x).data, group_norm(Tensor(x), 3).data, atol=1e-5)
+
+
+def test_fused_matches_composed_when_channel_rows_are_split():
+    """Channels-last with S*C > 8192: per-channel vectors are repeated over k < S pixels, so
+    the [b, S/k, k*C] rows view has several rows per example (10x10 pixels, 96 channels: k = 50)."""
+    rng = np.random.default_rng(3)
+    x = np.ascontiguousarray(rng.standard_normal((2, 10, 10, 96)) * 2 + 1).transpose(0, 3, 1, 2)
+    w, b, g = rng.standard_normal(96), rng.standard_normal(96), rng.standard_normal((2, 96, 10, 10))
+    for act in (False, True):
+        fused = grads(lambda x, w, b: group_norm_act(x, 8, w, b, silu=act), x, w, b, g)
+        composed = grads(lambda x, w, b: silu(group_norm(x, 8, w, b)) if act else group_norm(x, 8, w, b), x, w, b, g)
+        for got, want in zip(fused, composed):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)

@@ -17,16 +17,18 @@ def threads_everywhere(monkeypatch):
 
 
 def step(seed):
-    """Outputs and gradients of a conv -> GroupNorm+SiLU -> phase conv -> strided conv -> SiLU chain."""
+    """Outputs and gradients of a conv -> GroupNorm+SiLU -> phase conv -> strided conv -> SiLU
+    -> 8-to-2-channel conv chain (Winograd, fused norm, phase, im2col and col2im kernels)."""
     rng = np.random.default_rng(seed)
     conv = Conv2d(8, 8, 3, padding=1, rng=rng)
     norm = GroupNorm(4, 8)
     up = Conv2d(8, 8, 3, padding=1, rng=rng)
     down = Conv2d(8, 8, 3, stride=2, padding=1, rng=rng)
+    out = Conv2d(8, 2, 3, padding=1, rng=rng)
     x = Tensor(rng.standard_normal((5, 8, 7, 6)).astype(np.float32), requires_grad=True)
-    y = silu(down(up(norm(conv(x), silu=True), upsample=2)))
+    y = out(silu(down(up(norm(conv(x), silu=True), upsample=2))))
     y.backward(rng.standard_normal(y.shape).astype(np.float32))
-    return [y.data, x.grad] + [p.grad for m in (conv, norm, up, down) for p in m.parameters()]
+    return [y.data, x.grad] + [p.grad for m in (conv, norm, up, down, out) for p in m.parameters()]
 
 
 def test_threaded_equals_single_threaded(threads_everywhere):

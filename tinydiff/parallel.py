@@ -59,12 +59,23 @@ _local = threading.local()                              # .inside: this thread r
 
 
 def get_num_threads() -> int:
-    """How many threads ``parallel_for`` splits work over (1 means no threading)."""
+    """How many threads ``parallel_for`` splits work over (1 means no threading).
+
+    >>> td.parallel.get_num_threads() >= 1
+    True
+    """
     return _num_threads
 
 
 def set_num_threads(n: int) -> int:
-    """Use ``n`` threads from now on; returns the previous count. ``n = 1`` turns threading off."""
+    """Use ``n`` threads from now on; returns the previous count. ``n = 1`` turns threading off.
+
+    >>> previous = td.parallel.set_num_threads(1)              # e.g. to time one core
+    >>> td.parallel.get_num_threads()
+    1
+    >>> td.parallel.set_num_threads(previous)                  # back as it was; returns the 1
+    1
+    """
     global _num_threads, _pool
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"set_num_threads needs an int >= 1, got {n!r}")
@@ -76,7 +87,11 @@ def set_num_threads(n: int) -> int:
 
 
 def chunks(n: int, parts: int) -> list:
-    """``range(n)`` cut into ``parts`` consecutive (lo, hi) pieces of near-equal size."""
+    """``range(n)`` cut into ``parts`` consecutive (lo, hi) pieces of near-equal size.
+
+    >>> td.parallel.chunks(10, 3)
+    [(0, 3), (3, 6), (6, 10)]
+    """
     parts = max(1, min(parts, n))
     bounds = [n * i // parts for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
@@ -90,6 +105,12 @@ def parallel_for(fn, n: int, work: int | None = None) -> None:
     the next undone chunk until none is left: if another process holds a core and one
     thread stalls, the others finish its share instead of waiting for it. Exceptions
     raised by any chunk propagate to the caller.
+
+    >>> out = np.empty(8)
+    >>> def square(lo, hi): out[lo:hi] = np.arange(lo, hi) ** 2     # writes only its own rows
+    >>> td.parallel.parallel_for(square, 8)
+    >>> out.tolist()
+    [0.0, 1.0, 4.0, 9.0, 16.0, 25.0, 36.0, 49.0]
     """
     if getattr(_local, "inside", False):                # nested in a chunk: that chunk is one thread's
         fn(0, n)
@@ -174,6 +195,9 @@ def batch_slices(n: int, bytes_per_item: int, budget: int) -> list:
 
     NumPy makes one pass over memory per operation, so a kernel of several operations runs
     at the speed of the cache its working set fits in: slicing the batch keeps it there.
+
+    >>> td.parallel.batch_slices(10, bytes_per_item=100, budget=400)
+    [(0, 4), (4, 8), (8, 10)]
     """
     per = max(1, budget // max(1, bytes_per_item))
     return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
@@ -187,6 +211,14 @@ def parallel_slices(fn, slices: list) -> None:
     entry of a list of partial results, summed afterwards in slice order). Without several
     threads, or if NumPy's OpenBLAS cannot be found, the slices run one after another and
     their inner work is threaded as usual.
+
+    >>> x = np.arange(10.0)
+    >>> totals = {}                                            # one entry per slice, summed in order
+    >>> def partial_sum(lo, hi): totals[lo] = float(x[lo:hi].sum())
+    >>> slices = td.parallel.batch_slices(10, x.itemsize, 4 * x.itemsize)
+    >>> td.parallel.parallel_slices(partial_sum, slices)
+    >>> [totals[lo] for lo, _ in slices], sum(totals[lo] for lo, _ in slices)
+    ([6.0, 22.0, 17.0], 45.0)
     """
     if _num_threads == 1 or len(slices) == 1 or _blas is None or getattr(_local, "inside", False):
         for lo, hi in slices:
