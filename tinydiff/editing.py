@@ -13,7 +13,8 @@ one of its own half-denoised samples. Three ways, each one function:
                                                  to that step, q(x_t | x_0) (the replacement
                                                  method, Song et al. 2021, app. I.2; RePaint,
                                                  Lugmayr et al. 2022, Algorithm 1, with its
-                                                 resampling: resample=, jump=)
+                                                 resampling: resample=, jump=); the merge
+                                                 itself is inpaint_merge (RePaint eq. 8)
     ddim_invert(d, model, x0, labels, steps)     run DDIM's deterministic update backwards, data to
                                                  noise (Song et al. 2021 eq. 13; Dhariwal & Nichol
                                                  2021 app. F; Mokady et al. 2023): decoding the
@@ -78,6 +79,30 @@ def sdedit_timestep(diffusion, t0: float) -> int:
     return int(round(float(t0) * diffusion.num_timesteps)) - 1
 
 
+def sdedit_start(diffusion, x0, t0: float, noise=None, rng=None):
+    """SDEdit's starting point, the "guide" noised to strength t0 (Meng et al. 2022, Algorithm 1
+    line 2, their VP-SDE perturbation kernel; in DDPM's notation, Ho et al. 2020 eq. 4):
+
+        x_t0 = sqrt(ab_t0) x_0 + sqrt(1 - ab_t0) eps,   eps ~ N(0, I),   t0 -> step round(t0 T) - 1
+
+    x0: [B, *D] in model space; t0: strength in [0, 1] (``sdedit_timestep``; 0 returns x0);
+    noise: eps [B, *D] (default: drawn from rng). Returns x_t0 [B, *D] in x0's dtype. The
+    larger t0, the less of x0 survives: at the cosine schedule's t0 = 0.5 the signal scale
+    sqrt(ab) is about 0.7, at t0 = 0.8 about 0.3.
+
+    >>> d = td.GaussianDiffusion(td.cosine_beta_schedule(1000))
+    >>> x = td.editing.sdedit_start(d, np.ones((1, 3), np.float32), 0.5, noise=np.zeros((1, 3)))
+    >>> bool(np.allclose(x, np.sqrt(d.alphas_cumprod[499]))), x.dtype                       # sqrt(ab) x_0
+    (True, dtype('float32'))
+    """
+    x0 = _check_images(x0)
+    start = sdedit_timestep(diffusion, t0)
+    if start < 0:
+        return x0.copy()
+    x_t0 = diffusion.q_sample(x0, np.full(len(x0), start), noise=noise, rng=rng)
+    return np.asarray(x_t0).astype(x0.dtype, copy=False)
+
+
 def sdedit(diffusion, model, x0, t0: float, labels, rng, *, steps=50, eta: float = 1.0, guidance=None,
            clip_denoised: bool = False, noise=None, progress=None):
     """SDEdit (Meng et al. 2022, Algorithm 1): x_t0 ~ q(x_t0 | x_0), then denoise to the data.
@@ -113,10 +138,26 @@ def sdedit(diffusion, model, x0, t0: float, labels, rng, *, steps=50, eta: float
     kwargs = _labels_kwargs(labels, len(x0))
     k = max(1, math.ceil(steps * (start + 1) / diffusion.num_timesteps))
     kept = space_timesteps(start + 1, k)                      # 0 ... start: the chain ends at t0
-    x_t0 = diffusion.q_sample(x0, np.full(len(x0), start), noise=noise, rng=rng)
+    x_t0 = sdedit_start(diffusion, x0, t0, noise=noise, rng=rng)
     return ddim_sample_loop(diffusion, model, x0.shape, rng, steps=kept, eta=eta, model_kwargs=kwargs,
                             guidance=guidance, clip_denoised=clip_denoised, noise=x_t0, progress=progress,
                             dtype=x0.dtype)
+
+
+def inpaint_merge(x_known, x_unknown, mask):
+    """The inpainting merge (RePaint, Lugmayr et al. 2022, eq. 8):
+
+        x_{t-1} = m * x_{t-1}^known + (1 - m) * x_{t-1}^unknown
+
+    x_known: [B, *D] the image's own pixels noised to step t-1, q(x_{t-1} | x_0) (RePaint eq. 6;
+    ``q_sample``); x_unknown: [B, *D] the model's reverse step from x_t (RePaint eq. 7); mask m:
+    bool, broadcastable to [B, *D], True where the pixel is known. A bool mask picks, so the
+    known pixels are x_known bit for bit. Returns [B, *D].
+
+    >>> td.editing.inpaint_merge(np.zeros((1, 4)), np.ones((1, 4)), np.array([True, True, False, False])).tolist()
+    [[0.0, 0.0, 1.0, 1.0]]
+    """
+    return np.where(np.asarray(mask, dtype=bool), x_known, x_unknown)
 
 
 def repaint_schedule(num_steps: int, resample: int = 1, jump: int = 1) -> list:
@@ -150,11 +191,11 @@ def inpaint(diffusion, model, x0, mask, labels, rng, *, steps=50, resample: int 
     """Fill in the unknown pixels of x0 (where mask is False) with the model: after every
     reverse step the known pixels are replaced by x0 noised to the new step,
 
-        x_{t-1} = m * x_{t-1}^known + (1 - m) * x_{t-1}^unknown
+        x_{t-1} = m * x_{t-1}^known + (1 - m) * x_{t-1}^unknown      (``inpaint_merge``)
         x_{t-1}^known ~ q(x_{t-1} | x_0)   (``q_sample``; x0 itself at the data)
         x_{t-1}^unknown ~ the model's reverse step from x_t (``ddim_step``)
 
-    (RePaint, Lugmayr et al. 2022, Algorithm 1 lines 4-8; the replacement method of Song et
+    (RePaint, Lugmayr et al. 2022, eq. 6-8 and Algorithm 1 lines 4-8; the replacement method of Song et
     al. 2021, app. I.2). The model never sees x0 directly; the replaced pixels steer it. With
     resample = r > 1 (RePaint's resampling, Algorithm 1 line 9 and section 4.2), at every
     ``jump``-th step the chain goes back up ``jump`` steps with q(x_t | x_{t-1}) (``q_step``)
@@ -191,8 +232,8 @@ def inpaint(diffusion, model, x0, mask, labels, rng, *, steps=50, resample: int 
 
     def put_back_known(x, level):
         """Replace the known pixels of x (at chain level ``level``; -1 is the data) by x0 noised there."""
-        truth = x0 if level < 0 else chain.q_sample(x0, np.full(B, level), rng=rng)
-        return np.where(known, truth, x).astype(x0.dtype, copy=False)
+        truth = x0 if level < 0 else chain.q_sample(x0, np.full(B, level), rng=rng)    # RePaint eq. 6
+        return inpaint_merge(truth, x, known).astype(x0.dtype, copy=False)
 
     def after_step(x, t):                       # x has just been moved from level t to t - 1
         level = int(t[0]) - 1
