@@ -264,3 +264,47 @@ def test_after_step_sees_every_step_in_order_and_identity_changes_nothing():
         plain = loop(D, EIGHT.eps_model(), (3, 2), np.random.default_rng(0), steps=8)
         hooked = loop(D, EIGHT.eps_model(), (3, 2), np.random.default_rng(0), steps=8, after_step=hook)
         assert np.array_equal(plain, hooked) and seen == list(range(7, -1, -1))
+
+
+def test_inpaint_model_sees_known_pixels_as_fresh_draws_of_q_xt_given_x0():
+    """RePaint eq. 6: before every model call the known pixels are x0 noised to that step, a new
+    draw each time. Over 4,000 chains the known coordinate the model sees at chain level t has
+    mean sqrt(ab_t) x0 and standard deviation sqrt(1 - ab_t) (the closed form of q(x_t | x_0)),
+    and draws at neighbouring levels are uncorrelated (a forward chain would be correlated)."""
+    K, B = 10, 4000
+    chain = respace(D, K)
+    seen = {}
+
+    def model(x_t, t):
+        seen[int(t[0])] = x_t[:, 0].copy()
+        return np.zeros_like(x_t)
+
+    x0 = np.tile(np.array([[1.5, 0.0]]), (B, 1))
+    inpaint(D, model, x0, np.array([True, False]), None, np.random.default_rng(0), steps=K)
+    for level in range(K - 1):                        # the last level K - 1 starts from pure noise, not q
+        ab = chain.alphas_cumprod[level]
+        x = seen[int(chain.timestep_map[level])]
+        assert abs(x.mean() - np.sqrt(ab) * 1.5) < 4 * np.sqrt((1 - ab) / B)
+        assert abs(x.std() / np.sqrt(1 - ab) - 1) < 0.05
+    a, b = seen[int(chain.timestep_map[3])], seen[int(chain.timestep_map[4])]
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.06
+
+
+def test_sdedit_start_is_q_sample_and_checks_t0():
+    x0 = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
+    eps = np.random.default_rng(1).standard_normal((3, 2)).astype(np.float32)
+    out = td.editing.sdedit_start(D, x0, 0.25, noise=eps)
+    np.testing.assert_allclose(out, np.sqrt(D.alphas_cumprod[249]) * x0 + np.sqrt(1 - D.alphas_cumprod[249]) * eps,
+                               rtol=1e-5, atol=1e-6)
+    assert out.dtype == np.float32 and np.array_equal(td.editing.sdedit_start(D, x0, 0.0), x0)
+    with pytest.raises(ValueError, match="t0: expected the SDEdit strength.*got 2"):
+        td.editing.sdedit_start(D, x0, 2)
+
+
+def test_inpaint_merge_takes_known_pixels_bit_for_bit():
+    rng = np.random.default_rng(0)
+    known, unknown = rng.standard_normal((2, 3, 1, 4, 4))
+    mask = rng.random((3, 1, 4, 4)) < 0.5
+    out = td.editing.inpaint_merge(known, unknown, mask)
+    assert np.array_equal(out[mask], known[mask]) and np.array_equal(out[~mask], unknown[~mask])
+    np.testing.assert_array_equal(out, mask * known + (1 - mask) * unknown)     # the paper's m x + (1 - m) x
