@@ -8,12 +8,15 @@ chain can be entered part-way (tinydiff.editing). On --n real test digits this e
   and ignores the label; large t0 obeys the label and forgets the stroke. Per t0: how often
   the scorer reads the new label, and the pixel distance from the original;
 * inpainting: hides the left half, the top half or a random 50% of the pixels and lets the
-  UNCONDITIONAL model (null label) fill them in, the known pixels re-noised with q(x_t | x_0)
-  at every step; RePaint's resampling (--resample, --jump) on the left half beside it. Per
-  mask: how often the scorer still reads the ORIGINAL digit, and the error on the hidden pixels;
+  model fill them in with the null label (the known pixels alone say which digit it is), the
+  known pixels re-noised with q(x_t | x_0) at every step; beside it, the left half with
+  RePaint's resampling (--resample, --jump), and the left half filled in under the digit's own
+  label. Per run: how often the scorer still reads the ORIGINAL digit, and the error on the
+  hidden pixels;
 * DDIM inversion: runs DDIM's update backwards to encode each digit into noise, decodes that
   noise under its own label (the reconstruction error says how exact the inversion is) and
-  under another label (an edit that keeps the latent's layout).
+  under another label (an edit that keeps the latent's layout). Both directions clip the
+  x_0 estimate to [-1, 1], as the sampler does (td.editing.ddim_invert says why).
 
 Run (with a checkpoint of examples/mnist.py, whose saved flags rebuild the model):
 
@@ -126,9 +129,9 @@ def trained_model(args, mnist):
 
 
 def make_masks(n: int, rng) -> dict:
-    """bool [n, 1, 28, 28] per mask name, True where the pixel is KNOWN (kept)."""
+    """bool [n, 1, 28, 28] per mask, True where the pixel is KNOWN (kept); the name says what is hidden."""
     cols, rows = np.meshgrid(np.arange(28), np.arange(28))                  # [28, 28] each
-    return {"left half": np.broadcast_to(cols >= 14, (n, 1, 28, 28)),      # the left half is hidden
+    return {"left half": np.broadcast_to(cols >= 14, (n, 1, 28, 28)),
             "top half": np.broadcast_to(rows >= 14, (n, 1, 28, 28)),
             "random 50%": rng.random((n, 1, 28, 28)) < 0.5}
 
@@ -190,21 +193,23 @@ def main(argv=None) -> dict:
 
         # ---- inpainting with the null label: the known pixels alone say which digit it is
         masks = make_masks(args.n, np.random.default_rng(args.seed + 2))
-        runs_ = [(name, masks[name], 1) for name in MASKS]
+        runs_ = [(name, masks[name], 1, None) for name in MASKS]
         if args.resample > 1:
-            runs_.append(("left half", masks["left half"], args.resample))
+            runs_.append(("left half", masks["left half"], args.resample, None))
+        runs_.append(("left half", masks["left half"], 1, y))            # told which digit it is
         metrics["inpaint"], ip_rows = [], []
-        for name, known, r in runs_:
+        for name, known, r, labels_ in runs_:
             start = time.perf_counter()
-            filled = td.editing.inpaint(diffusion, model, x0, known, None, np.random.default_rng(args.seed + 3),
+            how = ", RePaint r = %d" % r if r > 1 else ", original label" if labels_ is not None else ""
+            filled = td.editing.inpaint(diffusion, model, x0, known, labels_, np.random.default_rng(args.seed + 3),
                                         steps=args.sample_steps, resample=r, jump=args.jump, clip_denoised=True,
-                                        progress=td.Progress(0, f"inpainting, {name}" + (f", RePaint r = {r}"
-                                                                                          if r > 1 else "")))
+                                        progress=td.Progress(0, f"inpainting, {name} hidden{how}"))
             f01 = from_model_space(filled)
             shown_input = np.where(known, original, 0.5)                     # hidden pixels drawn grey
-            ip_rows.append((name, r, shown_input[show, 0], f01[show, 0]))
+            ip_rows.append((name, r, labels_ is not None, shown_input[show, 0], f01[show, 0]))
             metrics["inpaint"].append({
-                "mask": name, "resample": r, "jump": args.jump if r > 1 else None,
+                "hidden": name, "label": "original" if labels_ is not None else "null",
+                "resample": r, "jump": args.jump if r > 1 else None,
                 "known_fraction": float(np.mean(known)),
                 "read_as_original_label": read_as(f01, y),
                 "masked_input_read_as_original_label": read_as(np.where(known, original, 0.0), y),
@@ -214,14 +219,14 @@ def main(argv=None) -> dict:
 
         # ---- DDIM inversion: encode under the own label, decode under the own and a new label
         start = time.perf_counter()
-        latent = td.editing.ddim_invert(diffusion, model, x0, y, steps=args.sample_steps,
+        # x_0 estimates clipped to [-1, 1] both ways: see ddim_invert (without: 0.19 per pixel, not 0.004)
+        latent = td.editing.ddim_invert(diffusion, model, x0, y, steps=args.sample_steps, clip_denoised=True,
                                         progress=td.Progress(0, "DDIM inversion"))
-        decode = dict(steps=args.sample_steps, noise=latent, dtype=np.float32)
+        decode = dict(steps=args.sample_steps, noise=latent, clip_denoised=True, dtype=np.float32)
         back = td.ddim_sample_loop(diffusion, model, x0.shape, np.random.default_rng(0), model_kwargs={"y": y},
                                    progress=td.Progress(0, "decoding, own label"), **decode)
         other = td.ddim_sample_loop(diffusion, model, x0.shape, np.random.default_rng(0), model_kwargs={"y": y_new},
-                                    guidance=args.guidance, clip_denoised=True,
-                                    progress=td.Progress(0, "decoding, new label"), **decode)
+                                    guidance=args.guidance, progress=td.Progress(0, "decoding, new label"), **decode)
         b01, o01 = from_model_space(back), from_model_space(other)
         metrics["inversion"] = {
             "latent_mean": float(latent.mean()), "latent_std": float(latent.std()),
@@ -237,15 +242,15 @@ def main(argv=None) -> dict:
                               row_labels=["original"] + [f"t0 = {t0:g}" for t0 in args.t0], col_labels=col_labels,
                               title=f"SDEdit: noise to t0, denoise as the new digit (w = {args.guidance:g})")
     rows, names = [original[show, 0]], ["original"]
-    for name, r, shown, filled in ip_rows:
-        if r == 1:
+    for name, r, labelled, shown, filled in ip_rows:
+        if r == 1 and not labelled:
             rows.append(shown)
-            names.append(f"{name} known")
+            names.append(f"{name} hidden")
         rows.append(filled)
-        names.append("RePaint r = %d" % r if r > 1 else "inpainted")
+        names.append(f"RePaint r = {r}" if r > 1 else "with its label" if labelled else "filled in")
     td.images.plot_image_rows(rows, os.path.join(args.out, "inpaint.png"), row_labels=names,
                               col_labels=[str(v) for v in y[show]],
-                              title="inpainting with the null label (grey: hidden pixels)")
+                              title="inpainting (grey: hidden); null label unless 'with its label'")
     z_view = np.clip((latent[show, 0] / 3.0 + 1.0) / 2.0, 0, 1)            # noise from -3 to 3 sigma
     td.images.plot_image_rows([original[show, 0], z_view, b01[show, 0], o01[show, 0]],
                               os.path.join(args.out, "inversion.png"),
@@ -267,9 +272,9 @@ def report(metrics: dict) -> None:
         print(f"        {r['t0']:5.2f} {pct(r['read_as_new_label']):>10} {pct(r['read_as_original_label']):>9} "
               f"{r['pixel_distance']:9.3f}")
     print(f"(two random test digits are {metrics['distance_between_two_random_test_digits']:.3f} apart)")
-    print(f"inpaint {'mask':>12} {'r':>2} {'original':>9} {'masked in':>9} {'hidden err':>10}")
+    print(f"inpaint {'hidden':>12} {'label':>8} {'r':>2} {'original':>9} {'masked in':>9} {'hidden err':>10}")
     for r in metrics["inpaint"]:
-        print(f"        {r['mask']:>12} {r['resample']:2d} {pct(r['read_as_original_label']):>9} "
+        print(f"        {r['hidden']:>12} {r['label']:>8} {r['resample']:2d} {pct(r['read_as_original_label']):>9} "
               f"{pct(r['masked_input_read_as_original_label']):>9} {r['hidden_pixel_error']:10.3f}")
     inv = metrics["inversion"]
     print(f"inversion: reconstruction error {inv['reconstruction_pixel_error']:.4f} per pixel (max "
@@ -282,9 +287,9 @@ def report(metrics: dict) -> None:
     first = ok[0] if ok else best
     print(f"SDEdit: {first['read_as_new_label']:.1%} read as the new label at t0 = {first['t0']:g} "
           f"(target >= 80% at some t0): {'ok' if ok else 'MISSED'}")
-    left = [r for r in metrics["inpaint"] if r["mask"] == "left half" and r["resample"] == 1][0]
-    print(f"inpainting the left half: {left['read_as_original_label']:.1%} read as the original digit "
-          f"(target >= 85%): {'ok' if left['read_as_original_label'] >= 0.85 else 'MISSED'}")
+    for left in [r for r in metrics["inpaint"] if r["hidden"] == "left half" and r["resample"] == 1]:
+        print(f"inpainting the left half, {left['label']} label: {left['read_as_original_label']:.1%} read as the "
+              f"original digit (target >= 85%): {'ok' if left['read_as_original_label'] >= 0.85 else 'MISSED'}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def test_tiny_edit_run_writes_pictures_and_metrics(tmp_path):
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
     assert [r["t0"] for r in metrics["sdedit"]] == [0.3, 0.7]
     assert metrics["sdedit"][0]["timestep"] == 14                        # round(0.3 * 50) - 1
-    masks = [(r["mask"], r["resample"]) for r in metrics["inpaint"]]
-    assert masks == [("left half", 1), ("top half", 1), ("random 50%", 1), ("left half", 2)]
+    masks = [(r["hidden"], r["resample"], r["label"]) for r in metrics["inpaint"]]
+    assert masks == [("left half", 1, "null"), ("top half", 1, "null"), ("random 50%", 1, "null"),
+                     ("left half", 2, "null"), ("left half", 1, "original")]
     assert all(r["known_pixels_unchanged"] for r in metrics["inpaint"])
     assert metrics["inpaint"][0]["known_fraction"] == 0.5
     assert metrics["inversion"]["reconstruction_pixel_error"] >= 0
@@ -60,5 +61,5 @@ def test_default_run_meets_its_targets(tmp_path):
     metrics = load_example().main(["--checkpoint", str(tmp_path / "mnist" / "checkpoint.npz"), "--no-download",
                                    "--data-dir", str(MNIST_DIR), "--out", str(tmp_path / "edit")])
     assert max(r["read_as_new_label"] for r in metrics["sdedit"]) >= 0.8
-    left = [r for r in metrics["inpaint"] if r["mask"] == "left half" and r["resample"] == 1][0]
+    left = [r for r in metrics["inpaint"] if r["hidden"] == "left half" and r["label"] == "original"][0]
     assert left["read_as_original_label"] >= 0.85

@@ -271,6 +271,13 @@ def ddim_invert(diffusion, model, x0, labels, steps=50, *, guidance=None, clip_d
     the latent's layout. Guidance amplifies the error at every step, which is why Mokady et
     al. invert without it (default None).
 
+    clip_denoised: clip x0_hat to [-1, 1] at every step, as the sampler does; pass the same
+    to the decoding. On the cosine schedule the last kept step has ab ~ 2e-9, so
+    x0_hat = (x - sqrt(1 - ab) eps_hat) / sqrt(ab) multiplies any error in eps_hat by ~2e4;
+    unclipped, those x0_hat send the round trip off the data range. Measured on 20 MNIST test
+    digits with examples/mnist.py's model (50 steps): round-trip error 0.19 per pixel (in
+    [0, 1]) unclipped, 0.0037 clipped both ways (200 steps: 0.0012).
+
     x0: [B, *D] model space; labels: as the model takes them (None: unconditional).
     Returns the latent at the last kept step [B, *D], or (latent, trajectory [K, B, *D] =
     (x0, x_1, ..., latent)) if return_trajectory.
