@@ -82,9 +82,20 @@ def test_minutes_budget_sets_the_step_count_and_never_overruns(tmp_path):
 @pytest.mark.slow
 def test_default_run_meets_its_targets(tmp_path):
     """The README's default run: >= 95% of 500 guided samples read as the digit asked for, a Frechet
-    distance within 4x of the real-vs-real floor, sampling within 60 s."""
+    distance within 4x of the real-vs-real floor. (Its time targets, 10 minutes of training and 60 s
+    of sampling, are measured by the run itself and reported, not asserted: no timed tests.)"""
     metrics = load_example().main(["--data-dir", str(MNIST_DIR), "--no-download", "--out", str(tmp_path / "run")])
     score = metrics["scorer"]
     assert score["accuracy"] >= 0.95
     assert score["fid"] <= 4 * score["fid_floor"]
-    assert metrics["sample_seconds"] <= 60
+    assert metrics["steps"] == 2000
+
+
+@pytest.mark.slow
+def test_long_run_meets_its_targets(tmp_path):
+    """The README's long run (12,000 steps): >= 98% read as asked, Frechet distance within 2x of its floor."""
+    metrics = load_example().main(["--steps", "12000", "--data-dir", str(MNIST_DIR), "--no-download",
+                                   "--out", str(tmp_path / "run")])
+    score = metrics["scorer"]
+    assert score["accuracy"] >= 0.98
+    assert score["fid"] <= 2 * score["fid_floor"]
