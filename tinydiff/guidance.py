@@ -25,7 +25,9 @@ Liu et al. and some codebases write the weight as 1 + w (so "weight 1" = no guid
 scales here are always Ho & Salimans's w, 0 = no guidance. Both halves (or all 1 + n
 variants) run as ONE batched forward pass. With a learned variance (output 2C channels)
 only the first C channels, the eps prediction, are guided; the variance channels come from
-the conditional pass (joint) or the unconditional one (composed), as in GLIDE.
+the conditional pass (joint) or the unconditional one (composed), as in GLIDE. A model that
+predicts v or x_0 is guided the same way: both forms weigh the predictions with weights that
+sum to 1, and eps is affine in v (or x_0) at a fixed x_t, so the guided v gives the guided eps.
 """
 from __future__ import annotations
 
