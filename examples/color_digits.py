@@ -2,9 +2,12 @@
 
 Seed 000 asks for "digits with a respective colour". This example
 
-* trains eps_theta(x_t, t, digit, colour) on MNIST digits drawn in 6 colours
+* trains a UNet conditioned on (digit, colour) on MNIST digits drawn in 6 colours
   (tinydiff.data.ColoredMNIST), each label dropped to its own "null" independently, so one
-  network predicts eps(d, c), eps(d, null), eps(null, c) and eps(null, null);
+  network predicts eps(d, c), eps(d, null), eps(null, c) and eps(null, null). It predicts
+  v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022), from which eps follows: with eps
+  as the target it must copy three channels of noise to its output, and in 10 minutes it
+  learns the colour but hardly the digit (README "Two attributes" has the numbers);
 * holds 10 of the 60 digit-colour pairs out of training (digit d is never shown in colour
   d % 6: the diagonal of the grid) and asks for them anyway;
 * samples every pair with two forms of classifier-free guidance (tinydiff.guidance), from

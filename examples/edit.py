@@ -247,10 +247,10 @@ def main(argv=None) -> dict:
             rows.append(shown)
             names.append(f"{name} hidden")
         rows.append(filled)
-        names.append(f"RePaint r = {r}" if r > 1 else "with its label" if labelled else "filled in")
+        names.append(f"{name}: RePaint r = {r}" if r > 1 else f"{name}: its label" if labelled else "filled in")
     td.images.plot_image_rows(rows, os.path.join(args.out, "inpaint.png"), row_labels=names,
                               col_labels=[str(v) for v in y[show]],
-                              title="inpainting (grey: hidden); null label unless 'with its label'")
+                              title="inpainting (grey: hidden), with the null label unless 'its label'")
     z_view = np.clip((latent[show, 0] / 3.0 + 1.0) / 2.0, 0, 1)            # noise from -3 to 3 sigma
     td.images.plot_image_rows([original[show, 0], z_view, b01[show, 0], o01[show, 0]],
                               os.path.join(args.out, "inversion.png"),
