@@ -16,7 +16,7 @@ With several attributes (a digit and a colour) there are two ways to guide:
 
     joint     eps(null, null) + (1 + w) (eps(d, c) - eps(null, null))           one scale w
     composed  eps(null, null) + sum_a (1 + w_a) (eps(attribute a only) - eps(null, null))
-              (compositional guidance, Liu et al. 2022, section 4.1)      one scale per attribute
+              (compositional guidance, Liu et al. 2022, the AND operator)  one scale per attribute
 
 ``joint_guidance`` and ``composed_guidance`` are these two equations on arrays (written with
 the weight 1 + w); ``ClassifierFreeGuidance`` makes the model calls and applies them.
@@ -150,8 +150,9 @@ def joint_guidance(eps_null, eps_cond, weight):
 
 def composed_guidance(eps_null, eps_each, weights):
     """Compositional classifier-free guidance, one weight per attribute (Liu et al. 2022,
-    "Compositional Visual Generation with Composable Diffusion Models", section 4.1, the
-    conjunction operator AND), for a digit d and a colour c:
+    "Compositional Visual Generation with Composable Diffusion Models", their conjunction
+    operator AND: a product of the conditionals, read as a sum of scores), for a digit d and
+    a colour c:
 
         eps = eps(null, null) + weight_d (eps(d, null) - eps(null, null))
                               + weight_c (eps(null, c) - eps(null, null))
