@@ -169,7 +169,7 @@ def main(argv=None) -> dict:
         return None if scorer is None else float(np.mean(scorer.predict(images_01[:, 0]) == labels_))
 
     random_other = pixel_distance(original, np.roll(original, 1, axis=0)).mean()
-    metrics = {"checkpoint": os.path.abspath(args.checkpoint), "model_step": meta["step"], "n": args.n,
+    metrics = {"checkpoint": args.checkpoint, "model_step": meta["step"], "n": args.n,
                "sample_steps": args.sample_steps, "guidance": args.guidance, "seed": args.seed,
                "pixel_distance": "mean |difference| per pixel, intensities in [0, 1]",
                "distance_between_two_random_test_digits": float(random_other),
