@@ -22,7 +22,7 @@ Seed 000 asks for "digits with a respective colour". This example
   grey-scale image: the brightest channel) and its colour (the palette colour nearest to
   the mean colour of its stroke pixels), for seen and held-out pairs, for both forms.
 
-Run (10 minutes of training by default, about 14 in all on 2 cores):
+Run (10 minutes of training by default, about 12 in all on 2 busy cores):
 
     python examples/color_digits.py
     python examples/color_digits.py --resume --guidance 4      # re-sample a finished run (new file names)
