@@ -87,3 +87,44 @@ def test_every_sampler_takes_guidance_and_labels(sampler):
     plain, w0, w3 = run(None), run(0.0), run(3.0)
     np.testing.assert_array_equal(plain, w0)
     assert not np.allclose(plain, w3) and np.all(np.isfinite(w3)) and w3.shape == (4, 1, 8, 8)
+
+
+# ---------------------------------------------------------------- the two guidance equations
+def test_composed_guidance_at_zero_weights_is_the_unconditional_eps_and_joint_at_one_is_the_conditional():
+    """Liu et al.'s weights: all 0 leaves eps(null, null) exactly; the joint form at weight 1 is eps(d, c)."""
+    rng = np.random.default_rng(0)
+    eps_null, eps_each, eps_cond = rng.standard_normal((3, 4)), rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 4))
+    from tinydiff.guidance import composed_guidance, joint_guidance
+    np.testing.assert_array_equal(composed_guidance(eps_null, eps_each, [0.0, 0.0]), eps_null)
+    np.testing.assert_allclose(joint_guidance(eps_null, eps_cond, 1.0), eps_cond, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(joint_guidance(eps_null, eps_cond, 0.0), eps_null)
+    # one attribute at weight 1, the other at 0: that attribute's own prediction
+    np.testing.assert_allclose(composed_guidance(eps_null, eps_each, [1.0, 0.0]), eps_each[0], atol=1e-15)
+    # the weights act separately: linear in each one (a per-attribute loop, written out)
+    w = [2.5, 0.7]
+    want = eps_null + w[0] * (eps_each[0] - eps_null) + w[1] * (eps_each[1] - eps_null)
+    np.testing.assert_allclose(composed_guidance(eps_null, eps_each, w), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="composed_guidance: expected eps_each"):
+        composed_guidance(eps_null, eps_each, [1.0])
+
+
+def test_classifier_free_guidance_calls_the_equations_with_weight_one_plus_w():
+    """A two-attribute model whose eps is known for every label combination: the composed class
+    with (w_d, w_c) equals composed_guidance with weights (1 + w_d, 1 + w_c) on the model's own
+    eps(null, null), eps(d, null), eps(null, c); the joint one joint_guidance with 1 + w."""
+    from tinydiff.guidance import composed_guidance, joint_guidance
+    null = np.array([10, 6])
+
+    def model(x_t, t, y):                      # eps depends on both labels, and on whether each is null
+        y = np.asarray(y)
+        return x_t * 0.5 + (y[:, :1] + 1.0) * 0.1 + (y[:, 1:] + 1.0) ** 2 * 0.01
+
+    x, t = np.random.default_rng(0).standard_normal((3, 2)), np.zeros(3, np.int64)
+    y = np.array([[1, 2], [7, 0], [3, 5]])
+    n = np.broadcast_to(null, y.shape)
+    e_nn, e_dn = model(x, t, n), model(x, t, np.stack([y[:, 0], n[:, 1]], 1))
+    e_nc, e_dc = model(x, t, np.stack([n[:, 0], y[:, 1]], 1)), model(x, t, y)
+    composed = ClassifierFreeGuidance(model, (2.0, 0.5), null_labels=null)(x, t, y=y)
+    np.testing.assert_allclose(composed, composed_guidance(e_nn, np.stack([e_dn, e_nc]), [3.0, 1.5]), rtol=1e-12)
+    joint = ClassifierFreeGuidance(model, 2.0, null_labels=null)(x, t, y=y)
+    np.testing.assert_allclose(joint, joint_guidance(e_nn, e_dc, 3.0), rtol=1e-12)

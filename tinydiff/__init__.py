@@ -23,6 +23,7 @@ few names a diffusion model is built from sit at the top.
     samplers        td.ddpm_sample_loop, td.ddim_sample_loop, td.langevin_sample_loop, td.sample,
                     td.respace, td.space_timesteps
     guidance        td.ClassifierFreeGuidance, td.drop_labels
+    editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
 
 Importing is cheap: NumPy only. matplotlib and Pillow are imported when a picture is drawn.
@@ -41,9 +42,9 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (checkpoint, checks, data, diffusion, elbo, functional, gaussian, gradcheck, guidance,  # noqa: E402
-               images, latent, metrics, models, nn, objectives, optim, oracles, parallel, progress, runs, runtime,
-               samplers, schedules, scorer, train, viz)
+from . import (checkpoint, checks, data, diffusion, editing, elbo, functional, gaussian, gradcheck,  # noqa: E402
+               guidance, images, latent, metrics, models, nn, objectives, optim, oracles, parallel, progress, runs,
+               runtime, samplers, schedules, scorer, train, viz)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
@@ -63,7 +64,7 @@ __all__ = [
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "runtime", "parallel", "scorer", "elbo", "latent",
+    "checks", "runs", "runtime", "parallel", "scorer", "elbo", "latent", "editing",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

@@ -16,13 +16,18 @@ With several attributes (a digit and a colour) there are two ways to guide:
 
     joint     eps(null, null) + (1 + w) (eps(d, c) - eps(null, null))           one scale w
     composed  eps(null, null) + sum_a (1 + w_a) (eps(attribute a only) - eps(null, null))
-              (compositional guidance, Liu et al. 2022, eq. 11-12)        one scale per attribute
+              (compositional guidance, Liu et al. 2022, the AND operator)  one scale per attribute
+
+``joint_guidance`` and ``composed_guidance`` are these two equations on arrays (written with
+the weight 1 + w); ``ClassifierFreeGuidance`` makes the model calls and applies them.
 
 Liu et al. and some codebases write the weight as 1 + w (so "weight 1" = no guidance); the
 scales here are always Ho & Salimans's w, 0 = no guidance. Both halves (or all 1 + n
 variants) run as ONE batched forward pass. With a learned variance (output 2C channels)
 only the first C channels, the eps prediction, are guided; the variance channels come from
-the conditional pass (joint) or the unconditional one (composed), as in GLIDE.
+the conditional pass (joint) or the unconditional one (composed), as in GLIDE. A model that
+predicts v or x_0 is guided the same way: both forms weigh the predictions with weights that
+sum to 1, and eps is affine in v (or x_0) at a fixed x_t, so the guided v gives the guided eps.
 """
 from __future__ import annotations
 
@@ -118,16 +123,60 @@ class ClassifierFreeGuidance:
         out = unwrap(self.model(np.concatenate([x_t] * m), np.concatenate([np.asarray(t)] * m),
                                 y=np.concatenate(variants), **kwargs))
         out = out.reshape(m, B, *out.shape[1:])                     # [m, B, C_out, ...]
-        if self.composed:
-            uncond = out[0]
-            guided = uncond.copy()
-            for a, w in enumerate(self.scales):
-                guided[:, :C] += (1 + w) * (out[1 + a, :, :C] - uncond[:, :C])
-        else:
-            cond, uncond = out[0], out[1]
-            guided = cond.copy()
-            guided[:, :C] = uncond[:, :C] + (1 + self.scales[0]) * (cond[:, :C] - uncond[:, :C])
+        if self.composed:           # variance channels (if any) from the unconditional pass, as in GLIDE
+            guided = out[0].copy()
+            guided[:, :C] = composed_guidance(out[0, :, :C], out[1:, :, :C], 1 + self.scales)
+        else:                       # ... from the conditional pass
+            guided = out[0].copy()
+            guided[:, :C] = joint_guidance(out[1, :, :C], out[0, :, :C], 1 + self.scales[0])
         return guided.astype(out.dtype, copy=False)
+
+
+def joint_guidance(eps_null, eps_cond, weight):
+    """Classifier-free guidance with one weight on all labels at once (Ho & Salimans 2022, eq. 6):
+
+        eps = eps(null) + weight (eps(y) - eps(null))          weight = 1 + w
+
+    eps_null, eps_cond: [B, *D] the unconditional and the conditional predictions (for several
+    attributes, eps(null, null) and eps(d, c)). weight 0 is the unconditional model, 1 the
+    conditional one, above 1 extrapolates past it. ``ClassifierFreeGuidance(model, w)`` calls
+    this with weight = 1 + w. Returns [B, *D].
+
+    >>> td.guidance.joint_guidance(np.zeros(2), np.ones(2), 3.0).tolist()
+    [3.0, 3.0]
+    """
+    return eps_null + weight * (eps_cond - eps_null)
+
+
+def composed_guidance(eps_null, eps_each, weights):
+    """Compositional classifier-free guidance, one weight per attribute (Liu et al. 2022,
+    "Compositional Visual Generation with Composable Diffusion Models", their conjunction
+    operator AND: a product of the conditionals, read as a sum of scores), for a digit d and
+    a colour c:
+
+        eps = eps(null, null) + weight_d (eps(d, null) - eps(null, null))
+                              + weight_c (eps(null, c) - eps(null, null))
+
+    eps_null: [B, *D] eps(null, null); eps_each: [n, B, *D], row a = the prediction with only
+    attribute a given (the others null); weights: n numbers, one per attribute. All weights 0
+    is the unconditional model; each weight says how hard its own attribute is pushed, so the
+    digit and the colour can be guided separately. ``ClassifierFreeGuidance(model, (w_d, w_c))``
+    calls this with weights 1 + w_a. Returns [B, *D].
+
+    >>> eps_null, eps_each = np.zeros((1, 2)), np.array([[[1.0, 0.0]], [[0.0, 1.0]]])   # [2, 1, 2]
+    >>> td.guidance.composed_guidance(eps_null, eps_each, [2.0, 0.5]).tolist()
+    [[2.0, 0.5]]
+    """
+    eps_each = np.asarray(eps_each)
+    weights = np.asarray(weights, dtype=np.float64)
+    if eps_each.shape[1:] != np.shape(eps_null) or weights.shape != (len(eps_each),):
+        raise ValueError(f"composed_guidance: expected eps_each [n, *eps_null.shape] = [n, "
+                         f"{', '.join(map(str, np.shape(eps_null)))}] and n weights, got eps_each "
+                         f"{eps_each.shape} and weights {weights.shape}")
+    out = eps_null.copy()
+    for eps_a, weight in zip(eps_each, weights):
+        out += weight * (eps_a - eps_null)
+    return out
 
 
 def apply_guidance(model, guidance):

@@ -2,9 +2,10 @@
 
     image_grid(images, nrow)                     -> uint8 [H', W', 3], pure NumPy
     save_image_grid(images, path, nrow, scale)   the grid as a PNG, pixels enlarged (Pillow)
-    plot_image_rows(rows, path, row_labels, col_labels, title)
+    plot_image_rows(rows, path, row_labels, col_labels, title, marked)
                                                  labelled rows (matplotlib), e.g. one row per
-                                                 guidance scale or per denoising step
+                                                 guidance scale or per denoising step; marked
+                                                 cells get a frame (held-out pairs)
 
 Images are [N, H, W] (grey) or [N, C, H, W] with C = 1 or 3, values in [0, 1]; values
 outside are clipped. Files are written atomically (``tinydiff.checkpoint.atomic_write``).
@@ -74,13 +75,15 @@ def save_image_grid(images, path, nrow: int = 10, scale: int = 3) -> np.ndarray:
 
 
 def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=None, cell: float = 0.9,
-                    dpi: int = 110):
+                    dpi: int = 110, marked=(), mark_colour="0.45"):
     """One row of images per entry of ``rows`` (each [n, H, W] or [n, C, H, W] in [0, 1]),
     labelled on the left by row_labels and on top by col_labels. Returns the matplotlib
-    Figure, saved to ``path`` (.png, .pdf or .svg) if given.
+    Figure, saved to ``path`` (.png, .pdf or .svg) if given. ``marked``: (row, column) cells
+    drawn with a frame in ``mark_colour`` (say what it means in the title).
 
     >>> rows = [np.zeros((3, 8, 8)), np.ones((2, 8, 8))]
-    >>> fig = td.images.plot_image_rows(rows, row_labels=["dark", "light"], col_labels=["a", "b", "c"])
+    >>> fig = td.images.plot_image_rows(rows, row_labels=["dark", "light"], col_labels=["a", "b", "c"],
+    ...                                 marked=[(0, 1)])
     >>> len(fig.axes)                                                  # 2 rows x 3 columns
     6
     """
@@ -90,13 +93,16 @@ def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=Non
     fig = _figure((cell * n_cols + (1.3 if row_labels else 0.2), cell * n_rows + (0.9 if title else 0.3)
                    + (0.3 if col_labels else 0)), dpi)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    marked = {(int(i), int(j)) for i, j in marked}
     for i, row in enumerate(rows):
         for j in range(n_cols):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
             for side in ax.spines.values():
-                side.set_visible(False)
+                side.set_visible((i, j) in marked)
+                side.set_color(mark_colour)
+                side.set_linewidth(4)
             if j < len(row):
                 ax.imshow(row[j], interpolation="nearest", vmin=0, vmax=1)
             if j == 0 and row_labels:

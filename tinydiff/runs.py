@@ -25,6 +25,13 @@ already has is overwritten or lost:
                        flags that only change sampling or evaluation are allowed on resume;
                        their outputs get new names (samples.sampler-ddim.png), so the
                        original run's samples.png and metrics.json are never overwritten.
+    train_within_budget(trainer, checkpoint, steps=, minutes=, saved=)
+                       train a new run for a time budget (the first steps measure the
+                       speed, which fixes the step count and the learning-rate decay), or
+                       finish a resumed one; Ctrl-C and NaNs end in one line.
+    load_trained(checkpoint, build)
+                       rebuild a finished run's diffusion and model, with its averaged (EMA)
+                       weights, from its checkpoint: how one example uses another's model.
 
 A script sorts its flags into three kinds: *run flags* define what is trained (T, the
 schedule, the data, the objective, the width, the seed, the batch, the learning rate);
@@ -48,9 +55,13 @@ import re
 import shutil
 import uuid
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, unflatten_state
+from .train import CheckpointWriteError, NonFiniteError
 
 # Temporary files of atomic_write / atomic_path: ".<name>.<12 hex digits>.tmp[<ext>]".
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[A-Za-z0-9]+)?$")
@@ -389,7 +400,119 @@ def tagged(filename: str, tag: str) -> str:
     return f"{stem}.{tag}{ext}"
 
 
+# ---------------------------------------------------------------- training for a time budget
+def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=None, warmup=100, log=print):
+    """Train ``trainer`` to the end of its run and return the seconds it took.
+
+    Three cases:
+      * ``saved`` (the checkpoint's metadata, from ``read_run_config``): resume from
+        ``checkpoint`` and finish the run's own step count (``config["steps_resolved"]``);
+        a finished run trains no further.
+      * ``steps`` given: train exactly that many steps.
+      * otherwise: a budget of ``minutes``, calibration included. 5 steps warm up, 10 more
+        are timed, and the speed sets the step count; the learning rate then warms up for
+        min(warmup, steps / 10) steps and decays to 0 at the last step (cosine). If the
+        machine slows down, training stops at the budget anyway (``Trainer.train``'s
+        max_seconds) and says so; ``--resume`` finishes the planned steps.
+    The step count is saved as ``trainer.config["steps_resolved"]``, so a resumed run keeps
+    it. Ctrl-C and a non-finite loss or failed checkpoint write become a RunError naming the
+    step the checkpoint holds.
+
+    >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> trainer = td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=32, log_every=0)
+    >>> seconds = td.runs.train_within_budget(trainer, None, steps=30)
+    >>> trainer.step, trainer.config["steps_resolved"], trainer.warmup.decay_steps
+    (30, 30, 30)
+    """
+    begin, budget = time.perf_counter(), None
+    if saved is not None:
+        trainer.resume(checkpoint)
+        steps = int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
+        log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
+    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed
+        trainer.train(5)
+        mid = time.perf_counter()
+        trainer.train(15)
+        rate = 10 / (time.perf_counter() - mid)
+        budget = minutes * 60
+        steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
+        log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
+            "(training stops at the budget if the machine slows down)")
+    if saved is None:                       # the learning-rate schedule, now that the step count is known
+        trainer.warmup.warmup_steps = min(warmup, steps // 10)
+        trainer.warmup.decay_steps = steps
+        trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
+    trainer.config["steps_resolved"] = steps
+    try:
+        trainer.train(steps, max_seconds=None if budget is None else budget - (time.perf_counter() - begin))
+    except KeyboardInterrupt:
+        kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
+        raise RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
+    except (NonFiniteError, CheckpointWriteError) as err:
+        raise RunError(str(err)) from None
+    if trainer.step < steps:
+        log(f"the {minutes:g}-minute budget ran out at step {trainer.step} of {steps} "
+            "(--resume finishes the planned steps)")
+    return time.perf_counter() - begin
+
+
+# ---------------------------------------------------------------- a finished run's model
+def load_trained(checkpoint, build, *, weights: str = "ema", name: str = "--checkpoint"):
+    """Rebuild a trained diffusion and model from a checkpoint an example wrote.
+
+    build: the example's own builder, ``build(config) -> (diffusion, model)``, called with the
+    run's flags (``meta["config"]``, as attributes: ``config.T``, ``config.width``, ...), so
+    the model is built exactly as it was trained. weights: "ema" (the averaged weights the
+    examples sample with: ``ema/shadow.<name>`` in the file) or "model" (the raw weights of
+    the last step). name: how errors call the file's flag.
+
+    Returns (diffusion, model, meta); meta["config"] holds the run's flags, meta["step"] its
+    last step. Raises RunError, one line naming the file, when it is missing, unreadable, not
+    a run's checkpoint, or does not fit what ``build`` makes (another example's file).
+
+        diffusion, model, meta = td.runs.load_trained("out/mnist/checkpoint.npz", mnist.build)
+
+    >>> import os, tempfile
+    >>> from types import SimpleNamespace
+    >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
+    >>> build = lambda config: (d, td.models.ToyMLP(hidden=config.hidden, rng=np.random.default_rng(0)))
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> trainer = td.Trainer(build(SimpleNamespace(hidden=16))[1], d, td.data.make_dataset("8gaussians"),
+    ...                      batch_size=32, log_every=0, checkpoint_path=path, config={"hidden": 16})
+    >>> _ = trainer.train(3)
+    >>> diffusion, model, meta = td.runs.load_trained(path, build)
+    >>> meta["step"], bool(np.array_equal(model.state_dict()["net.0.weight"], trainer.ema.shadow[0]))
+    (3, True)
+    """
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights: expected 'ema' or 'model', got {weights!r}")
+    checkpoint = os.fspath(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise RunError(f"{name} {checkpoint}: there is no checkpoint there")
+    try:
+        arrays, meta = load_checkpoint(checkpoint)
+        if not isinstance(meta.get("config"), dict):
+            raise ValueError("it holds no run config")
+    except (OSError, ValueError) as err:
+        raise RunError(f"{name} {checkpoint} cannot be read ({err})") from None
+    try:
+        diffusion, model = build(SimpleNamespace(**meta["config"]))
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise RunError(f"{name} {checkpoint}: its run config does not describe this kind of model ({err}); "
+                       "is it another example's checkpoint?") from None
+    state = unflatten_state(arrays).get(weights, {})
+    if weights == "ema":
+        state = {key[len("shadow."):]: value for key, value in state.items() if key.startswith("shadow.")}
+    try:
+        model.load_state_dict(state)
+    except (KeyError, ValueError) as err:
+        raise RunError(f"{name} {checkpoint}: its {weights} weights do not fit the model its config describes "
+                       f"({err}); is it another example's checkpoint?") from None
+    return diffusion, model, meta
+
+
 __all__ = ["RunError", "flag", "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
            "probability", "open_unit", "decay_rate", "check_reaches_noise", "remove_temporaries", "prepare_output_dir",
            "checkpoint_bytes", "read_run_config", "check_same_run", "resumed_config", "evaluation_tag",
-           "tagged"]
+           "tagged", "train_within_budget", "load_trained"]

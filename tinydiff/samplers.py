@@ -13,10 +13,17 @@ eta; n_steps_each, step_lr); sample(..., sampler="ddim") picks one by name.
     model_kwargs  passed to every model call, e.g. {"y": labels} for a class-conditional model.
     guidance    a classifier-free guidance scale w (Ho & Salimans 2022; a float, or one per
                 label attribute), or a function model -> guided model (tinydiff.guidance).
+    noise       the starting point x at the chain's last step (default: drawn from rng). A
+                chain that ends at an intermediate step t0 (steps=[..., t0]) started from
+                q_sample(x0, t0) is SDEdit (tinydiff.editing.sdedit).
+    after_step  x = after_step(x, t) after each step from chain step t (DDPM, DDIM): the hook
+                inpainting uses to put the known pixels back (tinydiff.editing.inpaint).
 
     ddpm_sample_loop       DDPM Algorithm 2: x_T ~ N(0, I), then p(x_{t-1} | x_t) down to x_0.
     ddim_sample_loop       DDIM (Song, Meng & Ermon 2021, eq. 12 and 16): eta = 0 is a
                            deterministic map from noise to data, eta = 1 is DDPM.
+    ddim_reverse_step      the same update run backwards, data to noise (DDIM inversion;
+                           tinydiff.editing.ddim_invert runs it over a chain).
     langevin_sample_loop   annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) with
                            the score read off the eps-prediction.
 
@@ -136,11 +143,12 @@ def _setup(diffusion, model, steps, guidance):
 # ---------------------------------------------------------------- ancestral (DDPM)
 def ddpm_sample_loop(diffusion, model, shape, rng, *, steps=None, model_kwargs=None, guidance=None,
                      progress=None, return_trajectory=False, noise=None, clip_denoised=False,
-                     denoised_fn=None, dtype=np.float32):
+                     denoised_fn=None, after_step=None, dtype=np.float32):
     """Ancestral sampling, DDPM Algorithm 2: x_T ~ N(0, I), then p_sample for t = T-1, ..., 0.
 
     shape: (B, *D); rng: numpy.random.Generator for x_T and every step's noise; noise:
-    optional x_T [B, *D]; steps: sample on a respaced chain of K steps (None: all T).
+    optional x_T [B, *D]; steps: sample on a respaced chain of K steps (None: all T);
+    after_step: x = after_step(x, t) after the step from t (see the module docstring).
     Returns x_0 [B, *D] in `dtype`, or (x_0, trajectory) with trajectory [K + 1, B, *D] =
     (x_T, ..., x_0) if return_trajectory (memory: K + 1 copies).
 
@@ -159,6 +167,8 @@ def ddpm_sample_loop(diffusion, model, shape, rng, *, steps=None, model_kwargs=N
         with no_grad():
             x = chain.p_sample(model, x, t, rng=rng, clip_denoised=clip_denoised,
                                denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+        if after_step is not None:
+            x = after_step(x, t)
         if return_trajectory:
             trajectory.append(x)
         if progress is not None:
@@ -211,9 +221,39 @@ def ddim_step(diffusion, model, x_t, t, eta=0.0, rng=None, noise=None, clip_deno
     return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
 
 
+def ddim_reverse_step(diffusion, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
+    """One DDIM step run backwards, from x_t to x_{t+1} (eta = 0; DDIM inversion):
+
+        x_{t+1} = sqrt(ab_{t+1}) x0_hat(x_t, t) + sqrt(1 - ab_{t+1}) eps_hat(x_t, t)
+
+    Song et al. 2021 eq. 13 read as an ODE and integrated upward (their section 4.3: DDIM
+    "encodes" data into noise); Dhariwal & Nichol 2021, Appendix F (improved-diffusion's
+    ddim_reverse_sample); the inversion step of Mokady et al. 2023. It is ddim_step's update
+    with the roles of t and t+1 swapped, except that eps is evaluated at (x_t, t), the point
+    we have, not at (x_{t+1}, t+1), the one we are solving for: the reason inversion followed
+    by decoding reconstructs x_0 only up to a discretisation error that shrinks with the step
+    (tests/test_editing.py computes it exactly for Gaussian data). ab_{t+1} is
+    ``alphas_cumprod_next`` (0 past the last step). x_t: [B, *D]; t: int [B].
+    Returns {"sample": x_{t+1}, "pred_x0"} ndarrays.
+
+    >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100))
+    >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
+    >>> out = td.samplers.ddim_reverse_step(d, zero_eps, np.ones((1, 2)), np.array([10]))
+    >>> bool(np.allclose(out["sample"], np.sqrt(d.alphas_cumprod[11] / d.alphas_cumprod[10])))   # undoes ddim_step
+    True
+    """
+    with no_grad():
+        out = diffusion.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
+    pred_x0, pred_eps = unwrap(out["pred_x0"]), unwrap(out["pred_eps"])
+    ab_next = diffusion.coef(diffusion.alphas_cumprod_next, t, x_t)
+    sample = np.sqrt(ab_next) * pred_x0 + np.sqrt(1.0 - ab_next) * pred_eps
+    check_step(sample, t, "ddim_reverse_step")
+    return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
+
+
 def ddim_sample_loop(diffusion, model, shape, rng, *, steps=None, eta=0.0, model_kwargs=None, guidance=None,
                      progress=None, return_trajectory=False, noise=None, clip_denoised=False,
-                     denoised_fn=None, dtype=np.float32):
+                     denoised_fn=None, after_step=None, dtype=np.float32):
     """DDIM sampling: x ~ N(0, I) at the last kept step, then ddim_step down to the data.
 
     steps: the kept steps (anything space_timesteps accepts, e.g. "ddim50" or 50; None: all
@@ -238,6 +278,8 @@ def ddim_sample_loop(diffusion, model, shape, rng, *, steps=None, eta=0.0, model
         t = np.full(x.shape[0], i, dtype=np.int64)
         x = ddim_step(chain, model, x, t, eta=eta, rng=rng, clip_denoised=clip_denoised,
                       denoised_fn=denoised_fn, model_kwargs=model_kwargs)["sample"]
+        if after_step is not None:
+            x = after_step(x, t)
         if return_trajectory:
             trajectory.append(x)
         if progress is not None:
