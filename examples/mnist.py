@@ -346,6 +346,7 @@ def evaluate(args, diffusion, model, trainer, train_seconds, tag="") -> dict:
     names = ["noise" if f == 0 else "x_0" if f == K else f"t = {chain_t[K - 1 - f]}" for f in frames]
     plot_image_rows([from_model_space(trajectory[frames, k, 0]) for k in range(trajectory.shape[1])],
                     out("trajectory.png"), col_labels=names,
+                    row_labels=[f"y = {k}" for k in range(0, 10, 2)] if conditional else None,
                     title=f"denoising: {args.sampler}, {args.sample_steps} of {args.T} steps")
 
     if not args.no_score:
