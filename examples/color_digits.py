@@ -7,7 +7,10 @@ Seed 000 asks for "digits with a respective colour". This example
   network predicts eps(d, c), eps(d, null), eps(null, c) and eps(null, null). It predicts
   v = sqrt(ab) eps - sqrt(1 - ab) x_0 (Salimans & Ho 2022), from which eps follows: with eps
   as the target it must copy three channels of noise to its output, and in 10 minutes it
-  learns the colour but hardly the digit (README "Two attributes" has the numbers);
+  learns the colour but hardly the digit (README "Two attributes" has the numbers). The
+  time and label embedding scales and shifts each residual block's GroupNorm (AdaGN,
+  Dhariwal & Nichol 2021; ``--conditioning scale_shift``): with a shift alone the digit
+  label is used only weakly (README: "Why scale and shift");
 * holds 10 of the 60 digit-colour pairs out of training (digit d is never shown in colour
   d % 6: the diagonal of the grid) and asks for them anyway;
 * samples every pair with two forms of classifier-free guidance (tinydiff.guidance), from
@@ -51,7 +54,7 @@ HELD_OUT_SETS = {"diagonal": HELD_OUT, "none": ()}
 # Flags that define the run (refused on --resume if they differ) and flags that only change the
 # evaluation (allowed on --resume; the outputs then get new names): see tinydiff/runs.py.
 RUN_FLAGS = ("minutes", "steps", "batch", "lr", "ema", "label_dropout", "held_out", "seed", "width", "mults",
-             "T", "schedule", "objective", "weighting", "train_limit")
+             "conditioning", "T", "schedule", "objective", "weighting", "train_limit")
 EVAL_FLAGS = ("sample_steps", "guidance", "guidance_digit", "guidance_colour", "per_pair", "no_score")
 
 
@@ -75,6 +78,9 @@ def parse_args(argv=None):
     m = p.add_argument_group("model and diffusion")
     m.add_argument("--width", type=runs.positive_int, default=16, help="UNet base channels")
     m.add_argument("--mults", default="1,2,2", help="UNet channel multiplier per level, comma-separated")
+    m.add_argument("--conditioning", default="scale_shift", choices=["scale_shift", "shift"],
+                   help="how the time and label embedding enters each residual block: scale_shift = a gain and "
+                        "a bias on its GroupNorm (AdaGN, Dhariwal & Nichol 2021), shift = a bias only (MNIST-UNET)")
     m.add_argument("--T", type=runs.positive_int, default=1000, help="number of diffusion steps")
     m.add_argument("--schedule", default="cosine", choices=["cosine", "linear"], help="noise schedule")
     m.add_argument("--objective", default="v", choices=["v", "eps"],
@@ -137,7 +143,8 @@ def build(args):
     diffusion = td.GaussianDiffusion(make_betas(args), model_mean_type=args.objective, model_var_type="fixed_large",
                                      loss_type="mse", mse_weighting=args.weighting)
     model = td.models.UNet(in_channels=3, base_channels=args.width, channel_mults=args.mults,
-                           num_classes=(10, len(PALETTE)), rng=np.random.default_rng(args.seed))
+                           num_classes=(10, len(PALETTE)), scale_shift=args.conditioning == "scale_shift",
+                           rng=np.random.default_rng(args.seed))
     return diffusion, model
 
 

@@ -55,6 +55,10 @@ def test_sample_is_deterministic_from_the_generator_and_labels_match_the_pixels(
     assert np.array_equal(x1, x2) and np.array_equal(kw1["y"], kw2["y"])
     assert x1.dtype == np.float32 and x1.shape == (64, 3, 28, 28) and kw1["y"].dtype == np.int64
     assert np.array_equal(nearest_colour(from_model_space(x1)), kw1["y"][:, 1])
+    # the grey-scale reading (what the scorer sees) is one of the training digits, and its label is y[:, 0]
+    grey = np.round(255 * to_grey(from_model_space(x1))).astype(np.uint8)          # [64, 28, 28]
+    source = [np.flatnonzero((DIGITS == g).all(axis=(1, 2))) for g in grey]
+    assert all(len(i) == 1 and LABELS[i[0]] == d for i, d in zip(source, kw1["y"][:, 0]))
     x3, _ = ds.sample(64, np.random.default_rng(6))
     assert not np.array_equal(x1, x3)
 

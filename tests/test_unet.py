@@ -91,10 +91,48 @@ def test_input_gradient_matches_finite_differences():
     assert_grad_close(lambda x: model(x, t, y=y), [x], atol=1e-6, rtol=1e-5)
 
 
-def test_parameter_gradients_match_directional_differences():
+def test_scale_shift_block_is_adagn_written_out():
+    """ResBlock(scale_shift=True) against its equation in plain NumPy (float64):
+    h = conv1(silu(GN(x))); s, b = split(W silu(temb) + c); out = conv2(silu(GN(h) (1 + s) + b)) + skip(x)."""
+    from tinydiff.models.unet import ResBlock
+    rng = np.random.default_rng(5)
+    block = ResBlock(4, 6, emb_dim=5, num_groups=2, scale_shift=True, rng=rng, dtype=np.float64)
+    x, emb = rng.standard_normal((3, 4, 5, 5)), rng.standard_normal((3, 5))
+
+    def gn(h, groups=2, eps=1e-5):                                  # GroupNorm with weight 1, bias 0 (their init)
+        g = h.reshape(h.shape[0], groups, -1)
+        return ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)).reshape(h.shape)
+
+    def silu(z):
+        return z / (1 + np.exp(-z))
+
+    h = block.conv1(Tensor(silu(gn(x)))).data                        # [3, 6, 5, 5]
+    e = emb @ block.emb_proj.weight.data.T + block.emb_proj.bias.data   # [3, 12]: the scale, then the shift
+    s, b = e[:, :6, None, None], e[:, 6:, None, None]
+    expected = block.conv2(Tensor(silu(gn(h) * (1 + s) + b))).data + block.skip(Tensor(x)).data
+    np.testing.assert_allclose(block(Tensor(x), Tensor(emb)).data, expected, rtol=1e-10, atol=1e-12)
+    assert block.emb_proj.weight.shape == (12, 5)                   # one gain and one bias per channel
+
+
+def test_scale_shift_labels_change_the_gain():
+    """With scale_shift, a label changes the output even where a shift alone would cancel: the
+    model still uses y, and the default (shift only) keeps MNIST-UNET's parameter names and shapes."""
+    model = tiny(num_classes=(3, 2), scale_shift=True)
+    x, t = np.random.default_rng(2).standard_normal((2, 1, 4, 4)), np.array([3, 7])
+    a = model(x, t, y=np.array([[0, 1], [1, 1]])).data
+    b = model(x, t, y=np.array([[2, 1], [1, 1]])).data
+    assert not np.allclose(a[0], b[0]) and np.allclose(a[1], b[1])
+    plain = {n: p.shape for n, p in tiny(num_classes=(3, 2)).named_parameters()}
+    gained = {n: p.shape for n, p in model.named_parameters()}
+    assert plain.keys() == gained.keys()
+    assert all(gained[n] == (2 * plain[n][0],) + plain[n][1:] for n in plain if "emb_proj" in n)
+
+
+@pytest.mark.parametrize("scale_shift", [False, True])
+def test_parameter_gradients_match_directional_differences(scale_shift):
     """For random directions v over ALL parameters: autograd's grad . v equals the central
     difference (L(theta + h v) - L(theta - h v)) / 2h of the loss, in float64."""
-    model = tiny(num_classes=2, learned_variance=True)
+    model = tiny(num_classes=2, learned_variance=True, scale_shift=scale_shift)
     rng = np.random.default_rng(4)
     x, t, y = rng.standard_normal((2, 1, 4, 4)), np.array([0, 5]), np.array([1, 2])
     target = rng.standard_normal((2, 2, 4, 4))

@@ -34,6 +34,12 @@ The default, ``UNet()``, is MNIST-UNET (583,713 parameters), for [B, 1, 28, 28] 
         h = Conv3x3(cout, cout)(Dropout(SiLU(GroupNorm(8, cout)(h))))
         return h + skip(x)                           skip = Conv1x1 if cin != cout, else x
 
+    With ``scale_shift=True`` the embedding scales as well as shifts (AdaGN, Dhariwal &
+    Nichol 2021, section 3; improved-diffusion's use_scale_shift_norm):
+
+        s, b = split(Linear(128, 2 cout)(SiLU(temb)))
+        h = Conv3x3(cout, cout)(Dropout(SiLU(GroupNorm(8, cout)(h) * (1 + s) + b)))
+
 Other sizes come from the arguments: ``channel_mults`` gives one level per entry (the
 last is the middle), ``in_channels=3`` draws colour images, a small latent grid works
 as long as each side divides by 2^(levels - 1). Parameter names match the PyTorch twin
@@ -50,6 +56,8 @@ from ..engine import Tensor, concat
 
 class ResBlock(nn.Module):
     """The residual block above: x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W].
+    scale_shift: the embedding scales and shifts the second GroupNorm's output (AdaGN) instead
+    of only shifting the features.
 
     >>> block = td.models.ResBlock(8, 16, emb_dim=32, rng=np.random.default_rng(0))
     >>> block(td.Tensor(np.zeros((2, 8, 4, 4), np.float32)), td.Tensor(np.zeros((2, 32), np.float32))).shape
@@ -57,11 +65,12 @@ class ResBlock(nn.Module):
     """
 
     def __init__(self, cin: int, cout: int, emb_dim: int, num_groups: int = 8, dropout: float = 0.0,
-                 *, rng=None, dtype=np.float32):
+                 scale_shift: bool = False, *, rng=None, dtype=np.float32):
         super().__init__()
+        self.scale_shift = bool(scale_shift)
         self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
-        self.emb_proj = nn.Linear(emb_dim, cout, rng=rng, dtype=dtype)
+        self.emb_proj = nn.Linear(emb_dim, (2 if self.scale_shift else 1) * cout, rng=rng, dtype=dtype)
         self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype)
@@ -69,8 +78,14 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
         h = self.conv1(self.norm1(x, silu=True))                            # [B, cout, H, W]; GN+SiLU fused
-        h = h + self.emb_proj(emb_act).reshape(h.shape[0], h.shape[1], 1, 1)  # the timestep, per channel
-        h = self.conv2(self.dropout(self.norm2(h, silu=True)))
+        B, C = h.shape[0], h.shape[1]
+        if self.scale_shift:                                                # AdaGN: a gain and a bias per channel
+            e = self.emb_proj(emb_act).reshape(B, 2 * C, 1, 1)
+            h = nn.silu(self.norm2(h) * (e[:, :C] + 1.0) + e[:, C:])
+        else:
+            h = h + self.emb_proj(emb_act).reshape(B, C, 1, 1)              # the timestep, per channel
+            h = self.norm2(h, silu=True)
+        h = self.conv2(self.dropout(h))
         return h + (x if self.skip is None else self.skip(x))
 
 
@@ -90,6 +105,9 @@ class UNet(nn.Module):
         time_dim: size of the sinusoidal embedding (default base_channels);
             emb_dim: width of the time/label embedding (default 4 * base_channels).
         num_groups: GroupNorm groups; dropout: inside each residual block.
+        scale_shift: condition each residual block by a scale and a shift of its second
+            GroupNorm (AdaGN, Dhariwal & Nichol 2021) instead of a shift alone (the default,
+            MNIST-UNET).
         zero_init_out: start the output convolution at zero, so the untrained network
             predicts eps = 0 (improved-diffusion's zero_module): the first loss is exactly 1.
         rng: Generator for the initial weights; dtype: float32 (or float64 for gradient checks).
@@ -109,7 +127,8 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int = 1, base_channels: int = 32, channel_mults=(1, 2, 2),
                  num_classes=None, learned_variance: bool = False, attention_levels=(),
                  time_dim: int | None = None, emb_dim: int | None = None, num_groups: int = 8,
-                 dropout: float = 0.0, zero_init_out: bool = True, *, rng=None, dtype=np.float32):
+                 dropout: float = 0.0, zero_init_out: bool = True, scale_shift: bool = False, *, rng=None,
+                 dtype=np.float32):
         super().__init__()
         rng = check_rng(rng, allow_none=True)
         self.in_channels = check_positive_int(in_channels, "in_channels")
@@ -142,7 +161,8 @@ class UNet(nn.Module):
         self.label_emb = nn.ModuleList([nn.Embedding(k + 1, emb_dim, **kw) for k in self.num_classes])
         self.conv_in = nn.Conv2d(in_channels, base, 3, padding=1, **kw)
 
-        block = dict(emb_dim=emb_dim, num_groups=num_groups, dropout=dropout, **kw)
+        self.scale_shift = bool(scale_shift)
+        block = dict(emb_dim=emb_dim, num_groups=num_groups, dropout=dropout, scale_shift=self.scale_shift, **kw)
         self.down_blocks, self.downsamples, self.down_attn = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         prev = base
         for i in range(self.levels - 1):
