@@ -33,7 +33,12 @@ import os
 import sys
 import time
 
-import numpy as np
+# The UNet's convolutions run on tinydiff's own threads (tinydiff/parallel.py), each GEMM on one
+# OpenBLAS thread. Left at its default, OpenBLAS keeps threads of its own that compete with
+# tinydiff's for the same cores: a training step took 409 ms instead of 283 ms on 2 idle cores
+# (README "Speed"). Set before NumPy loads OpenBLAS; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 import tinydiff as td
 from tinydiff import runs
