@@ -37,7 +37,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# One OpenBLAS thread: tinydiff's convolutions thread themselves (see examples/mnist.py and
+# README "Speed": OpenBLAS's own threads compete with them). An explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 import tinydiff as td
 from tinydiff import runs
