@@ -119,16 +119,9 @@ def parse_args(argv=None):
     if args.sample_steps > args.T:
         p.error(f"--sample-steps {args.sample_steps}: a sampler can visit at most the T = {args.T} trained steps")
     try:
-        args.mults = tuple(int(v) for v in str(args.mults).split(","))
-    except ValueError:
-        p.error(f"--mults: expected comma-separated integers such as 1,2,2, got {args.mults!r}")
-    if not args.mults or min(args.mults) < 1:
-        p.error(f"--mults: expected positive integers such as 1,2,2, got {','.join(map(str, args.mults))}")
-    if args.width % 8:
-        p.error(f"--width {args.width}: GroupNorm's 8 groups need a multiple of 8")
-    if 28 % 2 ** (len(args.mults) - 1):
-        p.error(f"--mults {','.join(map(str, args.mults))}: {len(args.mults)} levels halve 28 x 28 digits "
-                f"{len(args.mults) - 1} times, which needs 28 to divide by {2 ** (len(args.mults) - 1)}")
+        args.mults = runs.unet_shape_flags(args.width, args.mults)
+    except ValueError as err:
+        p.error(str(err))
     try:
         runs.check_reaches_noise(make_betas(args))
     except ValueError as err:

@@ -236,7 +236,7 @@ MNIST_BAD_FLAGS = [
     (["--width", "12"], "--width 12: GroupNorm's 8 groups need a multiple of 8"),
     (["--mults", "1,x"], "--mults: expected comma-separated integers"),
     (["--mults", "1,0"], "--mults: expected positive integers"),
-    (["--mults", "1,2,2,2"], "--mults 1,2,2,2: 4 levels halve 28 x 28 digits 3 times"),
+    (["--mults", "1,2,2,2"], "--mults 1,2,2,2: 4 levels halve 28 x 28 images 3 times"),
     (["--T", "0"], "argument --T: expected an integer >= 1"),
     (["--T", "1", "--schedule", "linear", "--sample-steps", "1"],
      "--schedule linear with --T 1: the chain ends at alpha_bar_T = 0.9999"),

@@ -203,6 +203,35 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
                          "ends nearer noise")
 
 
+def unet_shape_flags(width: int, mults: str, image_size: int = 28) -> tuple:
+    """Check --width and parse --mults (comma-separated) for a UNet on image_size x image_size
+    images; returns the multipliers as a tuple, or raises ValueError naming the flag.
+
+    The UNet halves the image len(mults) - 1 times, so image_size must divide by
+    2 ** (len(mults) - 1); its GroupNorms use 8 groups, so the width must divide by 8.
+
+    >>> td.runs.unet_shape_flags(16, "1,2,2")
+    (1, 2, 2)
+    >>> td.runs.unet_shape_flags(16, "1,2,2,2")
+    Traceback (most recent call last):
+    ...
+    ValueError: --mults 1,2,2,2: 4 levels halve 28 x 28 images 3 times, which needs 28 to divide by 8
+    """
+    try:
+        parsed = tuple(int(v) for v in str(mults).split(","))
+    except ValueError:
+        raise ValueError(f"--mults: expected comma-separated integers such as 1,2,2, got {mults!r}") from None
+    if not parsed or min(parsed) < 1:
+        raise ValueError(f"--mults: expected positive integers such as 1,2,2, got {','.join(map(str, parsed))}")
+    if width % 8:
+        raise ValueError(f"--width {width}: GroupNorm's 8 groups need a multiple of 8")
+    if image_size % 2 ** (len(parsed) - 1):
+        raise ValueError(f"--mults {','.join(map(str, parsed))}: {len(parsed)} levels halve {image_size} x "
+                         f"{image_size} images {len(parsed) - 1} times, which needs {image_size} to divide by "
+                         f"{2 ** (len(parsed) - 1)}")
+    return parsed
+
+
 # ---------------------------------------------------------------- the output folder
 def remove_temporaries(folder) -> list:
     """Delete the temporary files (".<name>.<hex>.tmp") that atomic writes leave only when the
