@@ -211,7 +211,7 @@ def train(args, diffusion, model, images, labels, checkpoint, saved):
 def report(metrics: dict) -> None:
     """One line per target of the default run (README "MNIST"), each with ok or MISSED."""
     lines = [("sampling", metrics["sample_seconds"], f"{metrics['sample_seconds']:.0f} s for "
-              f"{metrics.get('scorer', {}).get('n', '')} digits", metrics["sample_seconds"] <= 60, "<= 60 s")]
+              f"{metrics['n_samples']} digits", metrics["sample_seconds"] <= 60, "<= 60 s")]
     score = metrics.get("scorer")
     if score and score.get("accuracy") is not None:
         lines.append(("accuracy", score["accuracy"], f"{100 * score['accuracy']:.1f}% read as the digit asked for",
@@ -279,7 +279,8 @@ def evaluate(args, diffusion, model, trainer, train_seconds, tag="") -> dict:
                "train_seconds": round(train_seconds["wall"], 1),
                "train_cpu_seconds": round(train_seconds["cpu"], 1), "batch": args.batch,
                "final_loss": float(np.mean(trainer.losses[-100:])), "sampler": args.sampler,
-               "sample_steps": args.sample_steps, "guidance": args.guidance if conditional else None}
+               "sample_steps": args.sample_steps, "guidance": args.guidance if conditional else None,
+               "n_samples": args.n_samples}
     with trainer.ema.average_parameters(model), td.no_grad():
         start, cpu_start = time.perf_counter(), time.process_time()
         x = run_sampler(diffusion, model, (args.n_samples, 1, 28, 28), rng,
