@@ -4,26 +4,18 @@ import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_copy import MNIST_DIR, needs_mnist
+
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "mnist.py")
 OUTPUTS = ["grid.png", "guidance.png", "trajectory.png", "samples.npy", "labels.npy", "metrics.json", "checkpoint.npz"]
 
 
-def _shared_dir():
-    if os.environ.get("TINYDIFF_MNIST_DIR"):
-        return Path(os.environ["TINYDIFF_MNIST_DIR"])
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
-
-
-MNIST_DIR = _shared_dir()
-pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST copy at {MNIST_DIR}: set "
-                                "TINYDIFF_MNIST_DIR or put the four files in ../shared/data/mnist")
+pytestmark = needs_mnist
 
 
 def load_example():

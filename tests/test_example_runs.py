@@ -16,6 +16,8 @@ import os
 import numpy as np
 import pytest
 
+import mnist_copy
+
 from tinydiff.runs import RunError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
@@ -214,11 +216,8 @@ def test_toy2d_ctrl_c_says_where_to_resume_from(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- MNIST
-MNIST_DIR = os.environ.get("TINYDIFF_MNIST_DIR") or os.path.join(os.path.dirname(__file__), "..", "..", "shared",
-                                                                 "data", "mnist")
-if not os.path.isdir(MNIST_DIR):
-    MNIST_DIR = "/work/shared/data/mnist"
-needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="no MNIST copy (set TINYDIFF_MNIST_DIR)")
+MNIST_DIR = str(mnist_copy.MNIST_DIR)
+needs_mnist = mnist_copy.needs_mnist
 MNIST = ["--width", "8", "--mults", "1,2", "--steps", "4", "--batch", "4", "--train-limit", "32", "--T", "20",
          "--n-samples", "10", "--sample-steps", "2", "--bpd-digits", "0", "--no-score", "--no-download",
          "--checkpoint-every", "1", "--data-dir", MNIST_DIR]

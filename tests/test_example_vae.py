@@ -3,25 +3,17 @@ suite (a few hundred digits, tiny networks), the default runs with their targets
 import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mnist_copy import MNIST_DIR, needs_mnist
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _shared_dir():
-    if os.environ.get("TINYDIFF_MNIST_DIR"):
-        return Path(os.environ["TINYDIFF_MNIST_DIR"])
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
-
-
-MNIST_DIR = _shared_dir()
-pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST copy at {MNIST_DIR}: set "
-                                "TINYDIFF_MNIST_DIR or put the four files in ../shared/data/mnist")
+pytestmark = needs_mnist
 DATA = ["--data-dir", str(MNIST_DIR), "--no-download"]
 
 

@@ -12,10 +12,10 @@ import socket
 import struct
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
+from mnist_copy import MNIST_DIR, needs_mnist
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +24,7 @@ from tinydiff.data import (MNIST, MNIST_FILES, MNIST_MD5, MNIST_MIRRORS, Downloa
 from tinydiff.gaussian import HALF_BIN
 
 
-def _shared_dir():
-    if os.environ.get("TINYDIFF_MNIST_DIR"):
-        return Path(os.environ["TINYDIFF_MNIST_DIR"])
-    beside_repo = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
-
-
-SHARED = _shared_dir()
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"no MNIST copy at {SHARED}: set TINYDIFF_MNIST_DIR or put the four "
-                                "files in ../shared/data/mnist beside the repository")
+SHARED, needs_shared = MNIST_DIR, needs_mnist
 NAMES = list(MNIST_FILES.values())
 # Digits per class in the official 10,000-digit test split (LeCun et al.'s t10k files).
 OFFICIAL_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mnist_copy import MNIST_DIR, needs_mnist
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,17 +28,7 @@ from tinydiff.scorer import (CACHE_NAME, DigitScorer, ScorerCacheError, as_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _shared_dir():
-    if os.environ.get("TINYDIFF_MNIST_DIR"):
-        return Path(os.environ["TINYDIFF_MNIST_DIR"])
-    beside_repo = ROOT.parent / "shared" / "data" / "mnist"
-    return beside_repo if beside_repo.is_dir() else Path("/work/shared/data/mnist")
-
-
-SHARED = _shared_dir()
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"no MNIST copy at {SHARED}: set TINYDIFF_MNIST_DIR or put the four "
-                                "files in ../shared/data/mnist beside the repository")
+SHARED, needs_shared = MNIST_DIR, needs_mnist
 
 
 def spd(draw_values, d):
