@@ -103,18 +103,7 @@ def parse_args(argv=None):
     s.add_argument("--per-pair", type=runs.positive_int, default=5,
                    help="samples per digit-colour pair and guidance form (60 pairs)")
     s.add_argument("--no-score", action="store_true", help="skip the digit scorer (colour accuracy only)")
-    d = p.add_argument_group("data and files")
-    d.add_argument("--data-dir", default=None, help="folder with the MNIST files")
-    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
-    d.add_argument("--out", default=os.path.join("out", "color_digits"), help="output folder")
-    again = d.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.npz, or re-sample a finished run (other evaluation "
-                            "flags write their outputs under new names)")
-    again.add_argument("--restart", action="store_true", help="start a new run in OUT even though it holds one")
-    d.add_argument("--checkpoint-every", type=runs.positive_int, default=250,
-                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
+    runs.add_mnist_run_flags(p, "color_digits", checkpoint_every=250, redo="re-sample")
     args = p.parse_args(argv)
     if args.sample_steps > args.T:
         p.error(f"--sample-steps {args.sample_steps}: a sampler can visit at most the T = {args.T} trained steps")

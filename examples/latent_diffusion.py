@@ -120,20 +120,7 @@ def parse_args(argv=None):
                    help="interleaved rounds of the latent-vs-pixel timing (0: skip it)")
     s.add_argument("--timing-batch", type=runs.positive_int, default=100,
                    help="digits per timed training step and sampling chain")
-    d = p.add_argument_group("data and files")
-    d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
-                                                    "or ~/.cache/tinydiff/mnist)")
-    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
-    d.add_argument("--out", default=os.path.join("out", "latent_diffusion"), help="output folder")
-    again = d.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.npz, or re-sample a finished run (other sampling "
-                            "flags write their outputs under new names)")
-    again.add_argument("--restart", action="store_true",
-                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
-    d.add_argument("--checkpoint-every", type=runs.positive_int, default=500,
-                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
+    runs.add_mnist_run_flags(p, "latent_diffusion", checkpoint_every=500, redo="re-sample")
     args = p.parse_args(argv)
     if args.n_samples % 10:
         p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")

@@ -108,20 +108,7 @@ def parse_args(argv=None):
                    help="model calls per digit for the bound: the decoder term plus one t in each of the "
                         "other strata (an unbiased estimate of the full sum; T = every term exactly)")
     s.add_argument("--no-score", action="store_true", help="skip the classifier scores")
-    d = p.add_argument_group("data and files")
-    d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
-                                                    "or ~/.cache/tinydiff/mnist)")
-    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
-    d.add_argument("--out", default=os.path.join("out", "mnist"), help="output folder")
-    again = d.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.npz, or re-sample a finished run (other sampling or "
-                            "evaluation flags write their outputs under new names)")
-    again.add_argument("--restart", action="store_true",
-                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
-    d.add_argument("--checkpoint-every", type=runs.positive_int, default=250,
-                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
+    runs.add_mnist_run_flags(p, "mnist", checkpoint_every=250, redo="re-sample")
     args = p.parse_args(argv)
     if args.n_samples % 10 and not args.unconditional:
         p.error(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")

@@ -97,20 +97,7 @@ def parse_args(argv=None):
                    help="draws of z per test digit in the bound's estimate (each one is unbiased)")
     e.add_argument("--n-samples", type=runs.positive_int, default=500, help="prior samples to draw and score")
     e.add_argument("--no-score", action="store_true", help="skip the classifier scores")
-    d = p.add_argument_group("data and files")
-    d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
-                                                    "or ~/.cache/tinydiff/mnist)")
-    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
-    d.add_argument("--train-limit", type=runs.positive_int, default=None, help="use only the first N training digits")
-    d.add_argument("--out", default=os.path.join("out", "vae"), help="output folder")
-    again = d.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from OUT/checkpoint.npz, or re-evaluate a finished run (other evaluation "
-                            "flags write their outputs under new names)")
-    again.add_argument("--restart", action="store_true",
-                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
-    d.add_argument("--checkpoint-every", type=runs.positive_int, default=500,
-                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
+    runs.add_mnist_run_flags(p, "vae", checkpoint_every=500, redo="re-evaluate")
     args = p.parse_args(argv)
     try:
         args.channels = tuple(int(v) for v in str(args.channels).split(","))

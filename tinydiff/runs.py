@@ -203,6 +203,34 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
                          "ends nearer noise")
 
 
+def add_mnist_run_flags(parser: argparse.ArgumentParser, name: str, checkpoint_every: int = 250,
+                        redo: str = "re-sample") -> None:
+    """The "data and files" flags every MNIST example shares: --data-dir, --no-download,
+    --train-limit, --out (default out/<name>), --resume or --restart, --checkpoint-every.
+    redo says what --resume does to a finished run ("re-sample", "re-evaluate").
+
+    >>> p = argparse.ArgumentParser()
+    >>> td.runs.add_mnist_run_flags(p, "mnist")
+    >>> args = p.parse_args(["--resume"])
+    >>> args.out, args.resume, args.restart, args.checkpoint_every
+    ('out/mnist', True, False, 250)
+    """
+    d = parser.add_argument_group("data and files")
+    d.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $TINYDIFF_DATA/mnist "
+                                                    "or ~/.cache/tinydiff/mnist)")
+    d.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
+    d.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training digits")
+    d.add_argument("--out", default=os.path.join("out", name), help="output folder")
+    again = d.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help=f"continue from OUT/checkpoint.npz, or {redo} a finished run (other sampling or "
+                            "evaluation flags write their outputs under new names)")
+    again.add_argument("--restart", action="store_true",
+                       help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
+    d.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
+                   help="write OUT/checkpoint.npz every this many steps (and at the end)")
+
+
 def unet_shape_flags(width: int, mults: str, image_size: int = 28) -> tuple:
     """Check --width and parse --mults (comma-separated) for a UNet on image_size x image_size
     images; returns the multipliers as a tuple, or raises ValueError naming the flag.
