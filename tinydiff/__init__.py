@@ -12,9 +12,12 @@ few names a diffusion model is built from sit at the top.
                     (grids and rows of image samples), td.scorer (scores generated MNIST digits),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
                     (the checks every example makes around a run: flags, output folder, resume),
-                    td.parallel (the thread pool behind the fast kernels), td.elbo (a VAE's
-                    bound: reparameterisation, KL to N(0, I), decoders, ELBOLoss), td.latent
-                    (latent diffusion: a frozen VAE and the scale of its codes)
+                    td.elbo (a VAE's bound: reparameterisation, KL to N(0, I), decoders,
+                    ELBOLoss), td.latent (latent diffusion: a frozen VAE and the scale of its codes)
+    speed           td.fast (the fast kernels every layer hands off to), td.plain() (a block in
+                    which every layer runs its plain path; or TINYDIFF_PLAIN=1), td.parallel
+                    (the kernels' thread pool), td.runtime.tune_process (OpenBLAS threads and
+                    malloc, applied by the Trainer)
     schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
     diffusion       td.GaussianDiffusion: q, its posterior, p, the losses (training_losses)
                     and the bound (vb_terms_bpd, prior_bpd, calc_bpd_loop) as methods
@@ -42,9 +45,10 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (checkpoint, checks, data, diffusion, editing, elbo, functional, gaussian, gradcheck,  # noqa: E402
-               guidance, images, latent, metrics, models, nn, objectives, optim, oracles, parallel, progress, runs,
+from . import (checkpoint, checks, data, diffusion, editing, elbo, fast, functional, gaussian,  # noqa: E402
+               gradcheck, guidance, images, latent, metrics, models, nn, objectives, optim, oracles, progress, runs,
                runtime, samplers, schedules, scorer, train, viz)
+from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
@@ -61,10 +65,12 @@ from .train import Trainer  # noqa: E402
 __all__ = [
     # the engine
     "Tensor", "tensor", "no_grad", "concat", "stack", "where",
+    # plain layers (the math as written) instead of the fast kernels
+    "plain",
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "runtime", "parallel", "scorer", "elbo", "latent", "editing",
+    "checks", "runs", "runtime", "parallel", "fast", "scorer", "elbo", "latent", "editing",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

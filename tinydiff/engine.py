@@ -27,9 +27,9 @@ Three rules make the gradients right:
 The engine imports only NumPy, and two things live outside it so that this file stays
 the textbook: ``tinydiff/interop.py`` installs NumPy's dispatch
 hooks (``np.exp(t)`` returns a Tensor with gradients, so the pure-NumPy math in
-``tinydiff.gaussian`` trains models without knowing Tensors exist), and fused ops
-tuned for speed (``linear``, ``silu``, ``conv2d``) live beside the layers in
-``tinydiff/nn`` as functions built on ``Tensor.from_op``.
+``tinydiff.gaussian`` trains models without knowing Tensors exist), and ops with a
+hand-written backward of their own are built on ``Tensor.from_op`` outside this file:
+the plain convolution in ``tinydiff/nn/conv.py`` and the fast kernels in ``tinydiff/fast``.
 
 Gradients are kept only on leaves (tensors you created with ``requires_grad=True``);
 intermediate gradients are freed as soon as they have been passed on, as in PyTorch.

@@ -68,23 +68,24 @@ class ResBlock(nn.Module):
                  scale_shift: bool = False, *, rng=None, dtype=np.float32):
         super().__init__()
         self.scale_shift = bool(scale_shift)
-        self.norm1 = nn.GroupNorm(num_groups, cin, dtype=dtype)
+        self.norm1 = nn.GroupNormSiLU(num_groups, cin, dtype=dtype)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, rng=rng, dtype=dtype)
         self.emb_proj = nn.Linear(emb_dim, (2 if self.scale_shift else 1) * cout, rng=rng, dtype=dtype)
-        self.norm2 = nn.GroupNorm(num_groups, cout, dtype=dtype)
+        # AdaGN scales and shifts between the norm and the SiLU; otherwise they come as one pair
+        self.norm2 = (nn.GroupNorm if self.scale_shift else nn.GroupNormSiLU)(num_groups, cout, dtype=dtype)
         self.dropout = nn.Dropout(dropout, rng=rng)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, rng=rng, dtype=dtype)
         self.skip = nn.Conv2d(cin, cout, 1, rng=rng, dtype=dtype) if cin != cout else None
 
     def forward(self, x: Tensor, emb_act: Tensor) -> Tensor:
-        h = self.conv1(self.norm1(x, silu=True))                            # [B, cout, H, W]; GN+SiLU fused
+        h = self.conv1(self.norm1(x))                                       # [B, cout, H, W]
         B, C = h.shape[0], h.shape[1]
         if self.scale_shift:                                                # AdaGN: a gain and a bias per channel
             e = self.emb_proj(emb_act).reshape(B, 2 * C, 1, 1)
             h = nn.silu(self.norm2(h) * (e[:, :C] + 1.0) + e[:, C:])
         else:
             h = h + self.emb_proj(emb_act).reshape(B, C, 1, 1)              # the timestep, per channel
-            h = self.norm2(h, silu=True)
+            h = self.norm2(h)                                               # SiLU(GroupNorm(h))
         h = self.conv2(self.dropout(h))
         return h + (x if self.skip is None else self.skip(x))
 
@@ -176,11 +177,11 @@ class UNet(nn.Module):
         self.mid_block2 = ResBlock(chans[-1], chans[-1], **block)
         self.upsamples, self.up_blocks, self.up_attn = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(self.levels - 1)):                         # coarse to fine
-            self.upsamples.append(nn.Conv2d(chans[i + 1], chans[i + 1], 3, padding=1, **kw))
+            self.upsamples.append(nn.UpsampleConv(chans[i + 1], chans[i + 1], 3, padding=1, **kw))
             self.up_blocks.append(ResBlock(chans[i + 1] + chans[i], chans[i], **block))
             if i in self.attention_levels:
                 self.up_attn.append(nn.SelfAttention2d(chans[i], num_groups, **kw))
-        self.out_norm = nn.GroupNorm(num_groups, chans[0] if self.levels > 1 else chans[-1], dtype=dtype)
+        self.out_norm = nn.GroupNormSiLU(num_groups, chans[0] if self.levels > 1 else chans[-1], dtype=dtype)
         self.out_conv = nn.Conv2d(self.out_norm.num_channels, self.out_channels, 3, padding=1, **kw)
         if zero_init_out:
             self.out_conv.weight.data[...] = 0
@@ -249,9 +250,9 @@ class UNet(nn.Module):
         h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act)), emb_act)
         attn = iter(self.up_attn)
         for k, i in enumerate(reversed(range(self.levels - 1))):            # decoder, coarse to fine
-            h = self.upsamples[k](h, upsample=2)                             # nearest x2, then the conv
+            h = self.upsamples[k](h)                                        # nearest x2, then the conv
             h = self.up_blocks[k](concat([h, skips.pop()], axis=1), emb_act)   # the skip connection
             if i in self.attention_levels:
                 h = next(attn)(h)
-        return self.out_conv(self.out_norm(h, silu=True))                   # [B, out_channels, H, W]
+        return self.out_conv(self.out_norm(h))                              # [B, out_channels, H, W]
 

@@ -93,12 +93,12 @@ class VAE(nn.Module):
         self.spatial = len(self.latent_shape) == 3
         kw = dict(rng=rng, dtype=dtype)
 
-        # encoder: four 3x3 convolutions, each followed by GroupNorm and SiLU (fused: norm(h, silu=True))
+        # encoder: four 3x3 convolutions, each followed by GroupNorm and SiLU
         self.enc_convs = nn.ModuleList([nn.Conv2d(1, c0, 3, padding=1, **kw),                  # 28
                                         nn.Conv2d(c0, c1, 3, stride=2, padding=1, **kw),       # 28 -> 14
                                         nn.Conv2d(c1, c1, 3, stride=2, padding=1, **kw),       # 14 -> 7
                                         nn.Conv2d(c1, c1, 3, padding=1, **kw)])                # 7
-        self.enc_norms = nn.ModuleList([nn.GroupNorm(num_groups, c, dtype=dtype) for c in (c0, c1, c1, c1)])
+        self.enc_norms = nn.ModuleList([nn.GroupNormSiLU(num_groups, c, dtype=dtype) for c in (c0, c1, c1, c1)])
         if self.spatial:
             k = self.latent_shape[0]
             self.enc_head = nn.Conv2d(c1, 2 * k, 1, **kw)
@@ -107,13 +107,12 @@ class VAE(nn.Module):
             d = self.latent_shape[0]
             self.enc_head = nn.Linear(c1 * 49, 2 * d, **kw)
             self.dec_in = nn.Linear(d, c1 * 49, **kw)
-        # decoder: the mirror image, doubling the grid (nearest, then the conv: Conv2d(h, upsample=2))
-        self.dec_norm_in = nn.GroupNorm(num_groups, c1, dtype=dtype)
+        # decoder: the mirror image, doubling the grid (nearest x2, then the conv: UpsampleConv)
+        self.dec_norm_in = nn.GroupNormSiLU(num_groups, c1, dtype=dtype)
         self.dec_convs = nn.ModuleList([nn.Conv2d(c1, c1, 3, padding=1, **kw),                 # 7
-                                        nn.Conv2d(c1, c0, 3, padding=1, **kw),                 # 7 -> 14
-                                        nn.Conv2d(c0, c0, 3, padding=1, **kw)])                # 14 -> 28
-        self.dec_upsample = (1, 2, 2)
-        self.dec_norms = nn.ModuleList([nn.GroupNorm(num_groups, c, dtype=dtype) for c in (c1, c0, c0)])
+                                        nn.UpsampleConv(c1, c0, 3, padding=1, **kw),           # 7 -> 14
+                                        nn.UpsampleConv(c0, c0, 3, padding=1, **kw)])          # 14 -> 28
+        self.dec_norms = nn.ModuleList([nn.GroupNormSiLU(num_groups, c, dtype=dtype) for c in (c1, c0, c0)])
         self.dec_out = nn.Conv2d(c0, 2 if decoder == "discretized" else 1, 3, padding=1, **kw)
 
     # ------------------------------------------------------------------ q(z | x)
@@ -125,7 +124,7 @@ class VAE(nn.Module):
             raise ValueError(f"x: expected digits [B, 1, 28, 28] in [-1, 1], got shape {x.shape}")
         h = x
         for conv, norm in zip(self.enc_convs, self.enc_norms):
-            h = norm(conv(h), silu=True)                                      # ends at [B, c1, 7, 7]
+            h = norm(conv(h))                                                 # ends at [B, c1, 7, 7]
         if not self.spatial:
             h = h.reshape(h.shape[0], -1)                                     # [B, c1 * 49]
         out = self.enc_head(h)                                                # [B, 2k, 7, 7] or [B, 2d]
@@ -142,9 +141,9 @@ class VAE(nn.Module):
         h = self.dec_in(z)
         if not self.spatial:
             h = h.reshape(h.shape[0], self.channels[1], 7, 7)                 # [B, c1, 7, 7]
-        h = self.dec_norm_in(h, silu=True)
-        for conv, norm, up in zip(self.dec_convs, self.dec_norms, self.dec_upsample):
-            h = norm(conv(h, upsample=up), silu=True)                         # 7, 14, 28
+        h = self.dec_norm_in(h)
+        for conv, norm in zip(self.dec_convs, self.dec_norms):
+            h = norm(conv(h))                                                 # 7, 14, 28
         return self.dec_out(h)                                                # [B, 1 or 2, 28, 28]
 
     def decoder_params(self, output) -> dict:

@@ -19,27 +19,27 @@ needs an int64 index array twice the size of ``cols`` and was no faster in NumPy
 
 Backward of Y = Wm @ cols:  dWm = dY @ cols^T,  dcols = Wm^T @ dY,  dx = col2im(dcols).
 
-``conv2d`` is a fused op (``Tensor.from_op``) with that hand-written backward; the
-tests tie it to a naive loop twin and to finite differences.
+``conv2d`` is one op (``Tensor.from_op``) with that hand-written backward; the tests
+tie it to a naive loop twin and to finite differences.
 
-This file is the plain version, kept as the reference: ``conv2d(..., impl="im2col")``.
-By default (``impl="fast"``) ``conv2d`` hands the same arguments to ``conv_fast.py``
-(channels-last memory, Winograd for 3x3, dx as a transposed convolution), which the
-tests hold to this one in float64; read this file first.
+This file is the plain convolution, the one to read. Unless ``td.plain()`` is on,
+``conv2d`` hands the same arguments to ``tinydiff.fast.conv2d`` in one line (channels-last
+memory, Winograd for 3x3, dx as a transposed convolution; tinydiff/fast/conv.py), which
+tests/test_conv_fast.py holds to this one in float64. ``UpsampleConv`` is nearest x2
+upsampling followed by a convolution, the DDPM decoder's step up, whose fast path never
+builds the upsampled image.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .. import fast
 from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
-from .conv_fast import conv2d_fast, kernel_for, upsample_conv2d_fast
 from .helpers import to_tensor, uniform_parameter
 from .layers import upsample_nearest
 from .module import Module
-
-IMPLS = ("fast", "im2col")
 
 
 def _pair(value, name: str, minimum: int) -> tuple:
@@ -109,22 +109,18 @@ def col2im(cols: np.ndarray, x_shape, kernel_size, stride=1, padding=0) -> np.nd
     return np.ascontiguousarray(dx.transpose(1, 0, 2, 3))         # [B, C, H, W]
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, impl: str = "fast") -> Tensor:
+def conv2d(x, weight, bias=None, stride=1, padding=0) -> Tensor:
     """y = conv(x, W) + b as ONE GEMM:  Y [O, B*Ho*Wo] = W.reshape(O, C*kh*kw) @ im2col(x).
 
     x: [B, C, H, W], weight: [O, C, kh, kw], bias: [O] or None -> y: [B, O, Ho, Wo],
-    Ho = floor((H + 2*padding - kh) / stride) + 1. Zero padding. A fused op whose
-    backward is dW = dY @ cols^T, db = sum of dY, dx = col2im(W^T @ dY).
+    Ho = floor((H + 2*padding - kh) / stride) + 1. Zero padding. One op whose backward
+    is dW = dY @ cols^T, db = sum of dY, dx = col2im(W^T @ dY).
 
-    impl: "im2col" runs this plain version; "fast" (default) computes the same with
-    ``conv_fast.conv2d_fast``, whose output has channels-last memory (same shape and values).
     >>> x = td.Tensor(np.ones((1, 1, 4, 4)))
     >>> w = td.Tensor(np.ones((2, 1, 3, 3)))
     >>> td.nn.conv2d(x, w, padding=1).data[0, 0].tolist()[0]   # a 3 x 3 box sum; 4 cells at the corner
     [4.0, 6.0, 6.0, 4.0]
     """
-    if impl not in IMPLS:
-        raise ValueError(f"conv2d: impl must be one of {IMPLS}, got {impl!r}")
     x, weight = to_tensor(x), to_tensor(weight)
     bias = None if bias is None else to_tensor(bias)
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
@@ -140,8 +136,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, impl: str = "fast") -> Ten
     Ho, Wo = conv_output_size(H, kh, stride[0], padding[0]), conv_output_size(W, kw, stride[1], padding[1])
     if Ho < 1 or Wo < 1:
         raise ValueError(f"conv2d: kernel {kernel} does not fit input {(H, W)} with padding {padding}")
-    if impl == "fast":
-        return conv2d_fast(x, weight, bias, stride, padding)
+    if fast.enabled():
+        return fast.conv2d(x, weight, bias, stride, padding)      # the same numbers, faster: tinydiff/fast/conv.py
 
     cols = im2col(x.data, kernel, stride, padding)                # [C*kh*kw, B*Ho*Wo]
     w_mat = weight.data.reshape(O, C * kh * kw)                   # [O, C*kh*kw]
@@ -167,7 +163,6 @@ class Conv2d(Module):
     x: [B, in, H, W] -> [B, out, Ho, Wo]. weight: (out, in, kh, kw), bias: (out,), both
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in*kh*kw, as PyTorch.
     ``kernel_size``, ``stride`` and ``padding`` are ints or (height, width) pairs.
-    ``impl``: "fast" (default) or "im2col", the plain reference (see ``conv2d``).
 
     >>> conv = td.nn.Conv2d(1, 8, 3, padding=1, rng=np.random.default_rng(0))
     >>> conv.weight.shape, conv(np.zeros((2, 1, 28, 28), np.float32)).shape
@@ -175,33 +170,50 @@ class Conv2d(Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
-                 bias: bool = True, *, rng=None, dtype=np.float32, impl: str = "fast"):
+                 bias: bool = True, *, rng=None, dtype=np.float32):
         super().__init__()
         self.in_channels = check_positive_int(in_channels, "in_channels")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = _pair(kernel_size, "kernel_size", 1)
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
-        if impl not in IMPLS:
-            raise ValueError(f"Conv2d: impl must be one of {IMPLS}, got {impl!r}")
-        self.impl = impl
         rng, dtype = check_rng(rng, allow_none=True), check_dtype(dtype)
         fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
         self.weight = uniform_parameter((out_channels, in_channels, *self.kernel_size), fan_in, rng, dtype)
         self.bias = uniform_parameter((out_channels,), fan_in, rng, dtype) if bias else None
 
-    def forward(self, x, upsample: int = 1) -> Tensor:
-        """y = conv(x); ``upsample=2`` first upsamples x by 2 (nearest), as the UNet decoder
-        does: the fast path then runs four phase convolutions on the small x instead."""
+    def check_input(self, x) -> Tensor:
+        """x as a Tensor of the layer's dtype, [B, in_channels, H, W], or a ValueError naming its shape."""
         x = to_tensor(x, self.weight.dtype)
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"Conv2d expected input [B, {self.in_channels}, H, W], got shape {x.shape}")
-        if upsample == 2 and self.impl == "fast" and kernel_for(self.weight.shape, self.stride, self.padding) == "winograd":
-            return upsample_conv2d_fast(x, self.weight, self.bias)
-        if upsample != 1:
-            x = upsample_nearest(x, upsample)
-        return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.impl)
+            raise ValueError(f"{type(self).__name__} expected input [B, {self.in_channels}, H, W], got shape {x.shape}")
+        return x
+
+    def forward(self, x) -> Tensor:
+        return conv2d(self.check_input(x), self.weight, self.bias, self.stride, self.padding)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class UpsampleConv(Conv2d):
+    """y = conv(upsample_nearest(x, 2)): nearest-neighbour upsampling by 2, then a Conv2d.
+
+    x: [B, in, H, W] -> [B, out, Ho, Wo] (for a 3x3 kernel with padding 1: [B, out, 2H, 2W]).
+    The DDPM UNet's decoder doubles its grid this way (Ho et al. 2020, Appendix B). Built and
+    initialised exactly as ``Conv2d`` (same arguments, parameters ``weight`` and ``bias``), so
+    a state dict moves between the two. The fast path, ``tinydiff.fast.upsample_conv2d``,
+    runs a 3x3 convolution as four 2x2 convolutions of the small x and never builds the 4x
+    larger upsampled image.
+
+    >>> up = td.nn.UpsampleConv(4, 8, 3, padding=1, rng=np.random.default_rng(0))
+    >>> up(np.zeros((2, 4, 7, 7), np.float32)).shape
+    (2, 8, 14, 14)
+    """
+
+    def forward(self, x) -> Tensor:
+        x = self.check_input(x)
+        if fast.enabled():
+            return fast.upsample_conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return conv2d(upsample_nearest(x, 2), self.weight, self.bias, self.stride, self.padding)

@@ -3,6 +3,7 @@
     Linear     y = x W^T + b                               weight (out, in), bias (out,)
     Embedding  y = W[labels]                               weight (num_embeddings, dim)
     GroupNorm  y = (x - mean_g) / sqrt(var_g + eps) * gamma + beta     weight, bias (C,)
+    GroupNormSiLU  y = silu(GroupNorm(x)), the pair every UNet block starts with
     SiLU       y = x * sigmoid(x)
     Dropout    y = x * mask / (1 - p),  mask ~ Bernoulli(1 - p), only while training
     Upsample   nearest neighbour, each pixel copied into an s x s block
@@ -14,6 +15,12 @@ moves between the two unchanged. Layers with parameters take ``rng`` (a
 and ``dtype`` (float32 by default). Inputs may be ndarrays or Tensors; they are cast
 to the layer's dtype (see ``to_tensor``).
 
+Each function here is the math, composed from the engine's primitives, so it needs no
+backward of its own. Where a faster kernel exists (``linear``, ``silu``, ``group_norm``,
+``group_norm_silu``), one line hands off to it unless ``td.plain()`` is on:
+``if fast.enabled(): return fast.linear(x, weight, bias)``. The kernels live in
+tinydiff/fast/ and are tested against these functions.
+
 References: Wu & He 2018, "Group Normalization" (Eq. 1-3); Elfwing et al. 2018 (SiLU);
 Srivastava et al. 2014 (dropout); Vaswani et al. 2017 Sec. 3.5 and Ho et al. 2020
 Appendix B (sinusoidal timestep embedding).
@@ -22,47 +29,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import fast
 from ..engine import Tensor
 from ..checks import check_dtype, check_positive_int, check_rng
 from .helpers import to_tensor, uniform_parameter
 from .module import Module, Parameter
-from .norm_fast import group_norm_act
-from ..parallel import parallel_for
 
 
 # ---------------------------------------------------------------------- Linear
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """y = x W^T + b as ONE graph node (the hot path of every MLP).
-
-    x: [..., in], weight: [out, in], bias: [out] -> y: [..., out]. Composed from
-    primitives this is reshape, transpose, matmul, add and reshape: five nodes and an
-    extra [N, out] buffer for the bias add. Fused, the forward is one GEMM with the bias
-    added in place, and the backward is
-
-        dL/dx = g W,    dL/dW = g^T x,    dL/db = sum_n g        (g = dL/dy, [N, out])
-
-    each computed only if needed. tests/test_layers.py ties it to the composed form.
+    """y = x W^T + b.  x: [..., in], weight: [out, in], bias: [out] or None -> y: [..., out].
 
     >>> x, w, b = td.Tensor(np.ones((2, 3))), td.Tensor(np.full((4, 3), 0.5)), td.Tensor(np.zeros(4))
     >>> td.nn.linear(x, w, b).data.tolist()[0]                # x W^T + b: 3 * 0.5
     [1.5, 1.5, 1.5, 1.5]
     """
-    lead, n_in = x.shape[:-1], x.shape[-1]
-    x2 = x.data.reshape(-1, n_in)                                   # [N, in]
-    out = x2 @ weight.data.T                                        # [N, out]
-    if bias is not None:
-        out += bias.data
-
-    def backward(g):
-        g2 = g.reshape(-1, g.shape[-1])                             # [N, out]
-        gx = (g2 @ weight.data).reshape(x.shape) if x.requires_grad else None
-        gw = g2.T @ x2 if weight.requires_grad else None
-        # the bias gradient as a product with ones: BLAS, ~2.5x faster than g2.sum(axis=0) here
-        gb = np.ones(len(g2), g2.dtype) @ g2 if bias is not None and bias.requires_grad else None
-        return gx, gw, gb
-
-    parents = (x, weight) if bias is None else (x, weight, bias)
-    return Tensor.from_op(out.reshape(*lead, out.shape[-1]), parents, backward)
+    if fast.enabled():
+        return fast.linear(x, weight, bias)          # one graph node: tinydiff/fast/fused.py
+    y = x @ weight.T                                 # [..., out]
+    return y if bias is None else y + bias
 
 
 class Linear(Module):
@@ -136,6 +121,9 @@ def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 
     >>> y.reshape(2, -1).mean(axis=1).round(6).tolist()                 # each group: mean 0 (and variance 1)
     [0.0, 0.0]
     """
+    x = to_tensor(x)
+    if fast.enabled():
+        return fast.group_norm(x, num_groups, weight, bias, eps)        # one op: tinydiff/fast/norm.py
     B, C = x.shape[:2]
     g = x.reshape(B, num_groups, -1)                            # [B, G, C/G * prod(S)]
     mu = g.mean(axis=-1, keepdims=True)                         # [B, G, 1]
@@ -151,21 +139,21 @@ def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 
 
 
 def group_norm_silu(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
-    """silu(group_norm(x)) as one fused op (``norm_fast.py``): the pair every UNet block starts with.
+    """silu(group_norm(x)): x [B, C, *S] -> [B, C, *S], the pair every UNet block starts with.
 
     >>> x = td.Tensor(np.random.default_rng(0).standard_normal((2, 4, 3, 3)))
-    >>> fused = td.nn.group_norm_silu(x, num_groups=2).data
-    >>> np.allclose(fused, td.nn.silu(td.nn.group_norm(x, num_groups=2)).data)   # the composed twin
+    >>> y = td.nn.group_norm_silu(x, num_groups=2).data
+    >>> np.allclose(y, td.nn.silu(td.nn.group_norm(x, num_groups=2)).data)
     True
     """
-    return group_norm_act(to_tensor(x), num_groups, weight, bias, eps, silu=True)
+    x = to_tensor(x)
+    if fast.enabled():
+        return fast.group_norm_silu(x, num_groups, weight, bias, eps)   # one op: tinydiff/fast/norm.py
+    return silu(group_norm(x, num_groups, weight, bias, eps))
 
 
 class GroupNorm(Module):
     """GroupNorm(num_groups, num_channels): x [B, C, *S] -> same shape; weight 1, bias 0.
-
-    ``norm(x)`` computes ``group_norm`` above as one fused op (``norm_fast.py``, tested
-    against the composed function); ``norm(x, silu=True)`` is ``silu(norm(x))`` fused.
 
     ``rng`` is unused (the initialisation is deterministic); it is accepted so every
     layer with parameters is built the same way.
@@ -190,68 +178,53 @@ class GroupNorm(Module):
         self.weight = Parameter(np.ones(num_channels, dtype)) if affine else None
         self.bias = Parameter(np.zeros(num_channels, dtype)) if affine else None
 
-    def forward(self, x, silu: bool = False) -> Tensor:
+    def check_input(self, x) -> Tensor:
+        """x as a Tensor of the layer's dtype, [B, num_channels, *S], or a ValueError naming its shape."""
         x = to_tensor(x, self.weight.dtype if self.weight is not None else None)
         if x.ndim < 2 or x.shape[1] != self.num_channels or 0 in x.shape[2:]:
-            raise ValueError(f"GroupNorm expected input [B, {self.num_channels}, ...] with at least one position, "
-                             f"got shape {x.shape}")
-        return group_norm_act(x, self.num_groups, self.weight, self.bias, self.eps, silu=silu)
+            raise ValueError(f"{type(self).__name__} expected input [B, {self.num_channels}, ...] with at least "
+                             f"one position, got shape {x.shape}")
+        return x
+
+    def forward(self, x) -> Tensor:
+        return group_norm(self.check_input(x), self.num_groups, self.weight, self.bias, self.eps)
 
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.weight is not None}"
 
 
+class GroupNormSiLU(GroupNorm):
+    """y = silu(GroupNorm(x)): the normalisation and activation every UNet block starts with.
+
+    Built exactly as ``GroupNorm`` (same arguments, parameters ``weight`` and ``bias``), so a
+    state dict moves between the two. Its fast path is one op with a closed-form backward
+    (``tinydiff.fast.group_norm_silu``).
+
+    >>> norm = td.nn.GroupNormSiLU(2, 4)
+    >>> x = np.random.default_rng(0).normal(size=(3, 4, 5, 5)).astype(np.float32)
+    >>> np.allclose(norm(x).data, td.nn.silu(td.nn.GroupNorm(2, 4)(x)).data, atol=1e-6)
+    True
+    """
+
+    def forward(self, x) -> Tensor:
+        return group_norm_silu(self.check_input(x), self.num_groups, self.weight, self.bias, self.eps)
+
+
 # ---------------------------------------------------------------------- parameter-free layers
-def silu(x: Tensor) -> Tensor:
-    """y = x * sigmoid(x) (Elfwing et al. 2018) as ONE graph node: the hottest activation.
-
-    Composed from primitives it is sigmoid, mul: two nodes and three temporaries per
-    call. Fused, sigmoid(x) = (tanh(x/2) + 1)/2 is computed in place (no overflow for
-    large |x|) and the backward uses
-
-        d/dx x s(x) = s (1 + x (1 - s)) = s (1 + x - y)
-
-    with one temporary instead of five, split over both cores along the first axis
-    (``tinydiff.parallel``). tests/test_layers.py ties it to the composed form.
+def silu(x) -> Tensor:
+    """y = x * sigmoid(x) (Elfwing et al. 2018), SiLU, also called swish.
 
     >>> td.nn.silu(td.Tensor(np.array([0.0, 1.0]))).data.round(4).tolist()   # x sigmoid(x)
     [0.0, 0.7311]
     """
-    x_t = to_tensor(x)
-    x = x_t.data
-    s, out = np.empty_like(x), np.empty_like(x)         # in x's memory layout
-    X, S, Y = (a if a.ndim else a.reshape(1) for a in (x, s, out))   # both cores split axis 0
-    rows = len(X)
-
-    def forward(lo, hi):
-        sig = S[lo:hi]
-        np.multiply(X[lo:hi], 0.5, out=sig)
-        np.tanh(sig, out=sig)
-        sig += 1
-        sig *= 0.5                                      # s = sigmoid(x), in place
-        np.multiply(X[lo:hi], sig, out=Y[lo:hi])
-
-    parallel_for(forward, rows, work=x.size)
-
-    def backward(g):
-        d = np.empty_like(x)
-        D, Gr = (a if a.ndim else a.reshape(1) for a in (d, np.asarray(g)))
-
-        def work(lo, hi):
-            part = D[lo:hi]
-            np.subtract(X[lo:hi], Y[lo:hi], out=part)
-            part += 1
-            part *= S[lo:hi]
-            part *= Gr[lo:hi]
-
-        parallel_for(work, rows, work=x.size)
-        return (d,)
-
-    return Tensor.from_op(out, (x_t,), backward)
+    x = to_tensor(x)
+    if fast.enabled():
+        return fast.silu(x)                  # one graph node, in place, both cores: tinydiff/fast/fused.py
+    return x * x.sigmoid()
 
 
 class SiLU(Module):
-    """y = x * sigmoid(x) (the fused ``silu`` op above).
+    """y = x * sigmoid(x) (``silu`` above).
 
     >>> td.nn.SiLU()(np.array([-1.0, 2.0])).data.round(4).tolist()
     [-0.2689, 1.7616]

@@ -1,8 +1,9 @@
 """The fast convolution: channels-last activations, four kernels, dx as a convolution.
 
-What it computes: exactly ``conv.py``'s convolution (read that first: im2col, one GEMM,
-col2im), which stays as the plain twin and the reference ``conv2d(..., impl="im2col")``;
-tests/test_conv_fast.py holds this file to it in float64 on Hypothesis-drawn shapes.
+What it computes: exactly the plain convolution ``tinydiff.nn.conv2d`` (tinydiff/nn/conv.py:
+im2col, one GEMM, col2im; read that first), which hands off to ``conv2d`` here in one line
+unless ``td.plain()`` is on; ``upsample_conv2d`` equals ``nn.conv2d(nn.upsample_nearest(x, 2), ...)``.
+tests/test_conv_fast.py holds both to those plain twins in float64 on Hypothesis-drawn shapes.
 
 Why it is faster, in the order it matters for a UNet on a CPU:
 
@@ -22,7 +23,7 @@ Why it is faster, in the order it matters for a UNet on a CPU:
 4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
    dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
    rather than kept, and whole slices go to the cores (``tinydiff.parallel``).
-5. **Upsample x2 + 3x3 conv as phase convolutions** (at the end of this file).
+5. **Upsample x2 + 3x3 conv as phase convolutions** (``upsample_conv2d``, at the end of this file).
 
 The four kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at
 least ``WINOGRAD_MIN_CHANNELS`` in and out -> ``winograd``;  other stride-1 layers with fewer
@@ -35,8 +36,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
-from ..parallel import parallel_for, parallel_slices
 from . import winograd
+from .parallel import parallel_for, parallel_slices
 
 WINOGRAD_MIN_CHANNELS = 8       # below this the transforms' short inner loops cost more than they save
 
@@ -46,10 +47,10 @@ def channels_last(a: np.ndarray) -> np.ndarray:
     already has channels-last memory, else one copy split over the threads.
 
     >>> x = np.arange(24.0).reshape(1, 2, 3, 4)                # [B, C, H, W]: channel 1 starts at 12
-    >>> xl = td.nn.conv_fast.channels_last(x)
+    >>> xl = td.fast.conv.channels_last(x)
     >>> xl.shape, xl[0, 0, 0].tolist()                         # pixel (0, 0)'s two channels, now adjacent
     ((1, 3, 4, 2), [0.0, 12.0])
-    >>> np.shares_memory(td.nn.conv_fast.channels_last(td.nn.conv_fast.as_nchw(xl)), xl)   # no copy
+    >>> np.shares_memory(td.fast.conv.channels_last(td.fast.conv.as_nchw(xl)), xl)   # no copy
     True
     """
     t = a.transpose(0, 2, 3, 1)
@@ -68,7 +69,7 @@ def as_nchw(y: np.ndarray) -> np.ndarray:
     """A channels-last buffer [B, H, W, C] seen with PyTorch's logical shape [B, C, H, W] (a view).
 
     >>> y = np.zeros((2, 5, 5, 8), np.float32)                 # what the GEMMs write: [B, H, W, C]
-    >>> v = td.nn.conv_fast.as_nchw(y)
+    >>> v = td.fast.conv.as_nchw(y)
     >>> v.shape, np.shares_memory(v, y), v.strides[1]          # the channel stride is one float
     ((2, 8, 5, 5), True, 4)
     """
@@ -79,7 +80,7 @@ def pad_hw(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.nd
     """Zero-pad the H and W axes of channels-last x [B, H, W, C] (one copy, threaded).
 
     >>> x = np.ones((1, 2, 2, 1))
-    >>> td.nn.conv_fast.pad_hw(x, 1, 0, 0, 1)[0, :, :, 0].tolist()    # one row on top, one column right
+    >>> td.fast.conv.pad_hw(x, 1, 0, 0, 1)[0, :, :, 0].tolist()    # one row on top, one column right
     [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     """
     if not (top or bottom or left or right):
@@ -106,7 +107,7 @@ def im2col_nhwc(x: np.ndarray, kernel, stride, padding) -> np.ndarray:
     The transpose of ``conv.im2col``'s matrix (rows are output pixels here, not patch entries):
 
     >>> x = np.arange(16.0).reshape(1, 4, 4, 1)                # one channel: [B, H, W, C]
-    >>> cols = td.nn.conv_fast.im2col_nhwc(x, (3, 3), (1, 1), (0, 0))
+    >>> cols = td.fast.conv.im2col_nhwc(x, (3, 3), (1, 1), (0, 0))
     >>> cols.shape, cols[0].tolist()                           # the first 3 x 3 patch
     ((4, 9), [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0])
     >>> np.array_equal(cols.T, td.nn.im2col(x.transpose(0, 3, 1, 2), 3))
@@ -131,7 +132,7 @@ def col2im_nhwc(dcols: np.ndarray, x_shape, kernel, stride, padding) -> np.ndarr
     """Adjoint of ``im2col_nhwc``: dcols [B*Ho*Wo, kh*kw*C] -> dx [B, H, W, C], adding the
     overlapping patches with one strided add per kernel offset (p, q).
 
-    >>> counts = td.nn.conv_fast.col2im_nhwc(np.ones((4, 9)), (1, 4, 4, 1), (3, 3), (1, 1), (0, 0))
+    >>> counts = td.fast.conv.col2im_nhwc(np.ones((4, 9)), (1, 4, 4, 1), (3, 3), (1, 1), (0, 0))
     >>> counts[0, :, :, 0].tolist()                            # how many patches cover each pixel
     [[1.0, 2.0, 2.0, 1.0], [2.0, 4.0, 4.0, 2.0], [2.0, 4.0, 4.0, 2.0], [1.0, 2.0, 2.0, 1.0]]
     """
@@ -157,9 +158,9 @@ def _gemm_weight(w: np.ndarray) -> np.ndarray:
 
 
 def kernel_for(weight_shape, stride, padding) -> str:
-    """Which kernel ``conv2d_fast`` uses: "pointwise", "winograd", "col2im" or "im2col".
+    """Which kernel ``conv2d`` uses: "pointwise", "winograd", "col2im" or "im2col".
 
-    >>> kernel_for = td.nn.conv_fast.kernel_for                # weight [O, C, kh, kw], stride, padding
+    >>> kernel_for = td.fast.conv.kernel_for                   # weight [O, C, kh, kw], stride, padding
     >>> kernel_for((64, 32, 1, 1), (1, 1), (0, 0)), kernel_for((64, 32, 3, 3), (1, 1), (1, 1))
     ('pointwise', 'winograd')
     >>> kernel_for((1, 32, 3, 3), (1, 1), (1, 1)), kernel_for((64, 64, 3, 3), (2, 2), (1, 1))   # few outputs; strided
@@ -176,14 +177,17 @@ def kernel_for(weight_shape, stride, padding) -> str:
     return "im2col"
 
 
-def conv2d_fast(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) -> Tensor:
-    """The same y = conv(x, W) + b as ``conv.conv2d`` (arguments already checked there);
-    y: [B, O, Ho, Wo] with channels-last memory.
+def conv2d(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) -> Tensor:
+    """The same y = conv(x, W) + b as the plain ``tinydiff.nn.conv2d``, which checks the
+    arguments and passes stride and padding as (height, width) pairs.
+    x: [B, C, H, W], weight: [O, C, kh, kw], bias: [O] Tensor or None -> y: [B, O, Ho, Wo]
+    with channels-last memory.
 
     >>> rng = np.random.default_rng(0)
     >>> x, w = td.Tensor(rng.standard_normal((2, 8, 5, 5))), td.Tensor(rng.standard_normal((8, 8, 3, 3)))
-    >>> fast = td.nn.conv_fast.conv2d_fast(x, w, None, (1, 1), (1, 1))          # the Winograd kernel
-    >>> plain = td.nn.conv2d(x, w, padding=1, impl="im2col")                    # its plain twin
+    >>> fast = td.fast.conv2d(x, w, None, (1, 1), (1, 1))                  # the Winograd kernel
+    >>> with td.plain():
+    ...     plain = td.nn.conv2d(x, w, padding=1)                          # its plain twin: im2col + GEMM
     >>> fast.shape, np.allclose(fast.data, plain.data, rtol=1e-12, atol=1e-12)
     ((2, 8, 5, 5), True)
     """
@@ -342,7 +346,7 @@ def phase_blocks(O: int) -> list:
     no kernel row at small offset +1, and G's last row reads only that row, so U[3, j] = 0;
     with a = 1 the offset -1 is missing and U[0, j] = 0 (G's first row); likewise for b, j.
 
-    >>> blocks = td.nn.conv_fast.phase_blocks(1)               # O = 1: columns 0..3 are phases (a, b)
+    >>> blocks = td.fast.conv.phase_blocks(1)               # O = 1: columns 0..3 are phases (a, b)
     >>> blocks[0], blocks[5]                                   # corner xi = 0: phase (0, 0) only; xi = 5: all
     ([(0, 1)], [(0, 2), (2, 4)])
     >>> sum(hi - lo for ranges in blocks for lo, hi in ranges)  # 36 of 64 columns: 9 of 16 per phase
@@ -359,7 +363,7 @@ def phase_weight(w: np.ndarray) -> np.ndarray:
     Phase (0, 0) reads small rows (i - 1, i, i): kernel rows 1 and 2 land on the same row
     and add up, as do columns 1 and 2, leaving a 2 x 2 kernel in the corner:
 
-    >>> w4 = td.nn.conv_fast.phase_weight(np.ones((1, 1, 3, 3)))
+    >>> w4 = td.fast.conv.phase_weight(np.ones((1, 1, 3, 3)))
     >>> w4.shape, w4[0, 0].tolist()
     ((4, 1, 3, 3), [[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
     """
@@ -376,8 +380,8 @@ def phase_weight_adjoint(dw4: np.ndarray) -> np.ndarray:
 
     >>> rng = np.random.default_rng(0)
     >>> w, d = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal((8, 3, 3, 3))
-    >>> dw = td.nn.conv_fast.phase_weight_adjoint(d)
-    >>> dw.shape, bool(np.isclose(np.vdot(td.nn.conv_fast.phase_weight(w), d), np.vdot(w, dw)))
+    >>> dw = td.fast.conv.phase_weight_adjoint(d)
+    >>> dw.shape, bool(np.isclose(np.vdot(td.fast.conv.phase_weight(w), d), np.vdot(w, dw)))
     ((2, 3, 3, 3), True)
     """
     O4, C = dw4.shape[:2]
@@ -401,17 +405,25 @@ def _shuffle(src: np.ndarray, dst: np.ndarray, to_phases: bool) -> None:
     parallel_for(work, Bn, work=src.size)
 
 
-def upsample_conv2d_fast(x: Tensor, weight: Tensor, bias) -> Tensor:
-    """conv3x3(upsample_nearest(x, 2), W) + b, padding 1, as four phase convolutions.
-    x: [B, C, H, W] -> y: [B, O, 2H, 2W] with channels-last memory.
+def upsample_conv2d(x: Tensor, weight: Tensor, bias, stride: tuple, padding: tuple) -> Tensor:
+    """conv(upsample_nearest(x, 2), W) + b, the plain ``nn.conv2d(nn.upsample_nearest(x, 2), ...)``.
+    x: [B, C, H, W] -> y: [B, O, Ho, Wo] with channels-last memory; for a 3x3 kernel, stride 1,
+    padding 1: [B, O, 2H, 2W], computed as four phase convolutions of the small x (above).
+    Other kernels upsample x and call ``conv2d``.
 
     >>> rng = np.random.default_rng(0)
     >>> x, w = td.Tensor(rng.standard_normal((1, 8, 3, 3))), td.Tensor(rng.standard_normal((8, 8, 3, 3)))
-    >>> y = td.nn.conv_fast.upsample_conv2d_fast(x, w, None)
-    >>> plain = td.nn.conv2d(td.nn.upsample_nearest(x, 2), w, padding=1, impl="im2col")
+    >>> y = td.fast.upsample_conv2d(x, w, None, (1, 1), (1, 1))
+    >>> with td.plain():
+    ...     plain = td.nn.conv2d(td.nn.upsample_nearest(x, 2), w, padding=1)
     >>> y.shape, np.allclose(y.data, plain.data, rtol=1e-12, atol=1e-12)
     ((1, 8, 6, 6), True)
     """
+    if kernel_for(weight.shape, stride, padding) != "winograd":     # phases need the 3x3 Winograd case
+        B, C, H, W = x.shape
+        block = np.zeros((1, 1, 1, 2, 1, 2), dtype=x.dtype)        # nearest x2, as nn.upsample_nearest
+        up = (x.reshape(B, C, H, 1, W, 1) + block).reshape(B, C, 2 * H, 2 * W)
+        return conv2d(up, weight, bias, stride, padding)
     O, C = weight.shape[:2]
     xd = channels_last(x.data)
     Bn, H, W, _ = xd.shape

@@ -1,8 +1,9 @@
 """Winograd F(2x2, 3x3): a 3x3, stride-1 convolution with 2.25x fewer multiplies.
 
-What it computes: exactly the convolution of ``conv.py`` (the plain im2col twin that
-tests/test_conv_fast.py holds it to in float64) for 3x3 kernels, stride 1, padding 1,
-on channels-last activations x [B, H, W, C] -> y [B, H, W, O].
+What it computes: exactly the plain convolution ``tinydiff.nn.conv2d`` (im2col + one GEMM,
+tinydiff/nn/conv.py; tests/test_conv_fast.py holds this kernel to it in float64) for 3x3
+kernels, stride 1, padding 1, on channels-last activations x [B, H, W, C] -> y [B, H, W, O].
+``conv.py`` in this package picks it for those layers.
 
 Why it is fast. im2col spends 9 multiplies per input channel on each output pixel.
 Winograd (Lavin & Gray 2016, "Fast Algorithms for Convolutional Neural Networks")
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parallel import batch_slices, parallel_slices
+from .parallel import batch_slices, parallel_slices
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])   # [4, 3]
 
@@ -55,7 +56,7 @@ G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0
 def tiles(H: int, W: int) -> tuple:
     """Number of 2x2 output tiles along each axis: (ceil(H/2), ceil(W/2)).
 
-    >>> td.nn.winograd.tiles(28, 7)                            # an odd size gets a cropped last tile
+    >>> td.fast.winograd.tiles(28, 7)                            # an odd size gets a cropped last tile
     (14, 4)
     """
     return (H + 1) // 2, (W + 1) // 2
@@ -66,7 +67,7 @@ def weight_transform(w: np.ndarray) -> np.ndarray:
 
     For a kernel of ones, G g G^T is the outer product of G's row sums (1, 3/2, 1/2, 1):
 
-    >>> U = td.nn.winograd.weight_transform(np.ones((1, 1, 3, 3)))
+    >>> U = td.fast.winograd.weight_transform(np.ones((1, 1, 3, 3)))
     >>> U.shape, U[:4, 0, 0].tolist()
     ((16, 1, 1), [1.0, 1.5, 0.5, 1.0])
     """
@@ -83,8 +84,8 @@ def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
 
     >>> rng = np.random.default_rng(0)
     >>> w, du = rng.standard_normal((2, 3, 3, 3)), rng.standard_normal((16, 3, 2))
-    >>> dw = td.nn.winograd.weight_transform_adjoint(du)
-    >>> dw.shape, bool(np.isclose(np.vdot(td.nn.winograd.weight_transform(w), du), np.vdot(w, dw)))
+    >>> dw = td.fast.winograd.weight_transform_adjoint(du)
+    >>> dw.shape, bool(np.isclose(np.vdot(td.fast.winograd.weight_transform(w), du), np.vdot(w, dw)))
     ((2, 3, 3, 3), True)
     """
     C, O = du.shape[1:]
@@ -198,7 +199,7 @@ def input_transform(x: np.ndarray, V: np.ndarray) -> None:
     B^T times column 1 of B, is (d1 + d2)(d1 + d2): the sum of the central 2 x 2.
 
     >>> V = np.empty((16, 1, 1, 1, 1))
-    >>> td.nn.winograd.input_transform(np.ones((1, 2, 2, 1)), V)
+    >>> td.fast.winograd.input_transform(np.ones((1, 2, 2, 1)), V)
     >>> V[5].item(), V.reshape(4, 4).tolist()[1]
     (4.0, [-2.0, 4.0, 0.0, 2.0])
     """
@@ -220,8 +221,8 @@ def input_transform_adjoint(dV: np.ndarray, dx: np.ndarray) -> None:
     >>> rng = np.random.default_rng(0)
     >>> x, dV = rng.standard_normal((1, 3, 5, 2)), rng.standard_normal((16, 3, 2, 1, 2))
     >>> V, dx = np.empty_like(dV), np.empty_like(x)
-    >>> td.nn.winograd.input_transform(x, V)
-    >>> td.nn.winograd.input_transform_adjoint(dV, dx)
+    >>> td.fast.winograd.input_transform(x, V)
+    >>> td.fast.winograd.input_transform_adjoint(dV, dx)
     >>> bool(np.isclose(np.vdot(V, dV), np.vdot(x, dx)))
     True
     """
@@ -246,7 +247,7 @@ def output_transform(M: np.ndarray, y: np.ndarray, bias=None) -> None:
     With M all ones, y = (A^T 1)(1^T A), the outer product of A^T's row sums (3, -1):
 
     >>> y = np.empty((1, 2, 2, 1))
-    >>> td.nn.winograd.output_transform(np.ones((16, 1, 1, 1, 1)), y)
+    >>> td.fast.winograd.output_transform(np.ones((16, 1, 1, 1, 1)), y)
     >>> y[0, :, :, 0].tolist()
     [[9.0, -3.0], [-3.0, 1.0]]
     """
@@ -274,8 +275,8 @@ def output_transform_adjoint(dy: np.ndarray, dM: np.ndarray) -> None:
     >>> rng = np.random.default_rng(0)
     >>> M, dy = rng.standard_normal((16, 2, 2, 1, 3)), rng.standard_normal((1, 3, 4, 3))   # odd H: cropped
     >>> y, dM = np.empty_like(dy), np.empty_like(M)
-    >>> td.nn.winograd.output_transform(M.copy(), y)           # (M is used as scratch)
-    >>> td.nn.winograd.output_transform_adjoint(dy, dM)
+    >>> td.fast.winograd.output_transform(M.copy(), y)           # (M is used as scratch)
+    >>> td.fast.winograd.output_transform_adjoint(dy, dM)
     >>> bool(np.isclose(np.vdot(y, dy), np.vdot(M, dM)))
     True
     """
@@ -308,9 +309,9 @@ def batch_chunks(Bn: int, bytes_per_example: int) -> list:
     core) slices of 2 MiB make a 32-channel 28x28 convolution's forward + backward 30 ms
     single-threaded, against 43 ms with 24 MiB slices.
 
-    >>> td.nn.winograd.batch_chunks(10, 3 << 19)               # 1.5 MiB per example: one at a time
+    >>> td.fast.winograd.batch_chunks(10, 3 << 19)               # 1.5 MiB per example: one at a time
     [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
-    >>> td.nn.winograd.batch_chunks(10, 1 << 19)               # 0.5 MiB: four per slice
+    >>> td.fast.winograd.batch_chunks(10, 1 << 19)               # 0.5 MiB: four per slice
     [(0, 4), (4, 8), (8, 10)]
     """
     return batch_slices(Bn, bytes_per_example, CHUNK_BYTES)
@@ -340,10 +341,12 @@ def conv3x3_forward(x: np.ndarray, U: np.ndarray, bias=None, blocks=None) -> np.
 
     >>> rng = np.random.default_rng(0)
     >>> x, w = rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((4, 8, 3, 3))   # NCHW, PyTorch layout
-    >>> y = td.nn.winograd.conv3x3_forward(x.transpose(0, 2, 3, 1), td.nn.winograd.weight_transform(w))
+    >>> y = td.fast.winograd.conv3x3_forward(x.transpose(0, 2, 3, 1), td.fast.winograd.weight_transform(w))
     >>> y.shape                                                # channels-last [B, H, W, O]
     (2, 5, 5, 4)
-    >>> np.allclose(y.transpose(0, 3, 1, 2), td.nn.conv2d(x, w, padding=1, impl="im2col").data)
+    >>> with td.plain():
+    ...     plain = td.nn.conv2d(x, w, padding=1)               # the plain twin: im2col + GEMM
+    >>> np.allclose(y.transpose(0, 3, 1, 2), plain.data)
     True
     """
     Bn, H, W, C = x.shape
@@ -372,9 +375,10 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
     >>> x, w = rng.standard_normal((2, 8, 5, 5)), rng.standard_normal((4, 8, 3, 3))
     >>> g = rng.standard_normal((2, 4, 5, 5))                  # dL/dy
     >>> nhwc = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))
-    >>> dx, dw = td.nn.winograd.conv3x3_backward(nhwc(g), nhwc(x), td.nn.winograd.weight_transform(w))
+    >>> dx, dw = td.fast.winograd.conv3x3_backward(nhwc(g), nhwc(x), td.fast.winograd.weight_transform(w))
     >>> xt, wt = td.Tensor(x, requires_grad=True), td.Tensor(w, requires_grad=True)
-    >>> td.nn.conv2d(xt, wt, padding=1, impl="im2col").backward(g)
+    >>> with td.plain():
+    ...     td.nn.conv2d(xt, wt, padding=1).backward(g)
     >>> np.allclose(dx, nhwc(xt.grad)), np.allclose(dw, wt.grad)
     (True, True)
     """

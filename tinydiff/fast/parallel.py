@@ -1,4 +1,6 @@
-"""Both cores for copies and elementwise work: a small process-wide thread pool.
+"""Both cores for copies and elementwise work: a small process-wide thread pool (``td.parallel``).
+
+The fast kernels of this package use it; the plain path (``td.plain()``) never does.
 
 NumPy runs a ufunc or a copy on one thread, but it releases the GIL inside the loop,
 so two Python threads that each transform half of a batch really run on two cores.
@@ -27,15 +29,12 @@ does not hold the others up. The pool size is ``os.cpu_count()``; set the enviro
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import glob
 import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from ..runtime import get_blas_threads, single_threaded_blas
 
 MIN_WORK = 1 << 18          # elements; smaller calls run inline on the calling thread
 
@@ -154,40 +153,8 @@ def _run(fn, pieces: list, threads: int) -> None:
 # A convolution in batch slices (winograd.py) calls many small GEMMs. OpenBLAS would split
 # each of them over its own threads, and a small GEMM spends much of its time waking and
 # joining them; when another process holds a core, a GEMM waits for a thread that is not
-# running (measured: a 32-channel 28x28 Winograd forward took 4.3 s instead of 40 ms on a
-# busy machine). Giving each thread whole slices (transforms and GEMMs) with OpenBLAS set
-# to one thread avoids both. OpenBLAS is reached through the NumPy wheel's own library.
-
-def _find_blas_threads():
-    """(set, get) of the OpenBLAS that NumPy uses, or None if it cannot be found."""
-    folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(folder, "*openblas*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                    return setter, getter
-    return None
-
-
-_blas = _find_blas_threads()
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    setter, getter = _blas
-    previous = getter()
-    setter(1)
-    try:
-        yield
-    finally:
-        setter(previous)
+# running. Giving each thread whole slices (transforms and GEMMs) with OpenBLAS set to one
+# thread avoids both (tinydiff/runtime.py says more and sets it for a whole training run).
 
 
 def batch_slices(n: int, bytes_per_item: int, budget: int) -> list:
@@ -220,9 +187,9 @@ def parallel_slices(fn, slices: list) -> None:
     >>> [totals[lo] for lo, _ in slices], sum(totals[lo] for lo, _ in slices)
     ([6.0, 22.0, 17.0], 45.0)
     """
-    if _num_threads == 1 or len(slices) == 1 or _blas is None or getattr(_local, "inside", False):
+    if _num_threads == 1 or len(slices) == 1 or get_blas_threads() is None or getattr(_local, "inside", False):
         for lo, hi in slices:
             fn(lo, hi)
         return
-    with _single_threaded_blas():
+    with single_threaded_blas():
         _run(fn, slices, _num_threads)

@@ -1,8 +1,9 @@
 """GroupNorm, optionally followed by SiLU, as ONE op with a hand-written backward.
 
-What it computes: exactly ``layers.group_norm`` (composed from primitives: read it first),
-and with ``silu=True`` exactly ``silu(group_norm(x))``; tests/test_norm_fast.py ties both
-to the composed versions in float64, values and gradients.
+What it computes: ``group_norm`` here equals the plain ``tinydiff.nn.group_norm`` (composed
+from the engine's primitives in tinydiff/nn/layers.py: read it first), and ``group_norm_silu``
+equals ``nn.silu(nn.group_norm(x))``, the plain forward of ``nn.GroupNormSiLU``;
+tests/test_norm_fast.py ties both to those plain twins in float64, values and gradients.
 
     mu, rstd = mean and 1/sqrt(var + eps) of x over each group (C/G channels, all pixels)
     z = (x - mu) * rstd * gamma_c + beta_c  =  x * a[b, c] + shift[b, c]
@@ -48,7 +49,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine import Tensor
-from ..parallel import batch_slices, parallel_slices
+from .parallel import batch_slices, parallel_slices
 
 SLICE_BYTES = 1 << 20        # per full-size array of a batch slice: fewer, larger slices cost less Python
 
@@ -67,16 +68,41 @@ def _channel_view(a: np.ndarray):
     return np.ascontiguousarray(a).reshape(B, C, -1), 1
 
 
+def group_norm(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """The plain ``tinydiff.nn.group_norm`` as one op: x [B, C, *S] -> [B, C, *S] in the memory
+    layout of x; weight, bias: [C] Tensors or None.
+
+    >>> x = td.Tensor(np.random.default_rng(0).standard_normal((2, 4, 3, 3)))
+    >>> with td.plain():
+    ...     plain = td.nn.group_norm(x, num_groups=2)
+    >>> np.allclose(td.fast.group_norm(x, 2).data, plain.data)
+    True
+    """
+    return group_norm_act(x, num_groups, weight, bias, eps, silu=False)
+
+
+def group_norm_silu(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """silu(group_norm(x)) as one op, the pair every UNet block starts with (``nn.GroupNormSiLU``).
+
+    >>> x = td.Tensor(np.random.default_rng(0).standard_normal((2, 4, 3, 3)))
+    >>> with td.plain():
+    ...     plain = td.nn.silu(td.nn.group_norm(x, num_groups=2))
+    >>> np.allclose(td.fast.group_norm_silu(x, 2).data, plain.data)
+    True
+    """
+    return group_norm_act(x, num_groups, weight, bias, eps, silu=True)
+
+
 def group_norm_act(x: Tensor, num_groups: int, weight=None, bias=None, eps: float = 1e-5,
                    silu: bool = False) -> Tensor:
     """GroupNorm of x [B, C, *S] (then SiLU if ``silu``) as one op; weight, bias: [C] Tensors or None.
     Returns [B, C, *S] in the memory layout of x.
 
     >>> x = td.Tensor(np.arange(16.0).reshape(1, 4, 2, 2))
-    >>> y = td.nn.norm_fast.group_norm_act(x, num_groups=2)
+    >>> y = td.fast.norm.group_norm_act(x, num_groups=2)
     >>> y.data[0, :2].ravel().round(3).tolist()                # group 0 = 0..7: (x - 3.5) / sqrt(5.25)
     [-1.528, -1.091, -0.655, -0.218, 0.218, 0.655, 1.091, 1.528]
-    >>> np.allclose(td.nn.norm_fast.group_norm_act(x, 2, silu=True).data, td.nn.silu(y).data)
+    >>> np.allclose(td.fast.norm.group_norm_act(x, 2, silu=True).data, td.nn.silu(y).data)
     True
     """
     xd = x.data
