@@ -8,11 +8,16 @@ same data, same thread count) and reports the ratio tinydiff / PyTorch.
     python bench/bench_step.py                       # tinydiff only
     /path/to/venv-with-torch/bin/python bench/bench_step.py    # with the PyTorch comparison
     ... bench/bench_step.py --cpu-time               # one thread each, CPU time: robust on a busy machine
+    ... bench/bench_step.py --untuned                # without tinydiff.runtime.tune_process (see below)
 
 A step here is what the training loop does each iteration:
     x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps      (q_sample, DDPM eq. 4)
     loss = mean ||eps - eps_theta(x_t, t)||^2      (L_simple, DDPM eq. 14)
     loss.backward(); Adam step
+
+The process is tuned as the Trainer tunes it (``tinydiff.runtime.tune_process``: NumPy's
+OpenBLAS on one thread while tinydiff's thread pool owns the cores, freed memory kept mapped);
+``--untuned`` leaves OpenBLAS's thread count and glibc's malloc at their defaults.
 """
 from __future__ import annotations
 
@@ -31,7 +36,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import tinydiff as td  # noqa: E402
 from tinydiff.models import ToyMLP  # noqa: E402
 from tinydiff.optim import Adam  # noqa: E402
-from tinydiff.runtime import reuse_freed_memory  # noqa: E402
 
 T = 1000
 
@@ -118,23 +122,24 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10, help="rounds of alternating blocks (default: 10)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="do not call tinydiff.runtime.reuse_freed_memory (as the Trainer does)")
+    parser.add_argument("--untuned", action="store_true",
+                        help="do not call tinydiff.runtime.tune_process (as the Trainer does): OpenBLAS's "
+                             "default thread count, glibc's default malloc")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each and CPU time instead of wall time: a ratio that another "
                              "process on the machine barely disturbs")
     args = parser.parse_args(argv)
-    allocator = "glibc default" if args.default_malloc else f"reuse_freed_memory: {reuse_freed_memory()}"
+    tuning = "untuned" if args.untuned else td.runtime.tune_process()
     global CLOCK
     if args.cpu_time:
         CLOCK = time.process_time
         td.parallel.set_num_threads(1)
-        if td.parallel._blas is not None:
-            td.parallel._blas[0](1)                                 # NumPy's OpenBLAS on one thread
+        td.runtime.set_blas_threads(1)                              # NumPy's OpenBLAS on one thread
 
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas).astype(np.float32)
-    results = {"numpy": np.__version__, "allocator": allocator, "rounds": args.rounds, "reps_per_round": args.reps,
+    results = {"numpy": np.__version__, "process": tuning, "blas_threads": td.runtime.get_blas_threads(),
+               "rounds": args.rounds, "reps_per_round": args.reps,
                "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "runs": []}
     torch = None
     if not args.no_torch:

@@ -9,8 +9,9 @@ the peak memory of each:
     python bench/bench_unet.py                     # needs a Python that also has torch
     python bench/bench_unet.py --check             # outputs and gradients agree (float32)?
     python bench/bench_unet.py --breakdown         # where the time goes, layer by layer
-    python bench/bench_unet.py --impl im2col       # tinydiff's plain convolution instead
+    python bench/bench_unet.py --plain             # tinydiff's plain layers (td.plain()) instead
     python bench/bench_unet.py --cpu-time           # one thread each, CPU time: robust on a busy machine
+    python bench/bench_unet.py --untuned            # without tinydiff.runtime.tune_process (see below)
 
 Peak memory is measured two ways. ``tinydiff_peak_mb`` is tracemalloc's peak of live
 NumPy buffers during one step. ``*_rss_peak_mb`` is the same for both frameworks: the
@@ -18,10 +19,15 @@ rise of the resident set (VmHWM, reset through /proc/self/clear_refs) during one
 a fresh subprocess whose glibc returns every block >= 64 KiB to the kernel when it is
 freed (MALLOC_MMAP_THRESHOLD_=65536), so the resident set follows live memory. (PyTorch
 does not report CPU allocations to tracemalloc.)
+
+The process is tuned as the Trainer tunes it (``tinydiff.runtime.tune_process``: NumPy's
+OpenBLAS on one thread while tinydiff's thread pool owns the cores, freed memory kept mapped);
+``--untuned`` leaves OpenBLAS's thread count and glibc's malloc at their defaults.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,10 +40,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import tinydiff as td  # noqa: E402
 from tinydiff import Tensor, no_grad  # noqa: E402
 from tinydiff.models import UNet  # noqa: E402
 from tinydiff.optim import Adam  # noqa: E402
-from tinydiff.runtime import reuse_freed_memory  # noqa: E402
 
 T = 1000
 
@@ -185,16 +191,23 @@ def torch_sample(torch, model, x, t):
         return model(x, t)
 
 
-def build(batch, impl, seed=1):
-    """Both models with the same weights, their optimizers and the step functions."""
+def build(batch, plain=False, seed=1):
+    """Both models with the same weights, their optimizers and the step functions.
+    plain: tinydiff's steps run inside ``td.plain()`` (every layer on its plain path)."""
     model = UNet(rng=np.random.default_rng(seed))
-    if impl != "fast":
-        set_conv_impl(model, impl)
     x0, t, eps, a = make_data(batch)
     opt = Adam(model.parameters(), lr=1e-4)
-    fns = {"tinydiff_train": lambda: tinydiff_step(model, opt, x0, t, eps, a),
-           "tinydiff_sample": lambda: tinydiff_sample(model, x0, t)}
-    return model, (x0, t, eps, a), fns
+    path = td.plain if plain else contextlib.nullcontext
+
+    def train():
+        with path():
+            return tinydiff_step(model, opt, x0, t, eps, a)
+
+    def sample():
+        with path():
+            return tinydiff_sample(model, x0, t)
+
+    return model, (x0, t, eps, a), {"tinydiff_train": train, "tinydiff_sample": sample}
 
 
 def add_torch(fns, model, data):
@@ -205,13 +218,6 @@ def add_torch(fns, model, data):
     fns["torch_train"] = lambda: torch_step(torch, twin, topt, *targs)
     fns["torch_sample"] = lambda: torch_sample(torch, twin, targs[0], targs[1])
     return torch
-
-
-def set_conv_impl(model, impl):
-    from tinydiff.nn import Conv2d
-    for m in model.modules():
-        if isinstance(m, Conv2d):
-            m.impl = impl
 
 
 # ---------------------------------------------------------------------- measurements
@@ -236,9 +242,9 @@ def tracemalloc_peak_mb(fn):
     return peak / 2**20
 
 
-def rss_peak_child(which, batch, impl):
+def rss_peak_child(which, batch, plain):
     """Runs in the subprocess: the rise of the resident set during one step of ``which``."""
-    model, data, fns = build(batch, impl)
+    model, data, fns = build(batch, plain)
     if which.startswith("torch"):
         torch = add_torch(fns, model, data)
         torch.set_num_threads(os.cpu_count())
@@ -257,11 +263,11 @@ def rss_peak_child(which, batch, impl):
     return (status("VmHWM:") - before) / 1024
 
 
-def rss_peak_mb(which, batch, impl):
+def rss_peak_mb(which, batch, plain):
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    command = [sys.executable, __file__, "--rss-child", which, "--batch", str(batch)] + (["--plain"] if plain else [])
     try:
-        out = subprocess.run([sys.executable, __file__, "--rss-child", which, "--batch", str(batch), "--impl", impl],
-                             env=env, capture_output=True, text=True, check=True, timeout=600)
+        out = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=600)
         return round(float(out.stdout.strip().splitlines()[-1]), 1)
     except (subprocess.SubprocessError, ValueError, OSError) as err:       # e.g. no /proc
         return f"unavailable: {type(err).__name__}"
@@ -291,11 +297,11 @@ def check(batch=4, seed=3):
 
 
 # ---------------------------------------------------------------------- per-layer breakdown
-def breakdown(batch, impl, steps=3):
+def breakdown(batch, plain, steps=3):
     """Milliseconds per layer (forward and backward) of tinydiff's training step, and
     PyTorch's time by operator type (torch.profiler), averaged over ``steps`` steps."""
     from tinydiff.nn import Module
-    model, data, fns = build(batch, impl)
+    model, data, fns = build(batch, plain)
     fns["tinydiff_train"]()
     fwd, bwd, stack = {}, {}, []
     original_call, original_from_op = Module.__call__, Tensor.from_op.__func__
@@ -360,7 +366,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default: 7)")
     parser.add_argument("--reps", type=int, default=3, help="timed calls of each function per round (default: 3)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls first (default: 3)")
-    parser.add_argument("--impl", default="fast", choices=["fast", "im2col"], help="tinydiff's conv2d (default: fast)")
+    parser.add_argument("--plain", action="store_true",
+                        help="run tinydiff's layers on their plain path (td.plain()) instead of the fast kernels")
     parser.add_argument("--no-torch", action="store_true", help="time tinydiff only")
     parser.add_argument("--no-rss", action="store_true", help="skip the subprocess memory measurements")
     parser.add_argument("--check", action="store_true", help="only compare outputs and gradients with PyTorch")
@@ -368,29 +375,32 @@ def main(argv=None):
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each and CPU time instead of wall time: a ratio that another "
                              "process on the machine barely disturbs")
+    parser.add_argument("--untuned", action="store_true",
+                        help="do not call tinydiff.runtime.tune_process (as the Trainer does): OpenBLAS's "
+                             "default thread count, glibc's default malloc")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:                      # glibc's default malloc here (see the module docstring)
-        print(rss_peak_child(args.rss_child, args.batch, args.impl))
+        print(rss_peak_child(args.rss_child, args.batch, args.plain))
         return
-    reuse_freed_memory()
+    tuning = "untuned" if args.untuned else td.runtime.tune_process()      # as the Trainer does
     global CLOCK
     threads = os.cpu_count()
     if args.cpu_time:
-        from tinydiff import parallel
         CLOCK, threads = time.process_time, 1
-        parallel.set_num_threads(1)
-        if parallel._blas is not None:
-            parallel._blas[0](1)                                 # NumPy's OpenBLAS on one thread
+        td.parallel.set_num_threads(1)
+        td.runtime.set_blas_threads(1)                           # NumPy's OpenBLAS on one thread
     if args.check:
         print(json.dumps(check(), indent=2))
         return
     if args.breakdown:
-        print(json.dumps(breakdown(args.batch, args.impl), indent=2))
+        print(json.dumps(breakdown(args.batch, args.plain), indent=2))
         return
-    model, data, fns = build(args.batch, args.impl)
-    results = {"batch": args.batch, "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "impl": args.impl, "numpy": np.__version__, "rounds": args.rounds,
-               "reps_per_round": args.reps, "cpu_count": os.cpu_count()}
+    model, data, fns = build(args.batch, args.plain)
+    results = {"batch": args.batch, "clock": "process CPU time, 1 thread" if args.cpu_time else "wall",
+               "layers": "plain" if args.plain else "fast", "numpy": np.__version__, "rounds": args.rounds,
+               "reps_per_round": args.reps, "cpu_count": os.cpu_count(), "process": tuning,
+               "blas_threads": td.runtime.get_blas_threads()}
     if not args.no_torch:
         try:
             torch = add_torch(fns, model, data)
@@ -398,8 +408,7 @@ def main(argv=None):
             results["torch"], results["torch_threads"] = torch.__version__, torch.get_num_threads()
         except ImportError:
             results["torch"] = "not installed: only tinydiff was timed"
-    from tinydiff.parallel import get_num_threads
-    results["tinydiff_threads"] = get_num_threads()
+    results["tinydiff_threads"] = td.parallel.get_num_threads()
     for fn in fns.values():
         for _ in range(args.warmup):
             fn()
@@ -418,7 +427,7 @@ def main(argv=None):
     if not args.no_rss:
         for which in ("tinydiff_train", "torch_train"):
             if which in fns:
-                results[f"{which.split('_')[0]}_rss_peak_mb"] = rss_peak_mb(which, args.batch, args.impl)
+                results[f"{which.split('_')[0]}_rss_peak_mb"] = rss_peak_mb(which, args.batch, args.plain)
         if "torch_rss_peak_mb" in results and isinstance(results["torch_rss_peak_mb"], float):
             results["memory_ratio"] = round(results["tinydiff_peak_mb"] / results["torch_rss_peak_mb"], 2)
     print(json.dumps(results, indent=2))

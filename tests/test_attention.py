@@ -9,6 +9,9 @@ from tinydiff import Tensor
 from tinydiff.gradcheck import assert_grad_close
 from tinydiff.nn import SelfAttention2d, attention
 
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
+
 NAMES = ["norm.weight", "norm.bias", "qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
 
 

@@ -13,6 +13,9 @@ from tinydiff import Tensor
 from tinydiff.gradcheck import assert_grad_close
 from tinydiff.nn import Conv2d, col2im, conv2d, im2col
 
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
+
 COMBOS = list(itertools.product([1, 3], [1, 2], [0, 1, 2]))       # (kernel, stride, padding)
 values = st.floats(-2, 2, allow_nan=False, width=64)
 

@@ -1,23 +1,27 @@
-"""The fast convolution (conv_fast.py, winograd.py) against its plain twin, conv2d(impl="im2col"),
-which tests/test_conv.py ties to naive loops and finite differences. Float64, shapes,
-strides, paddings and channel counts drawn by Hypothesis; values and all three gradients."""
+"""The fast convolution (tinydiff/fast/conv.py, winograd.py) against its plain twin, nn.conv2d
+under td.plain() (im2col + one GEMM), which tests/test_conv.py ties to naive loops and finite
+differences. Float64, shapes, strides, paddings and channel counts drawn by Hypothesis;
+values and all three gradients."""
+import contextlib
+
 import numpy as np
-import pytest
 from hypothesis import given, settings, strategies as st
 
+import tinydiff as td
 from tinydiff import Tensor
-from tinydiff.nn import Conv2d, conv2d, upsample_nearest
-from tinydiff.nn import winograd
-from tinydiff.nn.conv_fast import kernel_for, phase_blocks, phase_weight, phase_weight_adjoint
+from tinydiff.fast import winograd
+from tinydiff.fast.conv import kernel_for, phase_blocks, phase_weight, phase_weight_adjoint
+from tinydiff.nn import Conv2d, UpsampleConv, conv2d, upsample_nearest
 
 
-def run(x, w, b, stride, padding, impl, g_seed=0, x_layout="nchw"):
-    """y, dx, dw, db of sum(y * g) for one implementation."""
+def run(x, w, b, stride, padding, path, g_seed=0, x_layout="nchw"):
+    """y, dx, dw, db of sum(y * g) for one path, "fast" or "plain"."""
     if x_layout == "channels_last":                       # same values, [B, H, W, C] memory
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
     bt = None if b is None else Tensor(b, requires_grad=True)
-    y = conv2d(xt, wt, bt, stride, padding, impl=impl)
+    with td.plain() if path == "plain" else contextlib.nullcontext():
+        y = conv2d(xt, wt, bt, stride, padding)
     g = np.random.default_rng(g_seed).standard_normal(y.shape)
     y.backward(g)
     return y.data, xt.grad, wt.grad, None if bt is None else bt.grad
@@ -48,26 +52,26 @@ def conv_case(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(case=conv_case())
-def test_fast_conv_matches_im2col_twin(case):
+def test_fast_conv_matches_plain_twin(case):
     x, w, b, stride, padding, layout = case
-    assert_same(run(x, w, b, stride, padding, "fast", x_layout=layout), run(x, w, b, stride, padding, "im2col"))
+    assert_same(run(x, w, b, stride, padding, "fast", x_layout=layout), run(x, w, b, stride, padding, "plain"))
 
 
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), C=st.integers(8, 20), O=st.integers(8, 20), H=st.integers(1, 9), W=st.integers(1, 9),
        seed=st.integers(0, 2**16))
-def test_winograd_matches_im2col_twin(B, C, O, H, W, seed):
+def test_winograd_matches_plain_twin(B, C, O, H, W, seed):
     """3x3, stride 1, padding 1 with >= 8 channels: the Winograd kernel, odd and even sizes."""
     rng = np.random.default_rng(seed)
     x, w, b = rng.standard_normal((B, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
     assert kernel_for(w.shape, (1, 1), (1, 1)) == "winograd"
-    assert_same(run(x, w, b, 1, 1, "fast"), run(x, w, b, 1, 1, "im2col"))
+    assert_same(run(x, w, b, 1, 1, "fast"), run(x, w, b, 1, 1, "plain"))
 
 
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), O=st.integers(1, 4), extra=st.integers(1, 8), kernel=st.sampled_from([2, 3]),
        data=st.data(), seed=st.integers(0, 2**16))
-def test_col2im_kernel_matches_im2col_twin(B, O, extra, kernel, data, seed):
+def test_col2im_kernel_matches_plain_twin(B, O, extra, kernel, data, seed):
     """Fewer outputs than inputs, stride 1: y = col2im(x @ Wz), a transposed convolution."""
     padding = data.draw(st.integers(0, kernel - 1))
     H, W = data.draw(st.integers(kernel, kernel + 5)), data.draw(st.integers(kernel, kernel + 5))
@@ -75,7 +79,7 @@ def test_col2im_kernel_matches_im2col_twin(B, O, extra, kernel, data, seed):
     C = O + extra
     x, w, b = rng.standard_normal((B, C, H, W)), rng.standard_normal((O, C, kernel, kernel)), rng.standard_normal(O)
     assert kernel_for(w.shape, (1, 1), (padding, padding)) == "col2im"
-    assert_same(run(x, w, b, 1, padding, "fast"), run(x, w, b, 1, padding, "im2col"))
+    assert_same(run(x, w, b, 1, padding, "fast"), run(x, w, b, 1, padding, "plain"))
 
 
 def test_kernel_choice():
@@ -104,36 +108,62 @@ def test_float32_output_is_channels_last_with_same_values():
     y = layer(x)
     assert y.dtype == np.float32 and y.shape == (2, 16, 6, 6)
     assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous
-    layer.impl = "im2col"
-    np.testing.assert_allclose(y.data, layer(x).data, rtol=1e-4, atol=1e-4)
+    with td.plain():
+        plain = layer(x)
+    assert plain.data.flags.c_contiguous                   # the plain path: ordinary [B, O, H, W] memory
+    np.testing.assert_allclose(y.data, plain.data, rtol=1e-4, atol=1e-4)
 
 
 @settings(max_examples=15, deadline=None)
 @given(B=st.integers(1, 2), C=st.integers(8, 12), O=st.integers(8, 12), H=st.integers(1, 5), W=st.integers(1, 5),
        seed=st.integers(0, 2**16))
 def test_phase_convolution_matches_upsample_then_conv(B, C, O, H, W, seed):
-    """Conv2d(x, upsample=2) on the fast path (four phase convolutions of the small image)
-    against upsample_nearest followed by the plain im2col convolution."""
+    """UpsampleConv on the fast path (four phase convolutions of the small image) against its
+    plain forward: upsample_nearest followed by the plain im2col convolution."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((B, C, H, W))
-    layer = Conv2d(C, O, 3, padding=1, rng=rng, dtype=np.float64)
+    layer = UpsampleConv(C, O, 3, padding=1, rng=rng, dtype=np.float64)
+    assert kernel_for(layer.weight.shape, layer.stride, layer.padding) == "winograd"
     g = rng.standard_normal((B, O, 2 * H, 2 * W))
     results = []
-    for fast in (True, False):
+    for path in ("fast", "plain"):
         layer.zero_grad()
         xt = Tensor(x, requires_grad=True)
-        if fast:
-            y = layer(xt, upsample=2)
-        else:
-            y = conv2d(upsample_nearest(xt, 2), layer.weight, layer.bias, 1, 1, impl="im2col")
+        with td.plain() if path == "plain" else contextlib.nullcontext():
+            y = layer(xt)
         y.backward(g)
         results.append((y.data, xt.grad, layer.weight.grad, layer.bias.grad))
     assert_same(*results)
 
 
-def test_impl_is_checked():
-    with pytest.raises(ValueError, match="impl"):
-        conv2d(np.zeros((1, 1, 3, 3)), np.zeros((1, 1, 1, 1)), impl="winograd")
+@settings(max_examples=15, deadline=None)
+@given(C=st.integers(1, 9), O=st.integers(1, 9), kernel=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))
+def test_upsample_conv_without_phases_matches_plain(C, O, kernel, stride, seed):
+    """Layers the phase trick does not cover (few channels, 1x1, strided): the fast path upsamples
+    and convolves, and must equal upsample_nearest + the plain convolution too."""
+    rng = np.random.default_rng(seed)
+    layer = UpsampleConv(C, O, kernel, stride=stride, padding=kernel // 2, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((2, C, 3, 4))
+    results = []
+    for path in ("fast", "plain"):
+        layer.zero_grad()
+        xt = Tensor(x, requires_grad=True)
+        with td.plain() if path == "plain" else contextlib.nullcontext():
+            y = layer(xt)
+            want = conv2d(upsample_nearest(Tensor(x), 2), layer.weight, layer.bias, stride, kernel // 2)
+        np.testing.assert_allclose(y.data, want.data, rtol=1e-10, atol=1e-10)
+        y.backward(np.ones(y.shape))
+        results.append((y.data, xt.grad, layer.weight.grad, layer.bias.grad))
+    assert_same(*results)
+
+
+def test_upsample_conv_is_a_conv2d_with_the_same_parameters():
+    """Same constructor, same draws, same parameter names: a state dict moves between the two."""
+    up, conv = (cls(4, 6, 3, padding=1, rng=np.random.default_rng(0)) for cls in (UpsampleConv, Conv2d))
+    assert up.state_dict().keys() == conv.state_dict().keys()
+    for name, value in up.state_dict().items():
+        np.testing.assert_array_equal(value, conv.state_dict()[name])
 
 
 def test_phase_blocks_cover_every_nonzero_winograd_weight():

@@ -7,9 +7,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
+import tinydiff as td
 from tinydiff import Tensor
 from tinydiff.gradcheck import assert_grad_close
 from tinydiff.nn import Dropout, Embedding, GroupNorm, Linear, SiLU, Upsample, silu, timestep_embedding
+
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
 
 FAST = settings(max_examples=15, deadline=None)
 values = st.floats(-2, 2, allow_nan=False, width=64)
@@ -158,13 +162,17 @@ def test_silu_values_and_gradients(x):
 
 @FAST
 @given(arrays(hnp.array_shapes(max_dims=3, max_side=4), st.floats(-30, 30)))
-def test_fused_silu_matches_composed(a):
-    """The fused op against its plain twin, x * sigmoid(x) composed from engine primitives."""
+def test_fast_silu_matches_plain_twin(a):
+    """tinydiff.fast.silu (one node, in place, threaded) against the plain nn.silu, x * sigmoid(x)
+    composed from engine primitives."""
     x = Tensor(a, requires_grad=True)
-    silu(x).sum().backward()
+    fast_y = td.fast.silu(x)
+    fast_y.sum().backward()
     y = Tensor(a, requires_grad=True)
-    (y * y.sigmoid()).sum().backward()
-    np.testing.assert_allclose(silu(x).data, (y * y.sigmoid()).data, rtol=1e-12, atol=1e-12)
+    with td.plain():
+        plain_y = silu(y)
+    plain_y.sum().backward()
+    np.testing.assert_allclose(fast_y.data, plain_y.data, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(x.grad, y.grad, rtol=1e-10, atol=1e-12)
 
 
@@ -247,8 +255,9 @@ def test_timestep_embedding_errors():
 # ---------------------------------------------------------------- fused kernels vs their composed twins
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 4), st.integers(1, 4), st.booleans(), st.booleans(), st.data())
-def test_fused_linear_matches_composed(batch, n_in, n_out, with_bias, x_needs_grad, data):
-    """The fused linear node gives the same values and gradients as x @ W.T + b built from primitives."""
+def test_fast_linear_matches_plain_twin(batch, n_in, n_out, with_bias, x_needs_grad, data):
+    """tinydiff.fast.linear (one graph node) gives the same values and gradients as the plain
+    nn.linear, x @ W.T + b built from primitives."""
     from tinydiff.nn import linear
     rng = np.random.default_rng(batch * 100 + n_in * 10 + n_out)
     xs, w, b = rng.standard_normal((batch, 2, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
@@ -257,7 +266,11 @@ def test_fused_linear_matches_composed(batch, n_in, n_out, with_bias, x_needs_gr
     for fused in (True, False):
         x = Tensor(xs, requires_grad=x_needs_grad)
         W, B = Tensor(w, requires_grad=True), (Tensor(b, requires_grad=True) if with_bias else None)
-        y = linear(x, W, B) if fused else (x @ W.T + B if with_bias else x @ W.T)
+        if fused:
+            y = td.fast.linear(x, W, B)
+        else:
+            with td.plain():
+                y = linear(x, W, B)
         (y * g).sum().backward()
         results.append((y.data, x.grad, W.grad, None if B is None else B.grad))
     for a, c in zip(*results):

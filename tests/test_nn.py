@@ -7,6 +7,9 @@ from tinydiff import Tensor
 from tinydiff.nn import (Conv2d, Dropout, Embedding, GroupNorm, Linear, Module, ModuleList, Parameter,
                          SelfAttention2d, Sequential, SiLU, Upsample)
 
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
+
 
 class Block(Module):
     def __init__(self, rng):

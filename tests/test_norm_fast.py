@@ -1,14 +1,22 @@
-"""The fused GroupNorm (+ SiLU) op of norm_fast.py against the composed versions it replaces,
-silu(group_norm(x)) and group_norm(x) built from the engine's primitives (which
-tests/test_layers.py checks against finite differences): values and gradients in float64,
-for both memory layouts, shapes and group counts drawn by Hypothesis."""
+"""The fused GroupNorm (+ SiLU) op of tinydiff/fast/norm.py against its plain twins, the composed
+silu(group_norm(x)) and group_norm(x) of tinydiff/nn/layers.py under td.plain() (built from the
+engine's primitives, which tests/test_layers.py checks against finite differences): values and
+gradients in float64, for both memory layouts, shapes and group counts drawn by Hypothesis."""
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
+import tinydiff as td
 from tinydiff import Tensor
+from tinydiff.fast.norm import group_norm_act
 from tinydiff.gradcheck import assert_grad_close
-from tinydiff.nn import GroupNorm, group_norm, group_norm_silu, silu
-from tinydiff.nn.norm_fast import group_norm_act
+from tinydiff.nn import GroupNorm, GroupNormSiLU, group_norm, silu
+
+
+def composed(x, groups, w, b, act):
+    """The plain path: group_norm (and silu) composed from engine primitives."""
+    with td.plain():
+        y = group_norm(x, groups, w, b)
+        return silu(y) if act else y
 
 
 def grads(fn, x, w, b, g):
@@ -28,13 +36,8 @@ def test_fused_matches_composed(B, groups, per_group, H, W, act, channels_last, 
     if channels_last:
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     w, b, g = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal((B, C, H, W))
-
-    def composed(x, w, b):
-        y = group_norm(x, groups, w, b)
-        return silu(y) if act else y
-
     fused = grads(lambda x, w, b: group_norm_act(x, groups, w, b, silu=act), x, w, b, g)
-    for got, want in zip(fused, grads(composed, x, w, b, g)):
+    for got, want in zip(fused, grads(lambda x, w, b: composed(x, groups, w, b, act), x, w, b, g)):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)
     nhwc = lambda a: a.transpose(0, 2, 3, 1).flags.c_contiguous
     assert nhwc(fused[0]) == nhwc(x)                        # the output keeps the input's layout
@@ -43,19 +46,19 @@ def test_fused_matches_composed(B, groups, per_group, H, W, act, channels_last, 
 def test_fused_gradients_match_finite_differences():
     rng = np.random.default_rng(0)
     x, w, b = rng.standard_normal((2, 4, 3, 3)), rng.standard_normal(4), rng.standard_normal(4)
-    assert_grad_close(lambda x, w, b: group_norm_silu(x, 2, w, b), [x, w, b], atol=1e-6)
+    assert_grad_close(lambda x, w, b: td.fast.group_norm_silu(x, 2, w, b), [x, w, b], atol=1e-6)
 
 
 def test_layer_float32_and_no_affine():
-    """GroupNorm(x, silu=True) on float32 equals silu(GroupNorm(x)); affine=False works."""
+    """GroupNormSiLU on float32 equals silu(GroupNorm(x)) on the plain path; affine=False works."""
     rng = np.random.default_rng(1)
-    norm = GroupNorm(2, 6)
+    norm = GroupNormSiLU(2, 6)
     x = rng.standard_normal((3, 6, 4, 4)).astype(np.float32)
-    y = norm(x, silu=True)
+    y = norm(x)
     assert y.dtype == np.float32
-    np.testing.assert_allclose(y.data, silu(group_norm(Tensor(x), 2, norm.weight, norm.bias)).data, atol=1e-5)
-    plain = GroupNorm(3, 6, affine=False)
-    np.testing.assert_allclose(plain(x).data, group_norm(Tensor(x), 3).data, atol=1e-5)
+    np.testing.assert_allclose(y.data, composed(Tensor(x), 2, norm.weight, norm.bias, True).data, atol=1e-5)
+    no_affine = GroupNorm(3, 6, affine=False)
+    np.testing.assert_allclose(no_affine(x).data, composed(Tensor(x), 3, None, None, False).data, atol=1e-5)
 
 
 def test_fused_matches_composed_when_channel_rows_are_split():
@@ -66,6 +69,5 @@ def test_fused_matches_composed_when_channel_rows_are_split():
     w, b, g = rng.standard_normal(96), rng.standard_normal(96), rng.standard_normal((2, 96, 10, 10))
     for act in (False, True):
         fused = grads(lambda x, w, b: group_norm_act(x, 8, w, b, silu=act), x, w, b, g)
-        composed = grads(lambda x, w, b: silu(group_norm(x, 8, w, b)) if act else group_norm(x, 8, w, b), x, w, b, g)
-        for got, want in zip(fused, composed):
+        for got, want in zip(fused, grads(lambda x, w, b: composed(x, 8, w, b, act), x, w, b, g)):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-10)

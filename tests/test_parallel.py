@@ -1,10 +1,11 @@
-"""tinydiff.parallel: threaded ops give exactly the single-threaded result (bit for bit),
-chunks cover the range, exceptions propagate, and the thread count is configurable."""
+"""tinydiff.parallel (tinydiff/fast/parallel.py): threaded ops give exactly the single-threaded
+result (bit for bit), chunks cover the range, exceptions propagate, and the thread count is
+configurable."""
 import numpy as np
 import pytest
 
 from tinydiff import Tensor, parallel
-from tinydiff.nn import Conv2d, GroupNorm, silu
+from tinydiff.nn import Conv2d, GroupNormSiLU, UpsampleConv, silu
 
 
 @pytest.fixture
@@ -21,12 +22,12 @@ def step(seed):
     -> 8-to-2-channel conv chain (Winograd, fused norm, phase, im2col and col2im kernels)."""
     rng = np.random.default_rng(seed)
     conv = Conv2d(8, 8, 3, padding=1, rng=rng)
-    norm = GroupNorm(4, 8)
-    up = Conv2d(8, 8, 3, padding=1, rng=rng)
+    norm = GroupNormSiLU(4, 8)
+    up = UpsampleConv(8, 8, 3, padding=1, rng=rng)
     down = Conv2d(8, 8, 3, stride=2, padding=1, rng=rng)
     out = Conv2d(8, 2, 3, padding=1, rng=rng)
     x = Tensor(rng.standard_normal((5, 8, 7, 6)).astype(np.float32), requires_grad=True)
-    y = out(silu(down(up(norm(conv(x), silu=True), upsample=2))))
+    y = out(silu(down(up(norm(conv(x))))))
     y.backward(rng.standard_normal(y.shape).astype(np.float32))
     return [y.data, x.grad] + [p.grad for m in (conv, norm, up, down, out) for p in m.parameters()]
 
@@ -51,6 +52,11 @@ def test_exceptions_propagate(threads_everywhere):
             raise RuntimeError("chunk failed")
     with pytest.raises(RuntimeError, match="chunk failed"):
         parallel.parallel_for(fn, 10)
+
+
+def test_td_parallel_is_the_fast_kernels_pool():
+    import tinydiff as td
+    assert td.parallel is td.fast.parallel is parallel
 
 
 def test_thread_count_settings(monkeypatch):

@@ -9,6 +9,9 @@ import torch.nn.functional as TF  # noqa: E402
 from tinydiff import Tensor  # noqa: E402
 from tinydiff import nn, optim  # noqa: E402
 
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
+
 
 def to_torch(module, torch_module):
     torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in module.state_dict().items()})

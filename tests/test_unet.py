@@ -6,6 +6,9 @@ from tinydiff import Tensor
 from tinydiff.gradcheck import assert_grad_close
 from tinydiff.models import UNet
 
+# every test runs twice: on the fast kernels and inside td.plain() (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("layer_path")
+
 
 def tiny(dtype=np.float64, **kw):
     """A UNet small enough for finite differences: 2 levels, 2-4 channels, 4 x 4 images."""

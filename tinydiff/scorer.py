@@ -74,7 +74,7 @@ from .data.mnist import load_mnist
 from .engine import Tensor, no_grad
 from .functional import log_softmax
 from .metrics import frechet_distance
-from .runtime import reuse_freed_memory
+from .runtime import tune_process
 from .train import Trainer
 
 FORMAT, VERSION = "tinydiff-digit-scorer", 1
@@ -565,7 +565,7 @@ def main(argv=None) -> dict:
     if not 0.0 <= args.threshold <= 1.0:
         parser.error(f"--threshold must be a probability in [0, 1], got {args.threshold}")
 
-    reuse_freed_memory()                          # training allocates the same temporaries every step
+    tune_process()                                # training may follow: see tinydiff/runtime.py
     samples = _load_npy(parser, args.samples, "samples")
     labels = None if args.labels is None else _load_npy(parser, args.labels, "labels")
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
