@@ -137,7 +137,8 @@ def fast_functions():
     modules = [fast, fast.conv, fast.winograd, fast.norm, fast.fused, fast.parallel]
     for module in modules:
         for name, obj in vars(module).items():
-            if inspect.isfunction(obj) and obj.__module__.startswith("tinydiff.fast") and name not in ("enabled", "plain"):
+            ours = inspect.isfunction(obj) and obj.__module__.startswith("tinydiff.fast")
+            if ours and name not in ("enabled", "plain"):
                 yield module, name, obj
 
 
