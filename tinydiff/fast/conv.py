@@ -22,7 +22,7 @@ Why it is faster, in the order it matters for a UNet on a CPU:
    size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
 4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
    dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
-   rather than kept, and whole slices go to the cores (``tinydiff.parallel``).
+   rather than kept, and whole slices go to the cores (``parallel.py``).
 5. **Upsample x2 + 3x3 conv as phase convolutions** (``upsample_conv2d``, at the end of this file).
 
 The four kernels:  1x1 stride 1 -> ``pointwise`` (GEMM);  3x3 stride 1 padding 1 with at

@@ -15,7 +15,7 @@ mul: two nodes and three temporaries. Fused:
 2. *SiLU in place, with the derivative from the output*: sigmoid(x) = (tanh(x/2) + 1)/2
    (no overflow for large |x|), and d/dx x s(x) = s (1 + x - y) with y the output: one
    temporary instead of five. Its passes are split over both cores along the first axis
-   (``tinydiff.parallel``); each row is computed as on one thread.
+   (``parallel.py``); each row is computed as on one thread.
 """
 from __future__ import annotations
 

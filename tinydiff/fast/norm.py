@@ -36,7 +36,7 @@ Why it is fast:
    into the normalisation's scale and shift, so the activation is three passes, and its
    derivative from t = tanh(h) and y is 2 silu'(z) = 1 + t + y (1 - t).
 5. *Both cores, cache-sized slices.* Statistics are per example, so the batch is cut into
-   slices of ~1 MiB per array, handed to the threads (``tinydiff.parallel``); each
+   slices of ~1 MiB per array, handed to the threads (``parallel.py``); each
    slice is computed exactly as on one thread.
 
 Measured at batch 64, one thread, CPU time, forward + backward with SiLU: 32 channels at

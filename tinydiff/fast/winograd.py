@@ -25,7 +25,7 @@ that is 16 multiplies per 4 outputs per channel pair instead of 36. The transfor
 B^T . B and A^T . A are only additions: a few NumPy passes over arrays 4x the size of
 the activations, each over a few long contiguous blocks (the memory layout below). They
 are done in batch slices of ~2 MiB that stay in the processor's cache from the transform
-to the GEMM and back, whole slices per core (``tinydiff.parallel.parallel_slices``); the
+to the GEMM and back, whole slices per core (``parallel.parallel_slices``); the
 transformed input V is recomputed per slice in backward rather than kept, so it never
 costs a training step 4x its activations.
 

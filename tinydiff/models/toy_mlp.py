@@ -1,4 +1,4 @@
-"""TOY-MLP: the denoiser for 2-D toy data.
+"""ToyMLP: the denoiser for 2-D toy data.
 
     h0 = [x_t, emb(t)]                       x_t: [B, D], emb(t): [B, 64] sinusoidal
     h1 = SiLU(Linear(D + 64 -> 256)(h0))

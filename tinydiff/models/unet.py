@@ -40,6 +40,11 @@ The default, ``UNet()``, is MNIST-UNET (583,713 parameters), for [B, 1, 28, 28] 
         s, b = split(Linear(128, 2 cout)(SiLU(temb)))
         h = Conv3x3(cout, cout)(Dropout(SiLU(GroupNorm(8, cout)(h) * (1 + s) + b)))
 
+In the code each "SiLU(GroupNorm(.))" is one ``nn.GroupNormSiLU`` and each "upsample x2,
+Conv3x3" one ``nn.UpsampleConv``: layers whose plain forward is exactly that composition and
+whose fast path fuses it (tinydiff/fast/). ``with td.plain():`` runs the whole network on the
+plain layers, to step through it in a debugger; the numbers are the same (tests/test_plain.py).
+
 Other sizes come from the arguments: ``channel_mults`` gives one level per entry (the
 last is the middle), ``in_channels=3`` draws colour images, a small latent grid works
 as long as each side divides by 2^(levels - 1). Parameter names match the PyTorch twin
