@@ -335,13 +335,13 @@ def test_eps_loss_is_the_general_loss_with_an_eps_target_and_the_papers_formula(
 def test_diffusion_loss_runs_algorithm_1_through_eps_loss(monkeypatch):
     """What the Trainer calls: t, then eps, then the label-dropout mask from one generator, and
     the loss of losses.eps_loss on them (the same numbers, drawn here by hand in that order)."""
-    import tinydiff.losses as losses
+    import tinydiff.objectives as objectives
     from tinydiff.guidance import drop_labels
     from tinydiff.objectives import DiffusionLoss, make_diffusion
     d = make_diffusion("eps", linear_beta_schedule(40), mse_weighting="min_snr")
     seen = []
-    original = losses.eps_loss
-    monkeypatch.setattr(losses, "eps_loss", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+    original = objectives.eps_loss
+    monkeypatch.setattr(objectives, "eps_loss", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
 
     def model(x_t, tt, y):
         return 0.3 * x_t + 0.01 * np.asarray(y)[:, None]

@@ -385,7 +385,7 @@ def test_the_ddpm_loop_takes_the_eq11_step_exactly_when_it_applies(monkeypatch):
 @pytest.mark.parametrize("name, objective", [("ddpm", "eps"), ("ddpm", "hybrid"), ("ddim", "eps"),
                                              ("ddim", "hybrid"), ("langevin", "eps")])
 def test_a_sampling_step_scans_for_nan_once(monkeypatch, name, objective):
-    """At most one np.isfinite scan per model call (GaussianDiffusion.model_output), plus one of
+    """At most one np.isfinite scan per model call (GaussianDiffusion.run_model_checked), plus one of
     the result at the end of the loop: the checks sit at the doors, not in every helper."""
     from tinydiff.objectives import make_diffusion
     d = make_diffusion(objective, linear_beta_schedule(20))

@@ -100,7 +100,8 @@ def calc_bpd_loop(d, model, x0, rng=None, progress=None, clip_denoised=None, mod
       "total_bits"  [B]    bits per example: total_bpd * D (for 2-D points: bits per point)
       "x0_mse"      [B, K] mean over dims of (pred_x0 - x_0)^2
       "mse"         [B, K] mean over dims of (pred_eps - eps)^2
-    The model is called through d.model_output (no graph is kept; NaN or inf is refused).
+    The model is called through d.run_model_checked (NaN or inf is refused). A Tensor model output is
+    read through .data; wrap the call in tinydiff.no_grad() to skip recording graphs.
 
     >>> betas = td.linear_beta_schedule(50, 1e-3, 0.2)
     >>> d = td.GaussianDiffusion(betas)
@@ -131,7 +132,7 @@ def calc_bpd_loop(d, model, x0, rng=None, progress=None, clip_denoised=None, mod
         t = ts[:, i]
         noise = standard_normal_noise(x0.shape, x0.dtype, None, rng)
         x_t = q_sample(d, x0, t, noise)
-        out = unwrap(d.model_output(model, x_t, t, model_kwargs))
+        out = unwrap(d.run_model_checked(model, x_t, t, model_kwargs))
         terms = vb_terms_bpd(d, out, x0, x_t, t, clip_denoised=clip_denoised)
         vb[:, i] = terms["output"]
         x0_mse[:, i] = mean_flat((terms["pred_x0"] - x0) ** 2)

@@ -6,7 +6,7 @@
     ddim_sample_loop    x ~ N(0, I), then ddim_step down to the data, on any respaced chain
 
 Same call shape as samplers.ddpm_sample_loop (see tinydiff/samplers.py); the model is called
-through the diffusion's ``model_output``, which refuses NaN or inf: the one check of a step.
+through the diffusion's ``run_model_checked``, which refuses NaN or inf: the one check of a step.
 """
 from __future__ import annotations
 

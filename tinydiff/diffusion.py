@@ -26,7 +26,7 @@ arguments first (``_check``: float32/float64 data with a batch axis, finite, arr
 shape; ``extract``: t int [B] in 0..T-1) and its array result after (``finite_result``), so a
 wrong argument is a ValueError or TypeError that names it, never a NaN found three functions
 later. The functions they call check nothing, and neither do the calls between them: a
-sampling step scans for NaN once, in ``model_output``.
+sampling step scans for NaN once, in ``run_model_checked``.
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ DECODER_NLLS = ("auto", "continuous", "discretized")
 def check_sample(x, where: str) -> None:
     """A ValueError naming the sampler if its result holds NaN or inf.
 
-    The samplers check the model's output at every step (``GaussianDiffusion.model_output``);
+    The samplers check the model's output at every step (``GaussianDiffusion.run_model_checked``);
     this one scan of the result, after the chain, catches what finite predictions can still
     do: a learned variance or a step size so large that the arithmetic overflows.
 
@@ -121,7 +121,7 @@ class GaussianDiffusion:
         min(SNR, gamma) / (SNR + 1) for v). It stops the nearly-clean timesteps, where the
         eps target is hardest to predict and matters least for samples, from dominating.
     timestep_map -- int [T]: the timestep the model is called with at each of this chain's
-        steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
+        steps (default: the identity). A respaced chain (respacing.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
         asked about the timesteps it was trained on.
 
@@ -240,7 +240,7 @@ class GaussianDiffusion:
         t = extract(np.arange(self.num_timesteps), t, x_t.shape).reshape(-1)      # checks t: int [B] in 0..T-1
         return model(x_t, self.timestep_map[t], **(model_kwargs or {}))
 
-    def model_output(self, model, x_t, t, model_kwargs=None):
+    def run_model_checked(self, model, x_t, t, model_kwargs=None):
         """run_model, and a ValueError naming the timesteps if the output holds NaN or inf.
 
         The samplers and the bound call the model through here: this is the one finiteness

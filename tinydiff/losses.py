@@ -8,7 +8,7 @@ DDPM Algorithm 1 (Ho et al. 2020), one training step:
     gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
 ``DiffusionLoss`` (tinydiff/objectives.py, what a Trainer calls) draws t and eps (and drops
-labels for classifier-free guidance); ``eps_loss`` below is the last line. The other
+labels for classifier-free guidance); ``eps_loss`` below is the last line, written out. The other
 objectives -- an x_0, v or posterior-mean target, the variational bound ("kl") and
 L_simple + lambda L_vlb ("hybrid") -- are ``training_losses``, which hands the eps-model with
 the plain MSE to ``eps_loss``, so both read the same code. The bound's terms themselves
@@ -34,9 +34,11 @@ def eps_loss(d, model, x0, t, eps, model_kwargs=None):
         mse    = || eps - eps_theta(x_t, t) ||^2 / D                         (mean over the D values)
         loss   = mse,  or  mse * min(SNR_t, gamma) / SNR_t  with mse_weighting="min_snr"
 
-    (Min-SNR-gamma, Hang et al. 2023: ``mse_weight``.) x0, eps: [B, *D]; t: int [B], both drawn by
-    the caller (Algorithm 1 lines 3-4: DiffusionLoss draws them). Returns {"mse": [B], "loss": [B]},
-    Tensors when the model returns one, so terms["loss"].mean().backward() trains it.
+    (Min-SNR-gamma, Hang et al. 2023: ``mse_weight``, below.) x0, eps: [B, *D]; t: int [B], drawn
+    by the caller (Algorithm 1 lines 3-4: DiffusionLoss draws them, then calls this). No argument
+    checks here (GaussianDiffusion.training_losses checks at its door; the Trainer checks its data
+    and every loss). Returns {"mse": [B], "loss": [B]}, Tensors when the model returns one, so
+    terms["loss"].mean().backward() trains it.
 
     >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
     >>> x0, eps, t = np.ones((2, 2)), np.ones((2, 2)), np.array([3, 70])
@@ -44,9 +46,9 @@ def eps_loss(d, model, x0, t, eps, model_kwargs=None):
     >>> td.eps_loss(d, perfect, x0, t, eps)["loss"].tolist()
     [0.0, 0.0]
     """
-    x_t = q_sample(d, x0, t, eps)
-    eps_pred = d.run_model(model, x_t, t, model_kwargs)
-    mse = mean_flat((eps - eps_pred) ** 2)
+    x_t = d.coef(d.sqrt_alphas_cumprod, t, x0) * x0 + d.coef(d.sqrt_one_minus_alphas_cumprod, t, x0) * eps
+    eps_pred = d.run_model(model, x_t, t, model_kwargs)              # eps_theta(x_t, t): [B, *D]
+    mse = mean_flat((eps - eps_pred) ** 2)                            # [B]
     loss = mse if d.mse_weighting == "none" else mse * mse_weight(d, t)
     return {"mse": mse, "loss": loss}
 

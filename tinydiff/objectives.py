@@ -25,6 +25,7 @@ import numpy as np
 from .diffusion import GaussianDiffusion
 from .engine import unwrap
 from .guidance import drop_labels
+from .losses import eps_loss
 
 OBJECTIVES = {
     # Ho et al. 2020: predict eps with L_simple; variance fixed to beta_t (the better bound of
@@ -102,8 +103,10 @@ class DiffusionLoss:
         if self.label_dropout > 0 and self.label_key in kwargs:         # Ho & Salimans 2022, Algorithm 1
             null = getattr(model, "null_labels", None) if self.null_labels is None else self.null_labels
             kwargs[self.label_key] = drop_labels(kwargs[self.label_key], self.label_dropout, null, rng)
-        # line 5: || eps - eps_theta(sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps, t) ||^2 -- losses.eps_loss
-        # for an eps-model with the MSE (the default), losses.training_losses for the other objectives
-        terms = self.diffusion.training_losses(model, x0, t, noise=eps, model_kwargs=kwargs)
+        if self.diffusion.model_mean_type == "eps" and self.diffusion.loss_type == "mse":
+            # line 5: || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+            terms = eps_loss(self.diffusion, model, x0, t, eps, kwargs)
+        else:                                   # x0, v or mean targets, the bound, the hybrid loss
+            terms = self.diffusion.training_losses(model, x0, t, noise=eps, model_kwargs=kwargs)
         logs = {name: float(np.mean(unwrap(value))) for name, value in terms.items()}
         return terms["loss"].mean(), logs

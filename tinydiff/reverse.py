@@ -10,7 +10,7 @@ and tests/test_samplers.py ties the two together.
 
 Like tinydiff/forward.py these are plain functions of the diffusion ``d``, with no argument
 checks: the public methods of GaussianDiffusion check at the door. A model is called through
-``d.model_output``, the one place a sampling step checks for NaN or inf.
+``d.run_model_checked``, the one place a sampling step checks for NaN or inf.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .schedules import extract
 
 
 def p_mean_variance(d, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
-    """Run the model (``d.model_output``, which refuses NaN or inf) and return
+    """Run the model (``d.run_model_checked``, which refuses NaN or inf) and return
     p(x_{t-1} | x_t) = N(mean, variance) as p_mean_variance_from_output does.
 
     >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
@@ -32,7 +32,7 @@ def p_mean_variance(d, model, x_t, t, clip_denoised=False, denoised_fn=None, mod
     >>> sorted(td.reverse.p_mean_variance(d, zero_eps, np.ones((2, 2)), np.array([10, 999])))
     ['log_variance', 'mean', 'pred_eps', 'pred_x0', 'variance']
     """
-    out = d.model_output(model, x_t, t, model_kwargs)
+    out = d.run_model_checked(model, x_t, t, model_kwargs)
     return p_mean_variance_from_output(d, out, x_t, t, clip_denoised, denoised_fn)
 
 

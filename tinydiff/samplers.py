@@ -33,7 +33,7 @@ Timesteps are 0-based (tinydiff/schedules.py). Every loop runs over the chain, n
 the batch; noise comes from an explicit numpy.random.Generator; model calls run under
 no_grad; `progress(i, n)` is called after step i of n. Arrays keep the dtype of x.
 Checks: a model output holding NaN or inf stops the loop at that step, naming it (the one
-scan a step makes, in GaussianDiffusion.model_output), and the result is checked once at the end.
+scan a step makes, in GaussianDiffusion.run_model_checked), and the result is checked once at the end.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def ddpm_step(diffusion, model, x_t, t, rng=None, noise=None, model_kwargs=None)
         raise ValueError(f"ddpm_step: DDPM eq. 11 is the step of an eps-model with a fixed variance, got "
                          f"model_mean_type={d.model_mean_type!r}, model_var_type={d.model_var_type!r}; "
                          "use reverse.p_sample (GaussianDiffusion.p_sample)")
-    eps = unwrap(d.model_output(model, x_t, t, model_kwargs))          # eps_theta(x_t, t): [B, *D]
+    eps = unwrap(d.run_model_checked(model, x_t, t, model_kwargs))          # eps_theta(x_t, t): [B, *D]
     if eps.shape != x_t.shape:
         raise ValueError(f"model output: expected shape {x_t.shape} (eps, like x_t), got {eps.shape}")
     z = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)       # z ~ N(0, I)
