@@ -25,8 +25,9 @@ Checks at the doors. The methods of this class are the public entry points: each
 arguments first (``_check``: float32/float64 data with a batch axis, finite, arrays of one
 shape; ``extract``: t int [B] in 0..T-1) and its array result after (``finite_result``), so a
 wrong argument is a ValueError or TypeError that names it, never a NaN found three functions
-later. The functions they call check nothing, and neither do the calls between them: a
-sampling step scans for NaN once, in ``run_model_checked``.
+later. The functions they call scan no data for NaN (only t, in ``extract``, and shapes are
+checked on the way), and neither do the calls between them: a sampling step scans for NaN
+once, in ``run_model_checked``, and a sampler its result once at the end (``check_sample``).
 """
 from __future__ import annotations
 
@@ -200,6 +201,7 @@ class GaussianDiffusion:
         # + sigma_t z, needs these two coefficients (samplers.ddpm_step).
         self.sqrt_recip_alphas = np.sqrt(1.0 / self.alphas)
         self.eps_coef = b / np.sqrt(1.0 - ab)                           # beta_t / sqrt(1 - alpha_bar_t)
+
     @property
     def learned_variance(self) -> bool:
         """True if the model must also output the variance (2C channels instead of C)."""
