@@ -38,6 +38,11 @@ def nan_model(x, t, **kwargs):
     return np.full_like(np.asarray(x), np.nan)
 
 
+def huge_variance_model(x, t, **kwargs):                   # eps = 0, log sigma^2 = 1e4: finite, overflows
+    x = np.asarray(x)
+    return np.concatenate([np.zeros_like(x), np.full_like(x, 1e4)], axis=1)
+
+
 def inf_late_model(x, t, **kwargs):                        # fine at first, inf from t = 2 down
     out = np.zeros_like(np.asarray(x))
     out[np.asarray(t) < 3] = np.inf
@@ -142,6 +147,10 @@ CATALOGUE = [
      r"model output: 4 of 4 examples hold NaN or inf, at timesteps t = \[2\]"),
     ("a NaN model in Langevin sampling", lambda: langevin_sample_loop(D, nan_model, (4, 2), RNG(0)),
      r"model output: 4 of 4 examples hold NaN or inf, at timesteps t = \[9\]"),
+    ("a finite model whose variance overflows the sample",
+     lambda: ddpm_sample_loop(GaussianDiffusion(linear_beta_schedule(10), model_var_type="learned", loss_type="kl"),
+                              huge_variance_model, (4, 2), RNG(0)),
+     r"ddpm_sample_loop: the sample became NaN or inf although every model output was finite"),
     ("a NaN model in the bound", lambda: D.calc_bpd_loop(nan_model, X, rng=RNG(0)),
      r"model output: 4 of 4 examples hold NaN or inf, at timesteps t = \[9\]"),
     ("data so large the result overflows", lambda: D.predict_x0_from_eps(np.full((2, 1), 3.4e38, np.float32),

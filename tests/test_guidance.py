@@ -1,6 +1,7 @@
 """Classifier-free guidance: the formula, the null label, one batched call, every sampler."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tinydiff.diffusion import GaussianDiffusion
 from tinydiff.guidance import ClassifierFreeGuidance, apply_guidance
@@ -128,3 +129,22 @@ def test_classifier_free_guidance_calls_the_equations_with_weight_one_plus_w():
     np.testing.assert_allclose(composed, composed_guidance(e_nn, np.stack([e_dn, e_nc]), [3.0, 1.5]), rtol=1e-12)
     joint = ClassifierFreeGuidance(model, 2.0, null_labels=null)(x, t, y=y)
     np.testing.assert_allclose(joint, joint_guidance(e_nn, e_dc, 3.0), rtol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(w=st.floats(0.0, 20.0), seed=st.integers(0, 2 ** 32 - 1))
+def test_guided_eps_is_ho_salimans_eq6_for_any_scale(w, seed):
+    """ClassifierFreeGuidance writes eq. 6 inline; it equals (1 + w) eps(y) - w eps(null) from the
+    model's two answers (float64), and joint_guidance with weight 1 + w bit for bit."""
+    from tinydiff.guidance import joint_guidance
+    rng = np.random.default_rng(seed)
+    x, t, y = rng.standard_normal((5, 2)), np.arange(5), rng.integers(0, 4, 5)
+
+    def model(x_t, tt, y):
+        return np.sin(x_t * (1.0 + np.asarray(y).reshape(len(x_t), -1)[:, :1])) + 0.1 * tt[:, None]   # y: [B] or [B, 1]
+
+    out = ClassifierFreeGuidance(model, w, null_labels=4)(x, t, y=y)
+    eps_y, eps_null = model(x, t, y), model(x, t, np.full(5, 4))
+    np.testing.assert_allclose(out, (1 + w) * eps_y - w * eps_null, rtol=1e-9, atol=1e-9)
+    if w > 0:
+        np.testing.assert_array_equal(out, joint_guidance(eps_null, eps_y, 1 + w))

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tinydiff import Tensor
 from tinydiff.diffusion import GaussianDiffusion
@@ -299,3 +300,58 @@ def test_min_snr_weights():
     plain = GaussianDiffusion(betas).training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
     weighted = d.training_losses(lambda x, tt: 0 * x, x0, t, noise=noise)
     np.testing.assert_allclose(weighted["loss"], plain["mse"] * np.minimum(snr, 5.0) / snr)
+
+
+# ---------------------------------------------------------------- eps_loss, DDPM Algorithm 1 written out
+@settings(max_examples=40, deadline=None)
+@given(weighting=st.sampled_from(["none", "min_snr"]), T=st.integers(2, 200), seed=st.integers(0, 2 ** 32 - 1))
+def test_eps_loss_is_the_general_loss_with_an_eps_target_and_the_papers_formula(weighting, T, seed):
+    """td.eps_loss against two truths, float64: the general training_losses' "mse" term of a hybrid
+    diffusion (prediction = the first C channels, target = eps, picked by the general branch), and
+    || eps - eps_theta(sqrt(ab) x0 + sqrt(1 - ab) eps, t) ||^2 / D with ab a running product."""
+    from tinydiff import eps_loss
+    rng = np.random.default_rng(seed)
+    betas = rng.uniform(1e-4, 0.1, T)
+    d = GaussianDiffusion(betas, mse_weighting=weighting)
+    hybrid = GaussianDiffusion(betas, model_var_type="learned_range", loss_type="hybrid", mse_weighting=weighting)
+    x0, eps, t = rng.standard_normal((5, 3, 2)), rng.standard_normal((5, 3, 2)), rng.integers(0, T, 5)
+
+    def model(x_t, tt):                                                  # any eps-prediction will do
+        return np.tanh(x_t) * (1.0 + tt[:, None, None] / T)
+
+    terms = eps_loss(d, model, x0, t, eps)
+    general = hybrid.training_losses(lambda x_t, tt: np.concatenate([model(x_t, tt), 0 * x_t], 1), x0, t, noise=eps)
+    np.testing.assert_array_equal(terms["mse"], general["mse"])
+    ab = np.array([np.prod(1.0 - betas[:s + 1]) for s in t])[:, None, None]
+    x_t = np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps
+    by_hand = ((eps - model(x_t, t)) ** 2).reshape(5, -1).mean(axis=1)
+    np.testing.assert_allclose(terms["mse"], by_hand, rtol=1e-10, atol=1e-14)
+    snr = ab.ravel() / (1.0 - ab.ravel())
+    weight = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else 1.0
+    np.testing.assert_allclose(terms["loss"], by_hand * weight, rtol=1e-9, atol=1e-14)
+    np.testing.assert_array_equal(d.training_losses(model, x0, t, noise=eps)["loss"], terms["loss"])
+
+
+def test_diffusion_loss_runs_algorithm_1_through_eps_loss(monkeypatch):
+    """What the Trainer calls: t, then eps, then the label-dropout mask from one generator, and
+    the loss of losses.eps_loss on them (the same numbers, drawn here by hand in that order)."""
+    import tinydiff.objectives as objectives
+    from tinydiff.guidance import drop_labels
+    from tinydiff.objectives import DiffusionLoss, make_diffusion
+    d = make_diffusion("eps", linear_beta_schedule(40), mse_weighting="min_snr")
+    seen = []
+    original = objectives.eps_loss
+    monkeypatch.setattr(objectives, "eps_loss", lambda *a, **k: seen.append(a[3]) or original(*a, **k))
+
+    def model(x_t, tt, y):
+        return 0.3 * x_t + 0.01 * np.asarray(y)[:, None]
+
+    x0, y = np.random.default_rng(0).standard_normal((16, 2)), np.arange(16) % 10
+    loss, logs = DiffusionLoss(d, label_dropout=0.5, null_labels=10)(model, (x0, {"y": y}), np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    t = rng.integers(0, 40, size=16)
+    eps = rng.standard_normal(x0.shape, dtype=x0.dtype)
+    y_dropped = drop_labels(y, 0.5, 10, rng)
+    want = original(d, lambda x_t, tt: model(x_t, tt, y_dropped), x0, t, eps)
+    assert len(seen) == 1 and np.array_equal(seen[0], t)
+    assert float(np.mean(loss)) == float(np.mean(want["loss"])) and logs["mse"] == float(np.mean(want["mse"]))

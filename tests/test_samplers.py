@@ -317,3 +317,90 @@ def test_bad_arguments_name_the_argument():
         langevin_sample_loop(d, model, (2, 2), rng, step_lr=-1.0)
     with pytest.raises(TypeError, match="rng"):
         ddim_sample_loop(d, model, (2, 2), None)
+
+
+# ---------------------------------------------------------------- DDPM eq. 11, the readable step
+def paper_eq11(betas, var_type, x, t, eps, z):
+    """DDPM eq. 11 plus sigma_t z, evaluated from the betas alone in float64 (alpha_bar as a
+    running product), independently of the diffusion's tables and of samplers.py."""
+    b = betas[t][:, None]
+    ab = np.array([np.prod(1.0 - betas[:s + 1]) for s in t])[:, None]
+    ab_prev = np.array([np.prod(1.0 - betas[:s]) for s in t])[:, None]
+    variance = b if var_type == "fixed_large" else (1.0 - ab_prev) / (1.0 - ab) * b
+    sigma = np.where(t[:, None] > 0, np.sqrt(variance), 0.0)            # z = 0 at the last step
+    return (x - b / np.sqrt(1.0 - ab) * eps) / np.sqrt(1.0 - b) + sigma * z
+
+
+@settings(max_examples=40, deadline=None)
+@given(var_type=st.sampled_from(["fixed_small", "fixed_large"]), T=st.integers(2, 120),
+       seed=st.integers(0, 2 ** 32 - 1))
+def test_eq11_step_is_the_general_step_and_the_papers_formula(var_type, T, seed):
+    """samplers.ddpm_step (eq. 11 written out) equals, in float64 and for the same z: the general
+    step reverse.p_sample (mu-tilde of the predicted x_0, DDPM eq. 7, through p_mean_variance),
+    and eq. 11 computed here from the betas; every t, the last step t = 0 among them."""
+    from tinydiff.samplers import ddpm_step
+    rng = np.random.default_rng(seed)
+    betas = rng.uniform(1e-4, 0.2, T)
+    d = GaussianDiffusion(betas, model_mean_type="eps", model_var_type=var_type)
+    x, z = rng.standard_normal((6, 3)), rng.standard_normal((6, 3))
+    t = np.append(0, rng.integers(0, T, 5))
+
+    def model(x_t, tt):                                                 # any eps-prediction will do
+        return np.tanh(x_t) * (1.0 + tt[:, None] / T)
+
+    readable = ddpm_step(d, model, x, t, noise=z)
+    general = d.p_sample(model, x, t, noise=z)["sample"]
+    np.testing.assert_allclose(readable, general, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(readable, paper_eq11(betas, var_type, x, t, model(x, t), z), rtol=1e-9, atol=1e-11)
+
+
+def test_the_ddpm_loop_takes_the_eq11_step_exactly_when_it_applies(monkeypatch):
+    """eps-model with a fixed variance and nothing done to x_0_hat: ddpm_step; learned variances,
+    other mean types and clipping: the general p_sample. Both loops draw the same numbers."""
+    import tinydiff.samplers as samplers
+    calls = []
+    for name in ("ddpm_step", "p_sample"):
+        original = getattr(samplers, name)
+        monkeypatch.setattr(samplers, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    zero = lambda x, t: np.zeros_like(x)                                        # noqa: E731
+    for kwargs, want in [({}, "ddpm_step"), ({"model_var_type": "fixed_small"}, "ddpm_step"),
+                         ({"model_mean_type": "x0"}, "p_sample"), ({"model_mean_type": "v"}, "p_sample")]:
+        calls.clear()
+        ddpm_sample_loop(GaussianDiffusion(linear_beta_schedule(5), **kwargs), zero, (2, 2), np.random.default_rng(0))
+        assert calls == [want] * 5, kwargs
+    calls.clear()
+    ddpm_sample_loop(GaussianDiffusion(linear_beta_schedule(5)), zero, (2, 2), np.random.default_rng(0),
+                     clip_denoised=True)
+    assert calls == ["p_sample"] * 5
+    d = GaussianDiffusion(linear_beta_schedule(20))
+    a = ddpm_sample_loop(d, lambda x, t: 0.1 * x, (8, 2), np.random.default_rng(3), dtype=np.float64)
+    calls.clear()
+    b = ddpm_sample_loop(d, lambda x, t: 0.1 * x, (8, 2), np.random.default_rng(3), dtype=np.float64,
+                         denoised_fn=lambda x0: x0)                            # forces the general step
+    assert calls == ["p_sample"] * 20
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------- checks at the doors
+@pytest.mark.parametrize("name, objective", [("ddpm", "eps"), ("ddpm", "hybrid"), ("ddim", "eps"),
+                                             ("ddim", "hybrid"), ("langevin", "eps")])
+def test_a_sampling_step_scans_for_nan_once(monkeypatch, name, objective):
+    """At most one np.isfinite scan per model call (GaussianDiffusion.run_model_checked), plus one of
+    the result at the end of the loop: the checks sit at the doors, not in every helper."""
+    from tinydiff.objectives import make_diffusion
+    d = make_diffusion(objective, linear_beta_schedule(20))
+    heads = 2 if d.learned_variance else 1
+    model_calls, scans, isfinite = [0], [0], np.isfinite
+
+    def model(x, t):
+        model_calls[0] += 1
+        return np.concatenate([0.1 * x] * heads, axis=1)
+
+    def counting(*args, **kwargs):
+        scans[0] += 1
+        return isfinite(*args, **kwargs)
+
+    monkeypatch.setattr(np, "isfinite", counting)
+    kwargs = {"n_steps_each": 1, "step_lr": 1e-6} if name == "langevin" else {}
+    sample(d, model, (4, 2), np.random.default_rng(0), sampler=name, **kwargs)
+    assert model_calls[0] >= 20 and scans[0] <= model_calls[0] + 1

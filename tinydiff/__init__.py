@@ -19,12 +19,15 @@ few names a diffusion model is built from sit at the top.
                     (the kernels' thread pool), td.runtime.tune_process (OpenBLAS threads and
                     malloc, applied by the Trainer)
     schedules       td.linear_beta_schedule, td.cosine_beta_schedule, td.logsnr_beta_schedule, ...
-    diffusion       td.GaussianDiffusion: q, its posterior, p, the losses (training_losses)
-                    and the bound (vb_terms_bpd, prior_bpd, calc_bpd_loop) as methods
+    diffusion       td.GaussianDiffusion: the schedule's tables, and as methods (the checked doors)
+                    q, its posterior, p, the losses (training_losses) and the bound (vb_terms_bpd,
+                    prior_bpd, calc_bpd_loop); the math they call, as plain functions: td.forward
+                    (q), td.reverse (p), td.losses (td.eps_loss, DDPM Algorithm 1), td.bound
     Gaussian math   td.normal_kl, td.gaussian_log_likelihood, td.discretized_gaussian_log_likelihood, ...
     objectives      td.OBJECTIVES, td.make_diffusion, td.DiffusionLoss
-    samplers        td.ddpm_sample_loop, td.ddim_sample_loop, td.langevin_sample_loop, td.sample,
-                    td.respace, td.space_timesteps
+    samplers        td.ddpm_sample_loop (its step td.samplers.ddpm_step is DDPM eq. 11),
+                    td.ddim_sample_loop (td.ddim), td.langevin_sample_loop (td.langevin), td.sample,
+                    td.respace, td.space_timesteps (td.respacing)
     guidance        td.ClassifierFreeGuidance, td.drop_labels
     editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
@@ -45,15 +48,17 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (checkpoint, checks, data, diffusion, editing, elbo, fast, functional, gaussian,  # noqa: E402
-               gradcheck, guidance, images, latent, metrics, models, nn, objectives, optim, oracles, progress, runs,
-               runtime, samplers, schedules, scorer, train, viz)
+from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, fast, forward,  # noqa: E402
+               functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models, nn,
+               objectives, optim, oracles, progress, respacing, reverse, runs, runtime, samplers, schedules, scorer,
+               train, viz)
 from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
                        gaussian_log_likelihood, mean_flat, normal_kl)
 from .guidance import ClassifierFreeGuidance, drop_labels  # noqa: E402
+from .losses import eps_loss  # noqa: E402
 from .objectives import OBJECTIVES, DiffusionLoss, make_diffusion  # noqa: E402
 from .progress import Progress  # noqa: E402
 from .samplers import (ddim_sample_loop, ddpm_sample_loop, langevin_sample_loop, respace, sample,  # noqa: E402
@@ -71,6 +76,7 @@ __all__ = [
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
     "checks", "runs", "runtime", "parallel", "fast", "scorer", "elbo", "latent", "editing",
+    "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound
@@ -78,8 +84,8 @@ __all__ = [
     # Gaussian math
     "normal_kl", "gaussian_log_likelihood", "discretized_gaussian_log_likelihood",
     "approx_standard_normal_cdf", "decoder_nll", "mean_flat",
-    # objectives
-    "OBJECTIVES", "make_diffusion", "DiffusionLoss",
+    # objectives and the eps-loss of DDPM Algorithm 1
+    "OBJECTIVES", "make_diffusion", "DiffusionLoss", "eps_loss",
     # samplers and guidance
     "ddpm_sample_loop", "ddim_sample_loop", "langevin_sample_loop", "sample", "respace", "space_timesteps",
     "ClassifierFreeGuidance", "drop_labels",

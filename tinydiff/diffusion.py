@@ -1,4 +1,4 @@
-"""GaussianDiffusion: the forward process q, its posterior, and the learned reverse process p.
+"""GaussianDiffusion: the schedule's tables, and the public doors to q, p, the losses and the bound.
 
 Notation (DDPM, Ho et al. 2020; code timesteps are 0-based, see tinydiff/schedules.py):
 
@@ -12,31 +12,34 @@ Every method takes per-example timesteps t: int array [B], data of shape [B, *D]
 returns arrays in the data's dtype (float32 in, float32 out); buffers are float64.
 
 Names follow openai/improved-diffusion (gaussian_diffusion.py) so the two read side by side,
-with one exception: x0 where it writes x_start (README: "Names in other codebases").
-The class holds the distributions and everything computed from them, in the papers' order:
-the forward process q and its posterior, the reverse process p and one ancestral step, then
-the training losses and the variational bound. Sampling loops (DDPM, strided, DDIM,
-Langevin) are in tinydiff/samplers.py; the Gaussian math (KL, likelihoods) in gaussian.py.
+with one exception: x0 where it writes x_start (docs/equations.md: names in other codebases).
 
-Every public method checks its arguments before computing (``_check``: float32/float64 data
-with a batch axis, finite, arrays of one shape; ``extract``: t int [B] in 0..T-1) and its
-array results after (``finite_result``), and ``p_mean_variance``, which the samplers call,
-refuses a model output holding NaN or inf: a wrong argument is a ValueError or TypeError that
-names it, never a NaN found three functions later.
+Where the math lives (each a file of plain functions of the diffusion, in the papers' order):
+    tinydiff/forward.py    q, its posterior, and x_0 <-> eps <-> v <-> mean conversions
+    tinydiff/reverse.py    p(x_{t-1} | x_t) for every mean and variance type; the general step
+    tinydiff/losses.py     eps_loss (DDPM Algorithm 1) and the general training losses
+    tinydiff/bound.py      the variational bound: its terms, L_T, and the loop over the chain
+    tinydiff/samplers.py   the DDPM loop and its eq. 11 step; DDIM (ddim.py), Langevin (langevin.py)
+
+Checks at the doors. The methods of this class are the public entry points: each checks its
+arguments first (``_check``: float32/float64 data with a batch axis, finite, arrays of one
+shape; ``extract``: t int [B] in 0..T-1) and its array result after (``finite_result``), so a
+wrong argument is a ValueError or TypeError that names it, never a NaN found three functions
+later. The functions they call scan no data for NaN (only t, in ``extract``, and shapes are
+checked on the way), and neither do the calls between them: a sampling step scans for NaN
+once, in ``run_model_checked``, and a sampler its result once at the end (``check_sample``).
 """
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 
+from . import bound, forward, losses, reverse
 from .checks import check_data, check_same_shape
-from .engine import Tensor, unwrap
-from .gaussian import decoder_nll, mean_flat, normal_kl, standard_normal_noise
+from .engine import unwrap
+from .gaussian import standard_normal_noise
 from .schedules import extract, validate_betas
-
-LOG2 = math.log(2.0)
 
 MODEL_MEAN_TYPES = ("eps", "x0", "v", "mean")  # what the model's first C channels predict
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
@@ -44,15 +47,18 @@ LOSS_TYPES = ("mse", "kl", "hybrid")
 DECODER_NLLS = ("auto", "continuous", "discretized")
 
 
-def check_step(x, t, where: str) -> None:
-    """A ValueError naming the step if a sampler's new x holds NaN or inf (it would only spread).
+def check_sample(x, where: str) -> None:
+    """A ValueError naming the sampler if its result holds NaN or inf.
 
-    >>> td.diffusion.check_step(np.zeros((2, 2)), np.array([3, 3]), "ddpm_sample_loop")   # silent when finite
+    The samplers check the model's output at every step (``GaussianDiffusion.run_model_checked``);
+    this one scan of the result, after the chain, catches what finite predictions can still
+    do: a learned variance or a step size so large that the arithmetic overflows.
+
+    >>> td.diffusion.check_sample(np.zeros((2, 2)), "ddpm_sample_loop")   # silent when finite
     """
     if not np.isfinite(x).all():
-        t = np.asarray(t)
-        raise ValueError(f"{where}: the sample became NaN or inf at t = {np.unique(t)[:8].tolist()}; the model's "
-                         "predictions or the sampler's step sizes are out of range for this schedule")
+        raise ValueError(f"{where}: the sample became NaN or inf although every model output was finite; the "
+                         "model's predicted variances or the sampler's step sizes are out of range for this schedule")
 
 
 def finite_result(method):
@@ -105,7 +111,7 @@ class GaussianDiffusion:
         "learned_range" the model outputs v_raw in channels C..2C and
         log sigma^2 = v log beta_t + (1 - v) log beta-tilde_t, v = (v_raw + 1)/2 (Nichol & Dhariwal eq. 15).
     loss_type -- "mse" (L_simple), "kl" (the variational bound terms) or "hybrid"
-        (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see losses.training_losses.
+        (L_simple + hybrid_vb_weight * L_vlb, Nichol & Dhariwal sec. 3.1); see tinydiff/losses.py.
     decoder_nll -- the decoder L_0 = -log p(x_0|x_1): "continuous" Gaussian density (any
         float data, e.g. 2-D points), "discretized" over 256 bins (8-bit images in [-1, 1]), or
         "auto" (the default): discretized when every value of x_0 lies on the 8-bit grid,
@@ -116,7 +122,7 @@ class GaussianDiffusion:
         min(SNR, gamma) / (SNR + 1) for v). It stops the nearly-clean timesteps, where the
         eps target is hardest to predict and matters least for samples, from dominating.
     timestep_map -- int [T]: the timestep the model is called with at each of this chain's
-        steps (default: the identity). A respaced chain (samplers.respace) keeps K of a trained
+        steps (default: the identity). A respaced chain (respacing.respace) keeps K of a trained
         model's steps; it counts them 0..K-1 and maps them back here, so a model is always
         asked about the timesteps it was trained on.
 
@@ -188,9 +194,13 @@ class GaussianDiffusion:
         self.fixed_large_variance = np.append(first, b[1:])
         self.fixed_large_log_variance = np.log(self.fixed_large_variance)
         # (variance, log-variance) tables for p; fixed_small uses the clipped value at t = 0 in both.
-        self._fixed_variances = {
+        self.fixed_variances = {
             "fixed_small": (np.exp(self.posterior_log_variance_clipped), self.posterior_log_variance_clipped),
             "fixed_large": (self.fixed_large_variance, self.fixed_large_log_variance)}
+        # DDPM eq. 11, the eps-model's step x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps)
+        # + sigma_t z, needs these two coefficients (samplers.ddpm_step).
+        self.sqrt_recip_alphas = np.sqrt(1.0 / self.alphas)
+        self.eps_coef = b / np.sqrt(1.0 - ab)                           # beta_t / sqrt(1 - alpha_bar_t)
 
     @property
     def learned_variance(self) -> bool:
@@ -216,22 +226,6 @@ class GaussianDiffusion:
         return "discretized" if on_grid else "continuous"
 
     # ------------------------------------------------------------------ helpers
-    def run_model(self, model, x_t, t, model_kwargs=None):
-        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
-        t = extract(np.arange(self.num_timesteps), t, x_t.shape).reshape(-1)      # checks t: int [B] in 0..T-1
-        return model(x_t, self.timestep_map[t], **(model_kwargs or {}))
-
-    def _check(self, **arrays):
-        """Each named array is data [B, *D] (float32/float64, finite: checks.check_data), all of
-        one shape. Every public method calls this first, so a wrong argument is named at the door."""
-        first = None
-        for name, x in arrays.items():
-            check_data(x, name)
-            if first is None:
-                first = (name, x)
-            else:
-                check_same_shape(first[1], x, first[0], name)
-
     def coef(self, arr, t, x):
         """extract(arr, t, x.shape) cast to x's dtype: float64 tables, float32 arithmetic for float32 data."""
         if np.dtype(x.dtype).kind != "f":
@@ -239,16 +233,55 @@ class GaussianDiffusion:
                             "(scale integer images to floats in [-1, 1] first)")
         return extract(arr, t, x.shape).astype(x.dtype, copy=False)
 
-    def _full(self, arr, t, x):
+    def full(self, arr, t, x):
         """A per-timestep value broadcast to the full data shape [B, *D] (a read-only view)."""
         return np.broadcast_to(self.coef(arr, t, x), x.shape)
 
-    # ------------------------------------------------------------------ forward process q
+    def run_model(self, model, x_t, t, model_kwargs=None):
+        """model(x_t, timestep_map[t], **model_kwargs): every model call goes through here."""
+        t = extract(np.arange(self.num_timesteps), t, x_t.shape).reshape(-1)      # checks t: int [B] in 0..T-1
+        return model(x_t, self.timestep_map[t], **(model_kwargs or {}))
+
+    def run_model_checked(self, model, x_t, t, model_kwargs=None):
+        """run_model, and a ValueError naming the timesteps if the output holds NaN or inf.
+
+        The samplers and the bound call the model through here: this is the one finiteness
+        scan of a sampling step. It sits on the model's output because the network is the only
+        part of a step that can go bad by itself (a diverged model, a broken checkpoint); the
+        rest of the step is arithmetic on finite tables, and the sampler checks its result once
+        at the end (check_sample). Training calls run_model: the Trainer checks the loss.
+        """
+        out = self.run_model(model, x_t, t, model_kwargs)
+        self.check_model_output(unwrap(out), t)
+        return out
+
+    def check_model_output(self, values, t):
+        """A ValueError naming the timesteps if a model output array [B, ...] holds NaN or inf."""
+        if isinstance(values, np.ndarray) and values.dtype.kind == "f" and not np.isfinite(values).all():
+            rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+            t = np.atleast_1d(t)
+            steps = np.unique(t[rows]) if len(t) == len(values) else np.unique(t)
+            raise ValueError(f"model output: {int(rows.sum())} of {len(values)} examples hold NaN or inf, at "
+                             f"timesteps t = {steps[:8].tolist()}; the model (or its weights) "
+                             "is broken: check the checkpoint and the training loss")
+
+    def _check(self, **arrays):
+        """Each named array is data [B, *D] (float32/float64, finite: checks.check_data), all of
+        one shape; None means not given. Every public method calls this first."""
+        first = None
+        for name, x in arrays.items():
+            if x is None:
+                continue
+            check_data(x, name)
+            if first is None:
+                first = (name, x)
+            else:
+                check_same_shape(first[1], x, first[0], name)
+
+    # ------------------------------------------------------------------ forward process q (forward.py)
     @finite_result
     def q_step_mean_variance(self, x_prev, t):
-        """One forward step q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), DDPM eq. 2.
-
-        x_prev: [B, *D] (the data x_0 when t = 0). Returns (mean, variance, log_variance), each [B, *D].
+        """q(x_t | x_{t-1}), DDPM eq. 2: (mean, variance, log_variance), each [B, *D] (forward.q_step_mean_variance).
 
         >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
         >>> mean, var, _ = d.q_step_mean_variance(np.ones((1, 1)), np.array([0]))
@@ -256,27 +289,24 @@ class GaussianDiffusion:
         (0.9, 0.19)
         """
         self._check(x_prev=x_prev)
-        return (self.coef(self.sqrt_alphas, t, x_prev) * x_prev,
-                self._full(self.betas, t, x_prev), self._full(self.log_betas, t, x_prev))
+        return forward.q_step_mean_variance(self, x_prev, t)
 
     @finite_result
     def q_step(self, x_prev, t, noise=None, rng=None):
-        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, eps ~ N(0, I) (DDPM eq. 2). [B, *D].
+        """Sample x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps (DDPM eq. 2; forward.q_step).
+        eps is ``noise`` if given, else drawn from rng. [B, *D].
 
         >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
         >>> x1 = d.q_step(np.ones((1, 1)), np.array([0]), noise=np.ones((1, 1)))
         >>> round(float(x1[0, 0]), 4)                            # 0.9 * 1 + sqrt(0.19) * 1
         1.3359
         """
-        self._check(x_prev=x_prev, **({} if noise is None else {"noise": noise}))
-        noise = standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng)
-        return self.coef(self.sqrt_alphas, t, x_prev) * x_prev + self.coef(self.sqrt_betas, t, x_prev) * noise
+        self._check(x_prev=x_prev, noise=noise)
+        return forward.q_step(self, x_prev, t, standard_normal_noise(x_prev.shape, x_prev.dtype, noise, rng))
 
     @finite_result
     def q_mean_variance(self, x0, t):
-        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I), DDPM eq. 4.
-
-        x0: [B, *D]. Returns (mean, variance, log_variance), each [B, *D].
+        """q(x_t | x_0), DDPM eq. 4: (mean, variance, log_variance), each [B, *D] (forward.q_mean_variance).
 
         >>> d = td.GaussianDiffusion(np.array([0.19, 0.5]))
         >>> mean, var, _ = d.q_mean_variance(np.ones((1, 1)), np.array([1]))
@@ -284,14 +314,12 @@ class GaussianDiffusion:
         (0.636396, 0.595)
         """
         self._check(x0=x0)
-        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0,
-                self._full(1.0 - self.alphas_cumprod, t, x0),
-                self._full(self.log_one_minus_alphas_cumprod, t, x0))
+        return forward.q_mean_variance(self, x0, t)
 
     @finite_result
     def q_sample(self, x0, t, noise=None, rng=None):
-        """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4,
-        the reparametrisation in Algorithm 1 line 5). x0, noise: [B, *D]. Returns x_t [B, *D].
+        """Sample x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps in one jump (DDPM eq. 4;
+        forward.q_sample). eps is ``noise`` if given, else drawn from rng. x0: [B, *D] -> x_t [B, *D].
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> x0 = np.ones((3, 2), dtype=np.float32)
@@ -301,21 +329,13 @@ class GaussianDiffusion:
         >>> round(float(d.q_sample(x0, np.array([999] * 3), noise=np.zeros_like(x0))[0, 0]), 4)   # sqrt(ab_T) x0
         0.0064
         """
-        self._check(x0=x0, **({} if noise is None else {"noise": noise}))
-        noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
-        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * x0
-                + self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+        self._check(x0=x0, noise=noise)
+        return forward.q_sample(self, x0, t, standard_normal_noise(x0.shape, x0.dtype, noise, rng))
 
     @finite_result
     def q_posterior_mean_variance(self, x0, x_t, t):
-        """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), DDPM eq. 6-7:
-
-            mu-tilde_t   = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
-                         + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
-            beta-tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
-
-        x0, x_t: [B, *D]. Returns (mean, variance, log_variance_clipped), each [B, *D]; at t = 0
-        the variance is 0 and the log-variance is clipped to log beta-tilde_1 (see __init__).
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), DDPM eq. 6-7 (forward.q_posterior_mean_variance).
+        Returns (mean, variance, log_variance_clipped), each [B, *D].
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> x0, x_t = np.zeros((1, 2)), np.ones((1, 2))
@@ -324,16 +344,12 @@ class GaussianDiffusion:
         (True, True)
         """
         self._check(x_t=x_t, x0=x0)
-        mean = (self.coef(self.posterior_mean_coef1, t, x_t) * x0
-                + self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
-        return (mean, self._full(self.posterior_variance, t, x_t),
-                self._full(self.posterior_log_variance_clipped, t, x_t))
+        return forward.q_posterior_mean_variance(self, x0, x_t, t)
 
-    # ------------------------------------------------------------------ changing parametrisation
+    # ------------------------------------------------------------------ changing parametrisation (forward.py)
     @finite_result
     def predict_x0_from_eps(self, x_t, t, eps):
-        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0,
-        written as sqrt(1/alpha_bar_t) x_t - sqrt(1/alpha_bar_t - 1) eps. [B, *D].
+        """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), DDPM eq. 4 solved for x_0. [B, *D].
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> x0, eps, t = np.array([[0.5, -1.0]]), np.array([[0.3, 0.2]]), np.array([400])
@@ -342,58 +358,57 @@ class GaussianDiffusion:
         [[0.5, -1.0]]
         """
         self._check(x_t=x_t, eps=eps)
-        return (self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps)
+        return forward.predict_x0_from_eps(self, x_t, t, eps)
 
     @finite_result
     def predict_eps_from_x0(self, x_t, t, x0):
-        """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of
-        predict_x0_from_eps. [B, *D]."""
+        """eps = (sqrt(1/alpha_bar_t) x_t - x_0) / sqrt(1/alpha_bar_t - 1), the inverse of predict_x0_from_eps.
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
+        >>> x0, t = np.array([[0.5]]), np.array([400])
+        >>> d.predict_eps_from_x0(d.q_sample(x0, t, noise=np.array([[0.3]])), t, x0).round(6).tolist()
+        [[0.3]]
+        """
         self._check(x_t=x_t, x0=x0)
-        return ((self.coef(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0)
-                / self.coef(self.sqrt_recipm1_alphas_cumprod, t, x_t))
+        return forward.predict_eps_from_x0(self, x_t, t, x0)
 
     @finite_result
     def predict_x0_from_v(self, x_t, t, v):
         """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v (Salimans & Ho 2022, sec. 4). [B, *D]."""
         self._check(x_t=x_t, v=v)
-        return (self.coef(self.sqrt_alphas_cumprod, t, x_t) * x_t
-                - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
+        return forward.predict_x0_from_v(self, x_t, t, v)
 
     @finite_result
     def velocity(self, x0, t, eps):
-        """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
-        (Salimans & Ho 2022, sec. 4). x0, eps: [B, *D]. Returns v [B, *D]."""
+        """The v-prediction target v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022)."""
         self._check(x0=x0, eps=eps)
-        return (self.coef(self.sqrt_alphas_cumprod, t, x0) * eps
-                - self.coef(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0)
+        return forward.velocity(self, x0, t, eps)
 
     @finite_result
     def predict_x0_from_mean(self, x_t, t, mean):
-        """x_0 from the posterior mean: mu-tilde = coef1 x_0 + coef2 x_t solved for x_0 (DDPM eq. 7;
-        improved-diffusion's _predict_xstart_from_xprev). [B, *D]."""
+        """x_0 from the posterior mean mu-tilde = coef1 x_0 + coef2 x_t (DDPM eq. 7). [B, *D]."""
         self._check(x_t=x_t, mean=mean)
-        return ((mean - self.coef(self.posterior_mean_coef2, t, x_t) * x_t)
-                / self.coef(self.posterior_mean_coef1, t, x_t))
+        return forward.predict_x0_from_mean(self, x_t, t, mean)
 
     @finite_result
     def score_from_eps(self, x_t, t, eps):
-        """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t) (Song & Ermon; DDPM sec. 3.2):
-        an eps-predictor is a scaled score estimator. [B, *D].
+        """grad_{x_t} log q(x_t | x_0) = -eps / sqrt(1 - alpha_bar_t): an eps-predictor is a scaled score.
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> d.score_from_eps(np.zeros((1, 1)), np.array([999]), np.ones((1, 1))).round(4).tolist()   # ~ -eps at pure noise
         [[-1.0]]
         """
         self._check(x_t=x_t, eps=eps)
-        return -eps / self.coef(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return forward.score_from_eps(self, x_t, t, eps)
 
-    # ------------------------------------------------------------------ reverse process p
+    # ------------------------------------------------------------------ reverse process p (reverse.py)
+    @finite_result
     def p_mean_variance(self, model, x_t, t, clip_denoised=False, denoised_fn=None, model_kwargs=None):
-        """Run the model and return p(x_{t-1} | x_t) = N(mean, variance): see p_mean_variance_from_output.
+        """Run the model and return p(x_{t-1} | x_t) = N(mean, variance) (reverse.p_mean_variance):
+        a dict of [B, *D] values mean, variance, log_variance, pred_x0, pred_eps.
 
-        The samplers call this: a NaN or inf in the model's output (a diverged model, a broken
-        checkpoint) raises a ValueError naming the timesteps, instead of spreading through the chain.
+        A NaN or inf in the model's output (a diverged model, a broken checkpoint) raises a
+        ValueError naming the timesteps, instead of spreading through the chain.
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)               # a model that predicts eps = 0
@@ -402,101 +417,30 @@ class GaussianDiffusion:
         (['log_variance', 'mean', 'pred_eps', 'pred_x0', 'variance'], (2, 2))
         """
         self._check(x_t=x_t)
-        out = self.run_model(model, x_t, t, model_kwargs)
-        self._check_output(unwrap(out), t)
-        return self.p_mean_variance_from_output(out, x_t, t, clip_denoised, denoised_fn)
-
-    def _check_output(self, out, t):
-        """A ValueError naming the timesteps if a model output array holds NaN or inf."""
-        if isinstance(out, np.ndarray) and out.dtype.kind == "f" and not np.isfinite(out).all():
-            rows = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
-            t = np.atleast_1d(t)
-            steps = np.unique(t[rows]) if len(t) == len(out) else np.unique(t)
-            raise ValueError(f"model output: {int(rows.sum())} of {len(out)} examples hold NaN or inf, at "
-                             f"timesteps t = {steps[:8].tolist()}; the model (or its weights) "
-                             "is broken: check the checkpoint and the training loss")
+        return reverse.p_mean_variance(self, model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
 
     @finite_result
     def p_mean_variance_from_output(self, model_output, x_t, t, clip_denoised=False, denoised_fn=None):
-        """p(x_{t-1} | x_t) from a model output [B, C_out, *rest] (channels on axis 1).
-
-        C_out = C, the channels of x_t: [B, C, *rest], for fixed variances, and 2C for
-        learned ones (first C: the mean-type prediction; last C: log-variance or v_raw).
-        pred_x0 goes through denoised_fn and, if clip_denoised, is clipped to [-1, 1] (images)
-        before the mean mu-tilde(pred_x0, x_t) is formed (DDPM eq. 7 with x_0 replaced by its
-        estimate; for eps this equals DDPM eq. 11). For model_mean_type="mean" the mean is the
-        model's own and only the reported pred_x0 is processed.
-        Returns a dict of [B, *D] values: mean, variance, log_variance, pred_x0 and pred_eps,
-        where x_t = sqrt(alpha_bar_t) pred_x0 + sqrt(1 - alpha_bar_t) pred_eps (the model's eps
-        itself when eps is predicted and x_0 is not processed). Tensors if model_output is one.
+        """p(x_{t-1} | x_t) from a model output [B, C_out, *rest] (reverse.p_mean_variance_from_output).
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000), model_var_type="learned_range", loss_type="hybrid")
-        >>> x_t, t = np.zeros((1, 2)), np.array([500])
-        >>> out = d.p_mean_variance_from_output(np.array([[0.0, 0.0, 1.0, 1.0]]), x_t, t)   # eps = 0, v_raw = +1
+        >>> out = d.p_mean_variance_from_output(np.array([[0.0, 0.0, 1.0, 1.0]]), np.zeros((1, 2)), np.array([500]))
         >>> bool(np.isclose(out["variance"][0, 0], d.betas[500]))                            # v = 1: sigma^2 = beta_t
         True
         """
         self._check(x_t=x_t)
-        if x_t.ndim < 2:
-            raise ValueError(f"x_t: expected [B, C, *rest] with channels on axis 1, got shape {tuple(x_t.shape)}")
-        self._check_output(model_output, t)
-        C = x_t.shape[1]
-        learned = self.model_var_type.startswith("learned")
-        expected = (x_t.shape[0], 2 * C if learned else C) + tuple(x_t.shape[2:])
-        if tuple(model_output.shape) != expected:
-            raise ValueError(f"model output: expected shape {expected} for x_t of shape {tuple(x_t.shape)} "
-                             f"and model_var_type={self.model_var_type!r}, got {tuple(model_output.shape)}")
-        prediction = model_output[:, :C] if learned else model_output
-
-        if self.model_var_type == "learned":            # the model outputs log sigma^2 itself
-            log_variance = model_output[:, C:]
-            variance = np.exp(log_variance)
-        elif self.model_var_type == "learned_range":    # Nichol & Dhariwal eq. 15
-            # v = (v_raw + 1)/2: v_raw = -1 gives beta-tilde_t, +1 gives beta_t; not clamped, as in the paper.
-            frac = (model_output[:, C:] + 1.0) / 2.0
-            log_variance = (frac * self.coef(self.log_betas, t, x_t)
-                            + (1.0 - frac) * self.coef(self.posterior_log_variance_clipped, t, x_t))
-            variance = np.exp(log_variance)
-        else:                                           # fixed_small or fixed_large: a table lookup
-            variance_table, log_variance_table = self._fixed_variances[self.model_var_type]
-            variance = self._full(variance_table, t, x_t)
-            log_variance = self._full(log_variance_table, t, x_t)
-
-        processed = clip_denoised or denoised_fn is not None
-
-        def process(x0):
-            if denoised_fn is not None:
-                x0 = denoised_fn(x0)
-            return np.clip(x0, -1.0, 1.0) if clip_denoised else x0
-
-        if self.model_mean_type == "mean":              # mean given; x_0 only reported
-            mean = prediction
-            pred_x0 = process(self.predict_x0_from_mean(x_t, t, prediction))
-        else:
-            if self.model_mean_type == "eps":
-                pred_x0 = self.predict_x0_from_eps(x_t, t, prediction)
-            elif self.model_mean_type == "x0":
-                pred_x0 = prediction
-            else:                                       # "v"
-                pred_x0 = self.predict_x0_from_v(x_t, t, prediction)
-            pred_x0 = process(pred_x0)
-            mean = self.q_posterior_mean_variance(pred_x0, x_t, t)[0]
-        if self.model_mean_type == "eps" and not processed:
-            pred_eps = prediction
-        else:
-            pred_eps = self.predict_eps_from_x0(x_t, t, pred_x0)
-        return {"mean": mean, "variance": variance, "log_variance": log_variance,
-                "pred_x0": pred_x0, "pred_eps": pred_eps}
+        self.check_model_output(model_output, t)     # an ndarray; a Tensor is not scanned
+        return reverse.p_mean_variance_from_output(self, model_output, x_t, t, clip_denoised, denoised_fn)
 
     @finite_result
     def p_sample(self, model, x_t, t, rng=None, noise=None, clip_denoised=False, denoised_fn=None,
                  model_kwargs=None):
-        """One ancestral step x_{t-1} = mean + sigma_t z, z ~ N(0, I), and z = 0 at t = 0
-        (DDPM Algorithm 2, lines 3-4; its t = 1 is our t = 0).
+        """One ancestral step x_{t-1} = mean + sigma_t z (DDPM Algorithm 2 lines 3-4; reverse.p_sample),
+        through p's mean and variance for any model type. For the eps-model with a fixed variance
+        the same step is DDPM eq. 11 written out: samplers.ddpm_step.
 
         x_t: ndarray [B, *D]; t: int [B]. Returns {"sample": x_{t-1}, "pred_x0": ...} as ndarrays
-        (a Tensor model output is read through .data; wrap calls in tinydiff.no_grad() to skip
-        recording a graph).
+        (wrap calls in tinydiff.no_grad() to skip recording a graph).
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> zero_eps = lambda x_t, t: np.zeros_like(x_t)
@@ -504,34 +448,45 @@ class GaussianDiffusion:
         >>> out["sample"].shape, out["sample"].dtype
         ((4, 2), dtype('float32'))
         """
-        out = self.p_mean_variance(model, x_t, t, clip_denoised, denoised_fn, model_kwargs)
-        mean, log_variance, pred_x0 = (unwrap(out[k]) for k in ("mean", "log_variance", "pred_x0"))
-        noise = standard_normal_noise(x_t.shape, x_t.dtype, noise, rng)
-        last_step = extract(np.arange(self.num_timesteps), t, x_t.shape) == 0   # [B, 1, ..., 1]
-        sample = mean + np.where(last_step, 0.0, np.exp(0.5 * log_variance) * noise)
-        check_step(sample, t, "p_sample")
-        return {"sample": sample.astype(x_t.dtype, copy=False), "pred_x0": pred_x0}
+        self._check(x_t=x_t, noise=noise)
+        return reverse.p_sample(self, model, x_t, t, rng, noise, clip_denoised, denoised_fn, model_kwargs)
 
-    # ------------------------------------------------------------------ the bound and the losses
-    # The bound (DDPM eq. 5, the paper's 1-based steps):
-    #
-    #   -log p(x_0) <= L_T + sum_{t=2..T} L_{t-1} + L_0,
-    #   L_T     = KL( q(x_T | x_0) || N(0, I) )                    prior term, no parameters
-    #   L_{t-1} = KL( q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t) )    Gaussian vs Gaussian, closed form
-    #   L_0     = -log p(x_0 | x_1)                                  decoder
-    #
-    # With 0-based code index t the term at index t is the paper's L_t: index 0 is the decoder
-    # L_0, and index t >= 1 the KL of the model's step from code x_t to x_{t-1}. "bpd" is bits
-    # per dimension: nats / log 2, averaged over the D values of one example.
+    # ------------------------------------------------------------------ the losses (losses.py)
+    @finite_result
+    def training_losses(self, model, x0, t, noise=None, rng=None, model_kwargs=None):
+        """Per-example training losses for x0 [B, *D] at timesteps t [B] (DDPM Algorithm 1):
+        a dict of [B] terms "loss", "mse" and/or "vb" (losses.training_losses; for an eps-model
+        with the MSE, losses.eps_loss). eps is ``noise`` if given, else drawn from rng. Tensors
+        when the model output is a Tensor, so terms["loss"].mean().backward() trains it.
+
+        >>> d = td.make_diffusion("hybrid", td.linear_beta_schedule(100))
+        >>> model = td.models.ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0))
+        >>> x0 = np.ones((4, 2), np.float32)
+        >>> terms = d.training_losses(model, x0, np.array([0, 10, 50, 99]), rng=np.random.default_rng(1))
+        >>> sorted(terms), terms["loss"].shape
+        (['loss', 'mse', 'vb'], (4,))
+        >>> terms["loss"].mean().backward()                              # a Tensor: trains the model
+        """
+        self._check(x0=x0, noise=noise)
+        if x0.ndim < 2:
+            raise ValueError(f"x0: expected [B, C, *rest] with channels on axis 1, got shape {x0.shape}")
+        noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
+        return losses.training_losses(self, model, x0, t, noise, model_kwargs)
+
+    def mse_weight(self, t):
+        """Min-SNR-gamma weights of the MSE for timesteps t [B], float64 [B] (losses.mse_weight).
+
+        >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000), mse_weighting="min_snr")
+        >>> float(d.mse_weight(np.array([999]))[0])                       # the noisy end keeps weight 1
+        1.0
+        """
+        return losses.mse_weight(self, t)
+
+    # ------------------------------------------------------------------ the bound (bound.py)
     @finite_result
     def vb_terms_bpd(self, model_output, x0, x_t, t, clip_denoised=False):
-        """The bound's term for each example at its own timestep t, in bits per dimension.
-
-        output[b] = KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) (DDPM eq. 5) where t[b] > 0, and the
-        decoder NLL -log p(x_0|x_1) where t[b] = 0; both are computed for the whole batch and
-        np.where picks one per example (no loop over the batch).
-        model_output: [B, C_out, *rest] as returned by the model. x0, x_t: [B, *D]; t: int [B].
-        Returns {"output": [B] bits/dim, "pred_x0": [B, *D]} (Tensors if model_output is one).
+        """The bound's term for each example at its own timestep t, in bits per dimension
+        (bound.vb_terms_bpd): {"output": [B], "pred_x0": [B, *D]}.
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(100), loss_type="kl")
         >>> x0, noise, t = np.zeros((2, 2)), np.ones((2, 2)), np.array([0, 50])
@@ -542,135 +497,25 @@ class GaussianDiffusion:
         0.0
         """
         self._check(x_t=x_t, x0=x0)
-        true_mean, _, true_log_variance = self.q_posterior_mean_variance(x0, x_t, t)
-        p = self.p_mean_variance_from_output(model_output, x_t, t, clip_denoised=clip_denoised)
-        kl = mean_flat(normal_kl(true_mean, true_log_variance, p["mean"], p["log_variance"])) / LOG2
-        nll = mean_flat(decoder_nll(x0, p["mean"], p["log_variance"], self.decoder_kind(x0))) / LOG2
-        return {"output": np.where(np.asarray(t) == 0, nll, kl), "pred_x0": p["pred_x0"]}
-
-    @finite_result
-    def training_losses(self, model, x0, t, noise=None, rng=None, model_kwargs=None):
-        """Per-example training losses for x0 [B, *D] at timesteps t [B] (DDPM Algorithm 1).
-
-        x_t = q_sample(x0, t, noise); out = model(x_t, t). Returns a dict of [B] arrays, Tensors
-        when the model output is a Tensor (so terms["loss"].mean().backward() trains it):
-          "mse"  L_simple (DDPM eq. 14): mean over dimensions of (target - prediction)^2, where
-                 the target is eps, x_0, v or the posterior mean mu-tilde, per model_mean_type;
-          "vb"   the bound term at t in bits/dim (vb_terms_bpd): the paper's L_t, the decoder at
-                 t = 0. This is the raw term; improved-diffusion's terms["vb"] already carries
-                 its factor T/1000 (so the two differ by that factor);
-          "loss" what to minimise:
-            mse    -> mse
-            kl     -> vb  (so T * E_t[loss] + L_T is the bound on -log p(x_0) in bits/dim)
-            hybrid -> mse + lambda * T * vb, lambda = hybrid_vb_weight (0.001),
-                      L_hybrid = L_simple + lambda L_vlb of Nichol & Dhariwal sec. 3.1. L_vlb is a
-                      sum of T terms; with t uniform, T * vb is its unbiased one-sample estimate,
-                      hence the factor T. Inside vb the mean is stop-gradiented (.detach()), so
-                      vb trains only the variance and L_simple alone trains the mean.
-
-        >>> d = td.make_diffusion("hybrid", td.linear_beta_schedule(100))
-        >>> model = td.models.ToyMLP(heads=2, hidden=16, rng=np.random.default_rng(0))
-        >>> x0 = np.ones((4, 2), np.float32)
-        >>> terms = d.training_losses(model, x0, np.array([0, 10, 50, 99]), rng=np.random.default_rng(1))
-        >>> sorted(terms), terms["loss"].shape
-        (['loss', 'mse', 'vb'], (4,))
-        >>> terms["loss"].mean().backward()                              # a Tensor: trains the model
-        """
-        self._check(x0=x0, **({} if noise is None else {"noise": noise}))
-        if x0.ndim < 2:
-            raise ValueError(f"x0: expected [B, C, *rest] with channels on axis 1, got shape {x0.shape}")
-        noise = standard_normal_noise(x0.shape, x0.dtype, noise, rng)
-        x_t = self.q_sample(x0, t, noise=noise)
-        out = self.run_model(model, x_t, t, model_kwargs)
-        terms = {}
-        if self.loss_type == "kl":
-            terms["vb"] = self.vb_terms_bpd(out, x0, x_t, t)["output"]
-            terms["loss"] = terms["vb"]
-            return terms
-
-        C = x_t.shape[1]
-        learned = self.model_var_type.startswith("learned")
-        prediction = out[:, :C] if learned else out
-        target = {"eps": lambda: noise,
-                  "x0": lambda: x0,
-                  "v": lambda: self.velocity(x0, t, noise),
-                  "mean": lambda: self.q_posterior_mean_variance(x0, x_t, t)[0]}[self.model_mean_type]()
-        terms["mse"] = mean_flat((target - prediction) ** 2)
-        terms["loss"] = terms["mse"] if self.mse_weighting == "none" else terms["mse"] * self.mse_weight(t)
-        if self.loss_type == "hybrid":
-            frozen = prediction.detach() if isinstance(prediction, Tensor) else prediction
-            if learned:                                  # stop-gradient on the mean part only
-                frozen = np.concatenate([frozen, out[:, C:]], axis=1)
-            terms["vb"] = self.vb_terms_bpd(frozen, x0, x_t, t)["output"]
-            terms["loss"] = terms["mse"] + self.hybrid_vb_weight * self.num_timesteps * terms["vb"]
-        return terms
-
-    def mse_weight(self, t):
-        """Min-SNR-gamma weights (Hang et al. 2023, eq. 9 and sec. 3.4) for timesteps t [B]:
-        min(SNR_t, gamma) / SNR_t when the model predicts eps, min(SNR_t, gamma) for x0,
-        min(SNR_t, gamma) / (SNR_t + 1) for v; float64 [B]. For eps the weight is 1 wherever
-        SNR_t <= gamma (the noisy half of the chain) and falls as gamma / SNR_t near the data."""
-        snr = self.snr[np.asarray(t)]
-        clipped = np.minimum(snr, self.snr_gamma)
-        if self.model_mean_type == "eps":
-            return clipped / snr
-        if self.model_mean_type == "v":
-            return clipped / (snr + 1.0)
-        return clipped
+        self.check_model_output(model_output, t)     # an ndarray; a Tensor is not scanned
+        return bound.vb_terms_bpd(self, model_output, x0, x_t, t, clip_denoised)
 
     @finite_result
     def prior_bpd(self, x0):
-        """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits/dim, [B], for x0 [B, *D] (DDPM eq. 5).
-
-        No parameters: it measures how close the last step is to pure noise. Per value it is
-        1/2 (alpha_bar x_0^2 - alpha_bar - log(1 - alpha_bar)) nats with alpha_bar = alpha_bar_{T-1},
-        ~0 for a schedule that ends near alpha_bar = 0.
+        """L_T = KL( q(x_T | x_0) || N(0, I) ) in bits/dim, [B] (DDPM eq. 5; bound.prior_bpd).
 
         >>> d = td.GaussianDiffusion(td.linear_beta_schedule(1000))
         >>> float(d.prior_bpd(np.zeros((1, 2)))[0]) < 1e-4                 # q(x_T | x_0) is almost N(0, I)
         True
         """
         self._check(x0=x0)
-        t = np.full(x0.shape[0], self.num_timesteps - 1, dtype=np.int64)
-        mean, _, log_variance = self.q_mean_variance(x0, t)
-        zero = np.zeros((), dtype=x0.dtype)               # N(0, I); np.exp(0.0) would be float64
-        return mean_flat(normal_kl(mean, log_variance, zero, zero)) / LOG2
+        return bound.prior_bpd(self, x0)
 
     @finite_result
     def calc_bpd_loop(self, model, x0, rng=None, progress=None, clip_denoised=None, model_kwargs=None,
                       num_timesteps=None):
-        """The whole variational bound on -log p(x_0), per example and per term.
-
-        For each t (a loop over the chain, vectorised over the batch) draw x_t ~ q(x_t|x_0) with
-        a fresh eps from rng, run the model, and record the bound term at t. x0: [B, *D].
-
-        Which number this is depends on the decoder (``decoder_kind(x0)``):
-          "discretized" (the default for 8-bit images in [-1, 1]): a bound on -log2 P(x_0), the
-              probability of the 256-level pixel values, >= 0; with clip_denoised=True (its
-              default here) this is the convention of published bits/dim (DDPM Table 2,
-              improved-diffusion's calc_bpd_loop), so the numbers can be compared;
-          "continuous" (real-valued data such as 2-D points): a bound on -log2 p(x_0) of a
-              density, which can be negative (a narrow density exceeds 1), and clip_denoised
-              defaults to False.
-        progress(i, K) is called after each of the K model calls.
-
-        num_timesteps=K < T estimates the sum instead of computing all T terms (a T/K-fold
-        saving for images): the decoder term t = 0 exactly, and sum_{t=1}^{T-1} L_t by
-        stratified sampling: the steps 1..T-1 are cut into K-1 strata of sizes n_k and each
-        example draws one t_k uniformly in each, so sum_k n_k L_{t_k} is an unbiased estimate
-        of the sum (with a small variance, since L_t varies slowly with t). Returns (arrays in
-        x0's dtype):
-          "vb"          [B, K] bits/dim: the terms computed; vb[:, 0] = L_0, the decoder, and for
-                        the exact loop (K = T) vb[:, t] = the paper's L_t (t >= 1: KL(q(x_{t-1}|x_t,x_0)
-                        || p(x_{t-1}|x_t)) in code indices)
-          "t"           [B, K] the timestep of each column; "weights" [K] its stratum size
-          "prior_bpd"   [B]    bits/dim: L_T
-          "total_bpd"   [B]    bits/dim: L_T + sum_k weights_k vb[:, k], the bound on -log p(x_0) / D / log 2
-          "total_bits"  [B]    bits per example: total_bpd * D (for 2-D points: bits per point)
-          "x0_mse"      [B, K] mean over dims of (pred_x0 - x_0)^2
-          "mse"         [B, K] mean over dims of (pred_eps - eps)^2
-        A Tensor model output is read through .data; wrap the call in tinydiff.no_grad() to
-        skip recording graphs.
+        """The whole variational bound on -log p(x_0), per example and per term (bound.calc_bpd_loop:
+        what each number is, and the stratified estimate num_timesteps=K < T).
 
         >>> betas = td.linear_beta_schedule(50, 1e-3, 0.2)
         >>> d = td.GaussianDiffusion(betas)
@@ -683,36 +528,4 @@ class GaussianDiffusion:
         True
         """
         self._check(x0=x0)
-        B, T = x0.shape[0], self.num_timesteps
-        if clip_denoised is None:
-            clip_denoised = self.decoder_kind(x0) == "discretized"
-        if num_timesteps is None or num_timesteps >= T:
-            ts = np.tile(np.arange(T), (B, 1))                             # [B, T]: every term
-            weights = np.ones(T)
-        else:
-            K = int(num_timesteps)
-            if K < 2:
-                raise ValueError(f"num_timesteps: expected at least 2 (the decoder and one stratum), got {num_timesteps!r}")
-            edges = 1 + np.floor(np.arange(K) * (T - 1) / (K - 1)).astype(np.int64)   # strata [edges_k, edges_k+1)
-            weights = np.concatenate([[1], np.diff(edges)])
-            u = rng.random((B, K - 1))
-            ts = np.concatenate([np.zeros((B, 1), np.int64),
-                                 edges[:-1] + np.floor(u * weights[1:]).astype(np.int64)], axis=1)
-        K = ts.shape[1]
-        vb, x0_mse, mse = (np.zeros((B, K), dtype=x0.dtype) for _ in range(3))
-        for i in reversed(range(K)):                      # order does not matter: the bound is a sum
-            t = ts[:, i]
-            noise = standard_normal_noise(x0.shape, x0.dtype, None, rng)
-            x_t = self.q_sample(x0, t, noise=noise)
-            out = unwrap(self.run_model(model, x_t, t, model_kwargs))
-            terms = self.vb_terms_bpd(out, x0, x_t, t, clip_denoised=clip_denoised)
-            vb[:, i] = terms["output"]
-            x0_mse[:, i] = mean_flat((terms["pred_x0"] - x0) ** 2)
-            mse[:, i] = mean_flat((self.predict_eps_from_x0(x_t, t, terms["pred_x0"]) - noise) ** 2)
-            if progress is not None:
-                progress(K - i, K)
-        prior = self.prior_bpd(x0)
-        total_bpd = (vb * weights.astype(x0.dtype)).sum(axis=1) + prior
-        dims = int(np.prod(x0.shape[1:]))
-        return {"total_bpd": total_bpd, "prior_bpd": prior, "vb": vb, "t": ts, "weights": weights,
-                "x0_mse": x0_mse, "mse": mse, "total_bits": total_bpd * dims}
+        return bound.calc_bpd_loop(self, model, x0, rng, progress, clip_denoised, model_kwargs, num_timesteps)

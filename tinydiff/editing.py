@@ -24,7 +24,7 @@ one of its own half-denoised samples. Three ways, each one function:
 None of them has a sampler loop of its own: SDEdit is ``ddim_sample_loop`` on a chain that
 ends at t0, started from q_sample(x0, t0) (``noise=``); inpainting is ``ddim_sample_loop``
 with an ``after_step`` hook that puts the known pixels back; inversion is
-``samplers.ddim_reverse_step`` (beside ``ddim_step``) applied over the chain upward.
+``ddim.ddim_reverse_step`` (beside ``ddim_step``) applied over the chain upward.
 
 Conventions. Images x0 are model-space arrays [B, *D] (MNIST: [B, 1, 28, 28] in [-1, 1]);
 ``labels`` is what the model takes as y (int [B], or [B, n] for several attributes), None
@@ -39,8 +39,10 @@ import math
 import numpy as np
 
 from .checks import check_rng
+from .ddim import ddim_reverse_step, ddim_sample_loop, ddim_step
+from .diffusion import check_sample
 from .guidance import apply_guidance
-from .samplers import ddim_reverse_step, ddim_sample_loop, ddim_step, respace, space_timesteps
+from .respacing import respace, space_timesteps
 
 
 def _labels_kwargs(labels, n: int):
@@ -258,7 +260,7 @@ def ddim_invert(diffusion, model, x0, labels, steps=50, *, guidance=None, clip_d
 
         x_{t+1} = sqrt(ab_{t+1}) x0_hat(x_t, t) + sqrt(1 - ab_{t+1}) eps_hat(x_t, t),  t = 0 .. K-2
 
-    (``samplers.ddim_reverse_step``: Song et al. 2021 eq. 13 integrated upward; Dhariwal &
+    (``ddim.ddim_reverse_step``: Song et al. 2021 eq. 13 integrated upward; Dhariwal &
     Nichol 2021, app. F; Mokady et al. 2023, section 3.) The chain is the respaced one of
     ``steps`` steps that ``ddim_sample_loop(..., steps=steps)`` decodes on; x0 itself stands
     for the first level (the papers' x_1, with ab_1 = 1 - beta_1 ~ 1), as in improved-
@@ -301,4 +303,5 @@ def ddim_invert(diffusion, model, x0, labels, steps=50, *, guidance=None, clip_d
             trajectory.append(x)
         if progress is not None:
             progress(t + 1, K - 1)
+    check_sample(x, "ddim_invert")                  # each step checked the model's output; this, the result
     return (x, np.stack(trajectory)) if return_trajectory else x

@@ -19,7 +19,8 @@ With several attributes (a digit and a colour) there are two ways to guide:
               (compositional guidance, Liu et al. 2022, the AND operator)  one scale per attribute
 
 ``joint_guidance`` and ``composed_guidance`` are these two equations on arrays (written with
-the weight 1 + w); ``ClassifierFreeGuidance`` makes the model calls and applies them.
+the weight 1 + w); ``ClassifierFreeGuidance`` makes the model calls and applies them (its
+``__call__`` writes eq. 6 out in one line; tests/test_guidance.py ties it to joint_guidance).
 
 Liu et al. and some codebases write the weight as 1 + w (so "weight 1" = no guidance); the
 scales here are always Ho & Salimans's w, 0 = no guidance. Both halves (or all 1 + n
@@ -109,27 +110,37 @@ class ClassifierFreeGuidance:
         if y is None:
             return unwrap(self.model(x_t, t, **model_kwargs))
         y = _as_matrix(y, len(self.null))                           # [B, n]
-        B, C = x_t.shape[0], x_t.shape[1]
         null = np.broadcast_to(self.null, y.shape)
-        if self.composed:                                           # null, then each attribute alone
-            variants = [null] + [np.where(np.arange(len(self.null)) == a, y, null) for a in range(len(self.null))]
-        elif self.scales[0] == 0:                                   # w = 0: the conditional model, exactly
+        C = x_t.shape[1]
+        if self.composed:
+            return self._composed(x_t, t, y, null, model_kwargs)
+        w = self.scales[0]
+        if w == 0:                                                  # w = 0: the conditional model, exactly
             return unwrap(self.model(x_t, t, y=y, **model_kwargs))
-        else:
-            variants = [y, null]
-        m = len(variants)
+        out = self._batched(x_t, t, [y, null], model_kwargs)        # [2, B, C_out, ...], one forward pass
+        eps_cond, eps_null = out[0, :, :C], out[1, :, :C]           # eps(x_t, t, y), eps(x_t, t, null)
+        guided = out[0].copy()                                      # variance channels (if any): the conditional pass's
+        # Ho & Salimans 2022, eq. 6: eps_w = (1 + w) eps(x_t, y) - w eps(x_t, null), written as
+        guided[:, :C] = eps_null + (1 + w) * (eps_cond - eps_null)  # (joint_guidance with weight 1 + w)
+        return guided.astype(out.dtype, copy=False)
+
+    def _composed(self, x_t, t, y, null, model_kwargs):
+        """Composed guidance (composed_guidance): the null labels, then each attribute alone."""
+        C, n = x_t.shape[1], len(self.null)
+        variants = [null] + [np.where(np.arange(n) == a, y, null) for a in range(n)]
+        out = self._batched(x_t, t, variants, model_kwargs)         # [1 + n, B, C_out, ...]
+        guided = out[0].copy()                                      # variance channels from the unconditional pass (GLIDE)
+        guided[:, :C] = composed_guidance(out[0, :, :C], out[1:, :, :C], 1 + self.scales)
+        return guided.astype(out.dtype, copy=False)
+
+    def _batched(self, x_t, t, labels, model_kwargs):
+        """The model on m copies of the batch, one per label array, as ONE forward pass: [m, B, C_out, ...]."""
+        B, m = x_t.shape[0], len(labels)
         kwargs = {k: (np.concatenate([v] * m) if isinstance(v, np.ndarray) and len(v) == B else v)
                   for k, v in model_kwargs.items()}
         out = unwrap(self.model(np.concatenate([x_t] * m), np.concatenate([np.asarray(t)] * m),
-                                y=np.concatenate(variants), **kwargs))
-        out = out.reshape(m, B, *out.shape[1:])                     # [m, B, C_out, ...]
-        if self.composed:           # variance channels (if any) from the unconditional pass, as in GLIDE
-            guided = out[0].copy()
-            guided[:, :C] = composed_guidance(out[0, :, :C], out[1:, :, :C], 1 + self.scales)
-        else:                       # ... from the conditional pass
-            guided = out[0].copy()
-            guided[:, :C] = joint_guidance(out[1, :, :C], out[0, :, :C], 1 + self.scales[0])
-        return guided.astype(out.dtype, copy=False)
+                                y=np.concatenate(labels), **kwargs))
+        return out.reshape(m, B, *out.shape[1:])
 
 
 def joint_guidance(eps_null, eps_cond, weight):

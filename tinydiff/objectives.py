@@ -13,9 +13,10 @@ GaussianDiffusion, and ``diffusion.learned_variance`` says how many heads the mo
     d = make_diffusion("hybrid", linear_beta_schedule(1000))
     model = ToyMLP(heads=2 if d.learned_variance else 1)
 
-``DiffusionLoss(diffusion)`` is what a Trainer calls each step: one timestep per example,
-drawn uniformly (DDPM Algorithm 1 line 3), the diffusion's own training_losses, the mean
-over the batch; optionally with labels dropped to null for classifier-free guidance.
+``DiffusionLoss(diffusion)`` is what a Trainer calls each step: DDPM Algorithm 1, with one
+timestep per example drawn uniformly (line 3), eps ~ N(0, I) (line 4), labels dropped to null
+for classifier-free guidance if asked, then the loss of line 5: ``losses.eps_loss`` for an
+eps-model with the MSE, ``losses.training_losses`` for the others.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 from .diffusion import GaussianDiffusion
 from .engine import unwrap
 from .guidance import drop_labels
+from .losses import eps_loss
 
 OBJECTIVES = {
     # Ho et al. 2020: predict eps with L_simple; variance fixed to beta_t (the better bound of
@@ -68,7 +70,8 @@ class DiffusionLoss:
     """loss_fn(model, batch, rng) -> (mean loss Tensor, logged terms) for a Trainer.
 
     Args:
-        diffusion: the GaussianDiffusion whose training_losses define the objective.
+        diffusion: the GaussianDiffusion whose training_losses define the objective
+            (losses.eps_loss, DDPM Algorithm 1, for the "eps" objective).
         label_dropout: probability of replacing each label by its null label (Ho & Salimans
             2022 use 0.1-0.2), so one model also learns eps(x_t, t, null) for guidance.
         null_labels: the null label of each attribute; default ``model.null_labels``.
@@ -94,12 +97,16 @@ class DiffusionLoss:
         self.null_labels, self.label_key = null_labels, label_key
 
     def __call__(self, model, batch, rng):
-        x0, kwargs = split_batch(batch)
-        t = rng.integers(0, self.diffusion.num_timesteps, size=len(x0))
-        noise = rng.standard_normal(x0.shape, dtype=x0.dtype)
-        if self.label_dropout > 0 and self.label_key in kwargs:
+        x0, kwargs = split_batch(batch)                                  # x_0 ~ q(x_0): [B, *D]
+        t = rng.integers(0, self.diffusion.num_timesteps, size=len(x0))  # Algorithm 1 line 3: t ~ Uniform, [B]
+        eps = rng.standard_normal(x0.shape, dtype=x0.dtype)              # line 4: eps ~ N(0, I), [B, *D]
+        if self.label_dropout > 0 and self.label_key in kwargs:         # Ho & Salimans 2022, Algorithm 1
             null = getattr(model, "null_labels", None) if self.null_labels is None else self.null_labels
             kwargs[self.label_key] = drop_labels(kwargs[self.label_key], self.label_dropout, null, rng)
-        terms = self.diffusion.training_losses(model, x0, t, noise=noise, model_kwargs=kwargs)
+        if self.diffusion.model_mean_type == "eps" and self.diffusion.loss_type == "mse":
+            # line 5: || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+            terms = eps_loss(self.diffusion, model, x0, t, eps, kwargs)
+        else:                                   # x0, v or mean targets, the bound, the hybrid loss
+            terms = self.diffusion.training_losses(model, x0, t, noise=eps, model_kwargs=kwargs)
         logs = {name: float(np.mean(unwrap(value))) for name, value in terms.items()}
         return terms["loss"].mean(), logs
