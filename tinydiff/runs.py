@@ -63,6 +63,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .checkpoint import CheckpointError, atomic_write, load_checkpoint, unflatten_state
+from .samplers import check_langevin_step_lr
 from .train import CheckpointWriteError, NonFiniteError
 
 # Temporary files of atomic_write / atomic_path: ".<name>.<12 hex digits>.tmp[<ext>]".
@@ -203,6 +204,32 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
                          f"so x_T is not noise and sampling from N(0, I) cannot work (the prior term L_T alone "
                          f"costs ~{prior_bits:.2g} bits per dimension); use a larger --T or a schedule that "
                          "ends nearer noise")
+
+
+def check_chain(betas, args, langevin_step_lr: float | None = None) -> None:
+    """Refuse, with a ValueError naming the flags, a chain sampling cannot work with: one that
+    ends too far from noise (``check_reaches_noise``), --sample-steps above --T, and (with
+    ``langevin_step_lr``) a Langevin step too large for the schedule's smallest noise level.
+    ``args`` carries the flags (schedule, sample_steps); T is ``len(betas)``.
+
+    >>> from types import SimpleNamespace
+    >>> td.runs.check_chain(td.linear_beta_schedule(1000), SimpleNamespace(schedule="linear", sample_steps=5000))
+    Traceback (most recent call last):
+    ...
+    ValueError: --sample-steps 5000: a sampler can visit at most the T = 1000 trained steps
+    """
+    T, steps = len(betas), getattr(args, "sample_steps", None)
+    if steps is not None and steps > T:
+        raise ValueError(f"--sample-steps {steps}: a sampler can visit at most the T = {T} trained steps")
+    try:
+        check_reaches_noise(betas)
+    except ValueError as err:
+        raise ValueError(f"--schedule {args.schedule} with --T {T}: {err}") from None
+    if langevin_step_lr is not None:
+        try:
+            check_langevin_step_lr(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)), langevin_step_lr)
+        except ValueError as err:
+            raise ValueError(f"--sampler langevin with --schedule {args.schedule}: {err}") from None
 
 
 def add_mnist_run_flags(parser: argparse.ArgumentParser, name: str, checkpoint_every: int = 250,
@@ -958,7 +985,7 @@ def run_example(path, argv=()) -> dict:
 
 
 __all__ = ["RunError", "flag", "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "open_unit", "decay_rate", "check_reaches_noise", "remove_temporaries", "prepare_output_dir",
+           "probability", "open_unit", "decay_rate", "check_reaches_noise", "check_chain", "remove_temporaries", "prepare_output_dir",
            "checkpoint_bytes", "read_run_config", "check_same_run", "resumed_config", "evaluation_tag",
            "tagged", "train_within_budget", "load_trained", "FolderLock", "HelpFormatter", "Run", "target",
            "run_example"]
