@@ -119,10 +119,11 @@ def mnist_flags(run) -> None:
     run.run_flag("train_limit", None, "use only the first N training digits", type=positive_int)
 
 
-def mnist_digits(args, split: str = "train", limit: int | None = None):
+def mnist_digits(args, split: str = "train", limit: int | None = None, model_space: bool = True):
     """(x [N, 1, 28, 28] float32 in [-1, 1], labels int64 [N]) of MNIST's ``split``, read as the
-    flags of ``mnist_flags`` say (the train split: the first --train-limit digits). A missing,
-    undownloadable or corrupt file is a RunError naming it.
+    flags of ``mnist_flags`` say (the train split: the first --train-limit digits); with
+    ``model_space=False`` the images as stored (uint8 [N, 28, 28]). A missing, undownloadable or
+    corrupt file is a RunError naming it.
 
     >>> from types import SimpleNamespace
     >>> td.recipes.mnist_digits(SimpleNamespace(data_dir="/no/such/folder", no_download=True, train_limit=None))
@@ -136,7 +137,7 @@ def mnist_digits(args, split: str = "train", limit: int | None = None):
         images, labels = load_mnist(split, args.data_dir, download=not args.no_download, limit=limit)
     except (OSError, ValueError) as err:          # missing files, no network, a corrupt file: one line
         raise RunError(f"MNIST: {err}") from None
-    return to_model_space(images), labels
+    return (to_model_space(images) if model_space else images), labels
 
 
 __all__ = ["MNIST_DEFAULTS", "mnist_betas", "mnist_model", "mnist_trainer", "load_mnist_run", "mnist_flags",
