@@ -279,7 +279,7 @@ MNIST_BAD_FLAGS = [
     (["--weighting", "p2"], "argument --weighting: invalid choice"),
     (["--sampler", "langevin"], "argument --sampler: invalid choice"),
     (["--sample-steps", "0"], "argument --sample-steps: expected an integer >= 1"),
-    (["--sample-steps", "5000"], "--sample-steps 5000 exceeds --T 1000"),
+    (["--sample-steps", "5000"], "--sample-steps 5000: a sampler can visit at most the T = 1000 trained steps"),
     (["--guidance", "-1"], "argument --guidance: expected a finite number >= 0"),
     (["--guidance", "inf"], "argument --guidance: expected a finite number >= 0"),
     (["--n-samples", "0"], "argument --n-samples: expected an integer >= 1"),

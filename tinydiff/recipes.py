@@ -71,11 +71,12 @@ def mnist_model(config=None, **overrides):
     return diffusion, model
 
 
-def mnist_trainer(diffusion, model, images, labels, config=None, **trainer_options) -> Trainer:
+def mnist_trainer(diffusion, model, images, labels, settings=None, **trainer_options) -> Trainer:
     """The Trainer of an mnist.py run: batches of images [N, 1, 28, 28] in [-1, 1] with their
     labels (none if unconditional), labels dropped to null with probability label_dropout
     (classifier-free guidance), AdamW at lr warmed up over min(100, steps / 10) steps and
-    cosine-decayed to 0 at ``steps``, EMA with warm-up. ``trainer_options`` (checkpoint_path,
+    cosine-decayed to 0 at ``steps``, EMA with warm-up. ``settings``: the run's flags (a namespace
+    or a dict; missing ones are MNIST_DEFAULTS). ``trainer_options`` (checkpoint_path,
     checkpoint_every, config, log_every, ...) go to the Trainer.
 
     >>> diffusion, model = td.recipes.mnist_model(width=8, T=50)
@@ -84,7 +85,7 @@ def mnist_trainer(diffusion, model, images, labels, config=None, **trainer_optio
     >>> len(trainer.train(2))
     2
     """
-    s = _settings(config)
+    s = _settings(settings)
     data = images if s.unconditional else (images, labels)
     options = dict(batch_size=s.batch, lr=s.lr, warmup_steps=min(100, s.steps // 10), lr_decay_steps=s.steps,
                    ema_decay=s.ema, ema_warmup=True, seed=s.seed, log_every=50)
