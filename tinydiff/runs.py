@@ -521,12 +521,13 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
             raise RunError(str(err)) from None
         steps = steps or int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
         log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
-    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed
-        trainer.train(5)
-        mid = time.perf_counter()
-        trainer.train(15)
-        rate = 10 / (time.perf_counter() - mid)
+    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed, within the budget
         budget = minutes * 60
+        trainer.train(5, max_seconds=budget)
+        mid, done = time.perf_counter(), trainer.step
+        trainer.train(15, max_seconds=budget - (mid - begin))
+        now = time.perf_counter()
+        rate = (trainer.step - done) / (now - mid) if trainer.step > done else trainer.step / (now - begin)
         steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
         log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
             "(training stops at the budget if the machine slows down)")
