@@ -1,15 +1,22 @@
-"""Runs that survive their users: the checks an example script makes around training.
+"""Runs that survive their users: everything an example does around its lesson.
 
-Learners kill runs, fill disks, mistype flags and resume with other settings. With these
-helpers every such case ends in one line that names what was wrong, and nothing the user
-already has is overwritten or lost:
+An example uses one object, ``td.Run`` (below), in a few lines: it declares the flags, checks
+them, prepares and locks the output folder, resumes or refuses, trains, and writes the
+outputs. Learners kill runs, fill disks, mistype flags, resume with other settings and start
+a second run into a folder in use; every such case ends in one line that names what was
+wrong, and nothing the user already has is overwritten or lost:
 
+    Run(name, doc)     the run object: run_flag / eval_flag / flag, parse, start, train, path,
+                       save, finish (see its docstring; run_example runs a script in-process)
+    FolderLock(folder) one run per output folder: fcntl.flock on OUT/.run.lock, which the
+                       kernel drops when the process dies, so a killed run never leaves it stuck
     argparse types     positive_int, nonnegative_int, finite_float, positive_float,
                        nonnegative_float, probability, open_unit, decay_rate:
                        ``type=positive_int`` makes ``--steps 0``
                        fail while parsing, in one line, before any work is done.
-    check_reaches_noise(betas)
-                       refuse a schedule whose last step is still mostly data (--T 1).
+    check_reaches_noise(betas), check_chain(betas, args)
+                       refuse a schedule whose last step is still mostly data (--T 1), and
+                       --sample-steps above --T.
     prepare_output_dir(folder, need_bytes)
                        create the output folder, prove it writable, check the free space,
                        and remove temporary files a killed run left behind.
@@ -26,12 +33,12 @@ already has is overwritten or lost:
                        their outputs get new names (samples.sampler-ddim.png), so the
                        original run's samples.png and metrics.json are never overwritten.
     train_within_budget(trainer, checkpoint, steps=, minutes=, saved=)
-                       train a new run for a time budget (the first steps measure the
-                       speed, which fixes the step count and the learning-rate decay), or
-                       finish a resumed one; Ctrl-C and NaNs end in one line.
+                       train a fixed number of steps, or for a time budget (the first steps
+                       measure the speed, which fixes the step count and the learning-rate
+                       decay), or finish a resumed run; Ctrl-C and NaNs end in one line.
     load_trained(checkpoint, build)
                        rebuild a finished run's diffusion and model, with its averaged (EMA)
-                       weights, from its checkpoint: how one example uses another's model.
+                       weights, from its checkpoint (td.recipes.load_mnist_run uses it).
 
 A script sorts its flags into three kinds: *run flags* define what is trained (T, the
 schedule, the data, the objective, the width, the seed, the batch, the learning rate);
@@ -565,7 +572,7 @@ def load_trained(checkpoint, build, *, weights: str = "ema", name: str = "--chec
     last step. Raises RunError, one line naming the file, when it is missing, unreadable, not
     a run's checkpoint, or does not fit what ``build`` makes (another example's file).
 
-        diffusion, model, meta = td.runs.load_trained("out/mnist/checkpoint.npz", mnist.build)
+        diffusion, model, meta = td.runs.load_trained("out/mnist/checkpoint.npz", td.recipes.mnist_model)
 
     >>> import os, tempfile
     >>> from types import SimpleNamespace
