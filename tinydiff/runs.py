@@ -877,8 +877,9 @@ class Run:
                        else resumed_config(self.saved["config"], vars(args), growable))
         if self.tag:
             self.log(f"evaluating with other settings than the run's own: outputs are named *.{self.tag}.*")
-        if self._hook not in (sys.excepthook,):
-            self._previous_hook, sys.excepthook = sys.excepthook, self._hook
+        if sys.excepthook is not _one_line_excepthook:       # once per process; it asks Run.active
+            global _previous_excepthook
+            _previous_excepthook, sys.excepthook = sys.excepthook, _one_line_excepthook
         return self
 
     # ------------------------------------------------------------ training
@@ -932,13 +933,6 @@ class Run:
                     f"and {kept}: --resume writes them again")
         return None
 
-    def _hook(self, kind, err, traceback):
-        line = self.explain(err) if Run.active is self else None
-        self.release()
-        if line is None:
-            return self._previous_hook(kind, err, traceback)
-        print(line, file=sys.stderr)
-
     def finish(self, metrics: dict) -> dict:
         """Write metrics.json, say which files are in OUT, release the folder; returns metrics."""
         self.save("metrics.json", metrics)
@@ -951,6 +945,20 @@ class Run:
         """Unlock the output folder (also done by finish, by every RunError and at exit)."""
         if self.lock is not None:
             self.lock.release()
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _one_line_excepthook(kind, err, traceback):
+    """sys.excepthook after a Run started: its errors in one line (Run.explain), others as usual."""
+    run = Run.active
+    line = run.explain(err) if run is not None else None
+    if run is not None:
+        run.release()
+    if line is None:
+        return _previous_excepthook(kind, err, traceback)
+    print(line, file=sys.stderr)
 
 
 def target(text: str, goal: str, ok: bool, log=print) -> bool:
