@@ -922,15 +922,17 @@ class Run:
     def explain(self, err) -> str | None:
         """The one line a user sees for an error after ``start``, saying what is kept (None: not
         an error of the run's own, shown as usual)."""
-        step = self.trainer.step if self.trainer is not None else None
-        kept = (f"the checkpoint holds step {step}" if step is not None else "no training was done")
+        if self.trainer is None:
+            when, kept = "before training", "nothing was trained or written"
+        else:
+            when, kept = "after training", f"the checkpoint holds step {self.trainer.step}"
         if isinstance(err, KeyboardInterrupt):
-            return f"interrupted after training; {kept}: --resume writes the outputs again"
+            return f"interrupted {when}; {kept}" + (": --resume writes the outputs again" if self.trainer else "")
         if isinstance(err, (NonFiniteError, CheckpointWriteError)):
             return str(err)
         if isinstance(err, OSError):
-            return (f"could not write the outputs in {self.args.out} ({err}); files already there are intact "
-                    f"and {kept}: --resume writes them again")
+            return (f"could not write the outputs in {self.args.out} ({err}); files already there are intact"
+                    + (f" and {kept}: --resume writes them again" if self.trainer else ""))
         return None
 
     def finish(self, metrics: dict) -> dict:
