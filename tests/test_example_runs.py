@@ -23,7 +23,7 @@ import pytest
 import mnist_copy
 
 import tinydiff as td
-from tinydiff.runs import RunError
+from tinydiff.runs import TEMPORARY, RunError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
@@ -233,13 +233,14 @@ def test_toy2d_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_run_lea
             assert first.poll() is None, "the first run ended before training"
         while not (out / "checkpoint.npz").exists():
             time.sleep(0.05)
-        files = sorted(os.listdir(out))
         with pytest.raises(RunError) as info:
             load("toy2d")(TOY + ["--out", str(out), "--resume"])
         message = str(info.value)
         assert "\n" not in message and f"another run is writing there (pid {first.pid} on " in message
         assert "toy2d.py" in message and f"--out {out}" in message and "started 20" in message
-        assert first.poll() is None and sorted(os.listdir(out)) == files      # the first run goes on, untouched
+        assert first.poll() is None                                           # the first run goes on, untouched:
+        assert json.loads((out / ".run.lock").read_text())["pid"] == first.pid   # its lock, its files only
+        assert {name for name in os.listdir(out) if not TEMPORARY.match(name)} == {"checkpoint.npz", ".run.lock"}
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()
