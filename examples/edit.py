@@ -31,7 +31,6 @@ MNIST is read as in examples/mnist.py (--data-dir, --no-download).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -48,16 +47,6 @@ from tinydiff.checkpoint import atomic_write
 from tinydiff.data import from_model_space, load_mnist, to_model_space
 
 MASKS = ("left half", "top half", "random 50%")
-
-
-def load_mnist_example():
-    """examples/mnist.py as a module: its build() rebuilds the model from a checkpoint's flags,
-    its train() trains one when there is none."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist.py")
-    spec = importlib.util.spec_from_file_location("mnist_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def strengths(text: str) -> tuple:
@@ -102,7 +91,7 @@ def parse_args(argv=None):
     return args
 
 
-def trained_model(args, mnist):
+def trained_model(args):
     """(diffusion, model, config) from --checkpoint; trains mnist.py's recipe there first if it is missing."""
     if not os.path.exists(args.checkpoint):
         folder = os.path.dirname(os.path.abspath(args.checkpoint))
@@ -111,17 +100,14 @@ def trained_model(args, mnist):
                                 "only be trained to a path ending in checkpoint.npz (mnist.py's name)")
         print(f"no checkpoint at {args.checkpoint}: training examples/mnist.py's model there for "
               f"{args.train_minutes:g} minutes first")
-        margs = mnist.parse_args(["--out", folder, "--minutes", str(args.train_minutes)]
-                                 + (["--data-dir", args.data_dir] if args.data_dir else [])
-                                 + (["--no-download"] if args.no_download else []))
-        diffusion, model = mnist.build(margs)
+        config = {**td.recipes.MNIST_DEFAULTS, "minutes": args.train_minutes}      # mnist.py's recipe
+        diffusion, model = td.recipes.mnist_model(config)
         runs.prepare_output_dir(folder, need_bytes=2 * runs.checkpoint_bytes(model))
-        try:
-            images, labels = load_mnist("train", args.data_dir, download=not args.no_download)
-        except (OSError, ValueError) as err:
-            raise runs.RunError(f"MNIST: {err}") from None
-        mnist.train(margs, diffusion, model, to_model_space(images), labels, args.checkpoint, None)
-    diffusion, model, meta = runs.load_trained(args.checkpoint, mnist.build)
+        x_train, labels = td.recipes.mnist_digits(args)
+        trainer = td.recipes.mnist_trainer(diffusion, model, x_train, labels, config, checkpoint_path=args.checkpoint,
+                                           checkpoint_every=250, config=runs.as_saved(config))
+        runs.train_within_budget(trainer, args.checkpoint, minutes=args.train_minutes)
+    diffusion, model, meta = td.recipes.load_mnist_run(args.checkpoint)
     config = meta["config"]
     if config.get("unconditional"):
         raise runs.RunError(f"--checkpoint {args.checkpoint}: an unconditional model (--unconditional) cannot "
@@ -151,8 +137,7 @@ def pixel_distance(a, b, where=None) -> np.ndarray:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     td.runtime.reuse_freed_memory()
-    mnist = load_mnist_example()
-    diffusion, model, meta = trained_model(args, mnist)
+    diffusion, model, meta = trained_model(args)
     runs.prepare_output_dir(args.out, need_bytes=5_000_000)
     try:
         images, labels = load_mnist("test", args.data_dir, download=not args.no_download)

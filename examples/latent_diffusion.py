@@ -36,6 +36,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 # One OpenBLAS thread: tinydiff's convolutions thread themselves (see examples/mnist.py and
 # README "Speed": OpenBLAS's own threads compete with them). An explicit setting wins.
@@ -239,9 +240,8 @@ def time_latent_vs_pixel(args, diffusion, model, space, rounds: int, batch: int 
     diffusion and UNet that examples/mnist.py builds with its default flags (untrained: the time
     does not depend on the weights). The two alternate within each round, so both see the same
     machine load; the minimum over rounds is reported (the least disturbed run)."""
-    mnist_py = example("mnist")
-    pixel_args = mnist_py.parse_args([])
-    pixel_diffusion, pixel = mnist_py.build(pixel_args)
+    pixel_args = SimpleNamespace(**td.recipes.MNIST_DEFAULTS)
+    pixel_diffusion, pixel = td.recipes.mnist_model(pixel_args)
     latent_loss = DiffusionLoss(diffusion, label_dropout=args.label_dropout)
     pixel_loss = DiffusionLoss(pixel_diffusion, label_dropout=pixel_args.label_dropout)
     rng = np.random.default_rng(0)

@@ -8,7 +8,9 @@ import pytest
 
 from test_example_mnist import MNIST_DIR
 from test_example_mnist import TINY as MNIST_TINY
-from test_example_mnist import load_example as load_mnist_example
+from test_example_mnist import EXAMPLE as MNIST_EXAMPLE
+
+import tinydiff as td
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "edit.py")
 pytestmark = pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST copy at {MNIST_DIR}")
@@ -22,8 +24,8 @@ def load_example():
 
 
 def test_tiny_edit_run_writes_pictures_and_metrics(tmp_path):
-    load_mnist_example().main(MNIST_TINY + ["--bpd-digits", "0", "--data-dir", str(MNIST_DIR),
-                                            "--out", str(tmp_path / "mnist")])
+    td.runs.run_example(MNIST_EXAMPLE, MNIST_TINY + ["--bpd-digits", "0", "--data-dir", str(MNIST_DIR),
+                                                     "--out", str(tmp_path / "mnist")])
     out = tmp_path / "edit"
     metrics = load_example().main(["--checkpoint", str(tmp_path / "mnist" / "checkpoint.npz"), "--n", "4",
                                    "--t0", "0.3,0.7", "--sample-steps", "6", "--resample", "2", "--jump", "2",

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tinydiff as td
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
@@ -131,7 +133,10 @@ def test_default_run_meets_its_targets(tmp_path, name):
 def test_help_states_one_default_per_flag(name, capsys):
     """--help used to show "(default: the dataset's own, 0.5 / 0.1) (default: None)"."""
     with pytest.raises(SystemExit):
-        load(name).parse_args(["--help"])
+        if name == "toy2d":                                              # a top-level lesson: run as a script
+            td.runs.run_example(os.path.join(ROOT, "examples", "toy2d.py"), ["--help"])
+        else:
+            load(name).parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())                   # undo argparse's line wrapping
     assert "(default: None)" not in text
     options = re.split(r"\s(?=--?[a-zA-Z])", text.split("options:", 1)[1])

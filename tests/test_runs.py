@@ -1,8 +1,12 @@
 """tinydiff.runs: the checks every example makes around training, one by one."""
 import argparse
 import errno
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,3 +151,81 @@ def test_a_chain_that_never_reaches_noise_is_refused():
         runs.check_reaches_noise(linear_beta_schedule(1))
     runs.check_reaches_noise(linear_beta_schedule(1000))
     runs.check_reaches_noise(cosine_beta_schedule(1))                    # cosine ends at noise even with T = 1
+
+
+# ---------------------------------------------------------------- one run per folder
+def hold_lock(folder):
+    """Another process that takes the folder's lock, says so, and waits to be killed."""
+    code = ("import sys, time\nfrom tinydiff.runs import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl.flock and SIGKILL")
+def test_a_folder_in_use_by_another_process_is_refused_naming_it_and_a_killed_holder_frees_it(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(runs.RunError) as info:
+            runs.FolderLock(tmp_path).acquire()
+        message = str(info.value)
+        assert "\n" not in message and f"--out {tmp_path}: another run is writing there (pid {holder.pid} on " in message
+        assert f"-c {tmp_path}); wait for it to end, stop it, or choose another --out" in message
+        assert "started 20" in message                                   # its start time
+    finally:
+        holder.send_signal(signal.SIGKILL)                               # no chance to clean up
+        holder.wait()
+    assert os.path.exists(tmp_path / ".run.lock")                        # its note stays behind, stale...
+    lock = runs.FolderLock(tmp_path).acquire()                           # ...and the lock is free all the same
+    assert json.loads((tmp_path / ".run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl.flock")
+def test_a_stale_note_of_a_dead_run_does_not_block_and_one_process_takes_its_own_lock_over(tmp_path):
+    (tmp_path / ".run.lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": "elsewhere",
+                                                    "started": "2020-01-01 00:00:00", "command": "python old.py"}))
+    first = runs.FolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / ".run.lock").read_text())["command"] != "python old.py"
+    second = runs.FolderLock(tmp_path).acquire()           # a notebook re-running its cells: the same process
+    assert first.fd is None and second.fd is not None
+    second.release()
+    assert os.listdir(tmp_path) == []
+
+
+SCRIPT = """
+import numpy as np
+import tinydiff as td
+run = td.Run("demo")
+run.run_flag("steps", 3, "training steps", type=td.runs.positive_int)
+args = run.parse()
+model = td.models.ToyMLP(hidden=8, rng=np.random.default_rng(0))
+run.start(model)
+trainer = td.Trainer(model, td.make_diffusion("eps", td.cosine_beta_schedule(10)), td.data.make_dataset("moons"),
+                     batch_size=8, log_every=0, checkpoint_path=run.checkpoint, config=run.config)
+run.train(trainer)
+raise {error}
+"""
+
+
+@pytest.mark.parametrize("error, line", [
+    ("KeyboardInterrupt", "interrupted after training; the checkpoint holds step 3: --resume writes the outputs again"),
+    ("OSError(28, 'No space left on device')", "could not write the outputs in {out} ([Errno 28] No space left on "
+                                               "device); files already there are intact and the checkpoint holds "
+                                               "step 3: --resume writes them again")])
+def test_an_uncaught_error_after_start_ends_in_one_line_saying_what_is_kept(tmp_path, error, line):
+    """The command line (a sys.excepthook the Run installs) and run_example (tests, notebooks) say the same."""
+    script, out = tmp_path / "demo.py", tmp_path / "out"
+    script.write_text(SCRIPT.format(error=error))
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and done.stderr.strip() == line.format(out=out)          # no traceback
+    assert not (out / ".run.lock").exists()
+    with pytest.raises(runs.RunError) as info:
+        runs.run_example(script, ["--out", str(out), "--resume"])
+    assert str(info.value) == line.format(out=out) and not (out / ".run.lock").exists()

@@ -12,6 +12,7 @@ few names a diffusion model is built from sit at the top.
                     (grids and rows of image samples), td.scorer (scores generated MNIST digits),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
                     (the checks every example makes around a run: flags, output folder, resume),
+                    td.recipes (the MNIST model of examples/mnist.py, loading a trained run),
                     td.elbo (a VAE's bound: reparameterisation, KL to N(0, I), decoders,
                     ELBOLoss), td.latent (latent diffusion: a frozen VAE and the scale of its codes)
     speed           td.fast (the fast kernels every layer hands off to), td.plain() (a block in
@@ -31,6 +32,7 @@ few names a diffusion model is built from sit at the top.
     guidance        td.ClassifierFreeGuidance, td.drop_labels
     editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
+    runs            td.Run: an example's flags, output folder, resume or refusal, lock and files
 
 Importing is cheap: NumPy only. matplotlib and Pillow are imported when a picture is drawn.
 
@@ -50,8 +52,8 @@ from .engine import Tensor, concat, no_grad, stack, tensor, where
 
 from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, fast, forward,  # noqa: E402
                functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models, nn,
-               objectives, optim, oracles, progress, respacing, reverse, runs, runtime, samplers, schedules, scorer,
-               train, viz)
+               objectives, optim, oracles, progress, recipes, respacing, reverse, runs, runtime, samplers, schedules,
+               scorer, train, viz)
 from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
@@ -61,6 +63,7 @@ from .guidance import ClassifierFreeGuidance, drop_labels  # noqa: E402
 from .losses import eps_loss  # noqa: E402
 from .objectives import OBJECTIVES, DiffusionLoss, make_diffusion  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .runs import Run  # noqa: E402
 from .samplers import (ddim_sample_loop, ddpm_sample_loop, langevin_sample_loop, respace, sample,  # noqa: E402
                        space_timesteps)
 from .schedules import (betas_for_alpha_bar, cosine_beta_schedule, extract, linear_beta_schedule,  # noqa: E402
@@ -75,7 +78,7 @@ __all__ = [
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "runtime", "parallel", "fast", "scorer", "elbo", "latent", "editing",
+    "checks", "runs", "recipes", "runtime", "parallel", "fast", "scorer", "elbo", "latent", "editing",
     "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
@@ -91,4 +94,6 @@ __all__ = [
     "ClassifierFreeGuidance", "drop_labels",
     # training and checkpoints
     "Trainer", "Progress", "save_checkpoint", "load_checkpoint",
+    # run management: flags, output folder, resume or refuse, lock, safe writes (tinydiff/runs.py)
+    "Run",
 ]
