@@ -5,6 +5,7 @@ values and all three gradients."""
 import contextlib
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinydiff as td
@@ -12,6 +13,8 @@ from tinydiff import Tensor
 from tinydiff.fast import winograd
 from tinydiff.fast.conv import kernel_for, phase_blocks, phase_weight, phase_weight_adjoint
 from tinydiff.nn import Conv2d, UpsampleConv, conv2d, upsample_nearest
+
+needs_fast_path = pytest.mark.skipif(not td.fast.enabled(), reason="TINYDIFF_PLAIN=1 is set: the fast path is off")
 
 
 def run(x, w, b, stride, padding, path, g_seed=0, x_layout="nchw"):
@@ -100,6 +103,7 @@ def test_winograd_transforms_are_adjoint_pairs():
     np.testing.assert_allclose(np.vdot(phase_weight(w), dw4), np.vdot(w, phase_weight_adjoint(dw4)), rtol=1e-12)
 
 
+@needs_fast_path
 def test_float32_output_is_channels_last_with_same_values():
     """The fast path's output keeps [B, O, H, W] as its shape but has channels-last memory."""
     rng = np.random.default_rng(1)

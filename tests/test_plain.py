@@ -21,9 +21,11 @@ from tinydiff import fast
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 MNIST_UNET = dict(base_channels=16, channel_mults=(1, 2, 2), num_classes=10)   # the default MNIST run's
+needs_fast_path = pytest.mark.skipif(not td.fast.enabled(), reason="TINYDIFF_PLAIN=1 is set: the fast path is off")
 
 
 # ---------------------------------------------------------------- the switch
+@needs_fast_path
 def test_plain_nests_and_restores_even_after_an_error():
     assert fast.enabled()
     with td.plain():
@@ -38,6 +40,7 @@ def test_plain_nests_and_restores_even_after_an_error():
     assert fast.enabled()
 
 
+@needs_fast_path
 def test_switch_is_process_wide_and_counts_right_under_threads():
     """Threads started inside td.plain() (the kernels' pool, a user's) see it; many threads
     entering and leaving blocks at once leave the count at zero."""
@@ -157,6 +160,7 @@ def one_training_step_of_each_model():
     return [p.grad for m in (unet, vae, mlp) for p in m.parameters()]
 
 
+@needs_fast_path
 def test_plain_path_calls_no_fast_kernel(monkeypatch):
     def forbidden(name):
         def call(*args, **kwargs):
@@ -175,6 +179,7 @@ def test_plain_path_calls_no_fast_kernel(monkeypatch):
         one_training_step_of_each_model()
 
 
+@needs_fast_path
 def test_fast_path_calls_the_fast_kernels(monkeypatch):
     called = set()
 
