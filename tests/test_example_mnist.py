@@ -1,6 +1,5 @@
 """examples/mnist.py end to end: a tiny fast run in the default suite (a few hundred digits,
 a tiny UNet), the real default run with its targets behind the slow mark."""
-import importlib.util
 import json
 import math
 import os
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tinydiff as td
 from mnist_copy import MNIST_DIR, needs_mnist
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "mnist.py")
@@ -18,11 +18,9 @@ OUTPUTS = ["grid.png", "guidance.png", "trajectory.png", "samples.npy", "labels.
 pytestmark = needs_mnist
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("mnist_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run(argv) -> dict:
+    """python examples/mnist.py *argv, in this process; returns the run's metrics."""
+    return td.runs.run_example(EXAMPLE, argv)["metrics"]
 
 
 TINY = ["--width", "8", "--steps", "12", "--batch", "16", "--train-limit", "300", "--T", "50",
@@ -36,7 +34,7 @@ TINY = ["--width", "8", "--steps", "12", "--batch", "16", "--train-limit", "300"
                                    ["--unconditional", "--weighting", "none"]])
 def test_tiny_run_writes_every_output(tmp_path, extra):
     out = tmp_path / "run"
-    metrics = load_example().main(TINY + extra + ["--data-dir", str(MNIST_DIR), "--out", str(out)])
+    metrics = run(TINY + extra + ["--data-dir", str(MNIST_DIR), "--out", str(out)])
     for name in OUTPUTS:
         if name == "guidance.png" and "--unconditional" in extra:
             continue
@@ -56,9 +54,8 @@ def test_tiny_run_writes_every_output(tmp_path, extra):
 
 def test_resume_continues_a_finished_run(tmp_path):
     out = str(tmp_path / "run")
-    example = load_example()
-    first = example.main(TINY + ["--data-dir", str(MNIST_DIR), "--out", out])
-    again = example.main(TINY + ["--data-dir", str(MNIST_DIR), "--out", out, "--resume", "--bpd-digits", "0"])
+    first = run(TINY + ["--data-dir", str(MNIST_DIR), "--out", out])
+    again = run(TINY + ["--data-dir", str(MNIST_DIR), "--out", out, "--resume", "--bpd-digits", "0"])
     assert again["steps"] == first["steps"] == 12
 
 
@@ -66,7 +63,7 @@ def test_minutes_budget_sets_the_step_count_and_never_overruns(tmp_path):
     """--minutes instead of --steps: the step count comes from the speed of the first steps, is
     saved, and training stops at the budget (here a few seconds) even if the estimate was high."""
     args = [a for a in TINY if a not in ("--steps", "12")] + ["--minutes", "0.05"]
-    metrics = load_example().main(args + ["--data-dir", str(MNIST_DIR), "--out", str(tmp_path / "run")])
+    metrics = run(args + ["--data-dir", str(MNIST_DIR), "--out", str(tmp_path / "run")])
     assert metrics["planned_steps"] >= 20 and 1 <= metrics["steps"] <= metrics["planned_steps"]
     assert metrics["train_seconds"] <= 0.05 * 60 + 2
 
@@ -76,7 +73,7 @@ def test_default_run_meets_its_targets(tmp_path):
     """The README's default run: >= 95% of 500 guided samples read as the digit asked for, a Frechet
     distance within 4x of the real-vs-real floor. (Its time targets, 10 minutes of training and 60 s
     of sampling, are measured by the run itself and reported, not asserted: no timed tests.)"""
-    metrics = load_example().main(["--data-dir", str(MNIST_DIR), "--no-download", "--out", str(tmp_path / "run")])
+    metrics = run(["--data-dir", str(MNIST_DIR), "--no-download", "--out", str(tmp_path / "run")])
     score = metrics["scorer"]
     assert score["accuracy"] >= 0.95
     assert score["fid"] <= 4 * score["fid_floor"]
@@ -86,7 +83,7 @@ def test_default_run_meets_its_targets(tmp_path):
 @pytest.mark.slow
 def test_long_run_meets_its_targets(tmp_path):
     """The README's long run (12,000 steps): >= 98% read as asked, Frechet distance within 2x of its floor."""
-    metrics = load_example().main(["--steps", "12000", "--data-dir", str(MNIST_DIR), "--no-download",
+    metrics = run(["--steps", "12000", "--data-dir", str(MNIST_DIR), "--no-download",
                                    "--out", str(tmp_path / "run")])
     score = metrics["scorer"]
     assert score["accuracy"] >= 0.98

@@ -10,34 +10,37 @@ the file, and nothing they already have overwritten.
   previous files intact.
 """
 import errno
-import importlib.util
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import mnist_copy
 
+import tinydiff as td
 from tinydiff.runs import RunError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 
-def load(name, n_eval=200):
-    spec = importlib.util.spec_from_file_location(f"{name}_example", os.path.join(EXAMPLES, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if hasattr(module, "N_EVAL"):
-        module.N_EVAL = n_eval                  # fewer evaluation points: these tests are about files and flags
-    return module
+def load(name):
+    """python examples/<name>.py *argv as a function of argv, run in this process; returns the metrics."""
+    return lambda argv: td.runs.run_example(os.path.join(EXAMPLES, f"{name}.py"), argv)["metrics"]
 
 
-TOY = ["--steps", "30", "--T", "20", "--schedule", "logsnr", "--batch", "32", "--hidden", "16", "--no-gifs"]
+# --eval-points 200: fewer evaluation points, these tests are about files and flags
+TOY = ["--steps", "30", "--T", "20", "--schedule", "logsnr", "--batch", "32", "--hidden", "16", "--no-gifs",
+       "--eval-points", "200"]
 
 
 def parse_error(module, argv, capsys) -> str:
     with pytest.raises(SystemExit) as info:
-        module.parse_args(argv)
+        module(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("usage:") and "Traceback" not in "".join(err)
@@ -88,7 +91,7 @@ def test_toy2d_refuses_bad_flags_while_parsing(argv, words, capsys):
 
 def test_toy2d_a_resumed_run_must_be_the_same_run(tmp_path, capsys):
     toy, out = load("toy2d"), str(tmp_path / "run")
-    first = toy.main(TOY + ["--out", out])
+    first = toy(TOY + ["--out", out])
     files = {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(out)}
 
     refused = [(["--T", "100"], "--T 100 (the checkpoint has 20)"),
@@ -101,19 +104,19 @@ def test_toy2d_a_resumed_run_must_be_the_same_run(tmp_path, capsys):
                (["--steps", "40"], "--steps 40 (the checkpoint has 30)")]     # the cosine lr decay depends on it
     for flags, words in refused:
         with pytest.raises(RunError) as info:
-            toy.main(TOY + flags + ["--out", out, "--resume"])
+            toy(TOY + flags + ["--out", out, "--resume"])
         assert words in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(RunError, match=r"already holds a run \(step 30 of 30\)"):
-        toy.main(TOY + ["--out", out])                                  # no --resume: never overwritten
+        toy(TOY + ["--out", out])                                  # no --resume: never overwritten
     assert {name: (tmp_path / "run" / name).read_bytes() for name in os.listdir(out)} == files
 
-    again = toy.main(TOY + ["--out", out, "--resume"])                  # the same flags: the same numbers
+    again = toy(TOY + ["--out", out, "--resume"])                  # the same flags: the same numbers
     assert {k: v for k, v in again.items() if k != "train_seconds"} == \
            {k: v for k, v in first.items() if k != "train_seconds"}
     assert (tmp_path / "run" / "samples.npy").read_bytes() == files["samples.npy"]
 
     capsys.readouterr()
-    other = toy.main(TOY + ["--out", out, "--resume", "--sampler", "ddim", "--sample-steps", "10"])
+    other = toy(TOY + ["--out", out, "--resume", "--sampler", "ddim", "--sample-steps", "10"])
     assert "outputs are named *.sampler-ddim.sample-steps-10.*" in capsys.readouterr().out
     assert other["sampler"] == "ddim" and other["nll_bound_bits"] == first["nll_bound_bits"]
     for name in ("samples.npy", "samples.png", "loss.png", "metrics.json"):
@@ -127,22 +130,22 @@ def test_toy2d_a_resumed_run_must_be_the_same_run(tmp_path, capsys):
 
 def test_toy2d_growing_steps_is_the_same_run_only_without_lr_decay(tmp_path):
     toy, out = load("toy2d"), str(tmp_path / "run")
-    toy.main(TOY + ["--out", out, "--lr-decay", "none"])
-    longer = toy.main(TOY[:1] + ["50"] + TOY[2:] + ["--out", out, "--lr-decay", "none", "--resume"])
+    toy(TOY + ["--out", out, "--lr-decay", "none"])
+    longer = toy(TOY[:1] + ["50"] + TOY[2:] + ["--out", out, "--lr-decay", "none", "--resume"])
     assert longer["steps"] == 50
     with pytest.raises(RunError, match=r"--steps 30 \(the checkpoint's run has 50; it can only grow\)"):
-        toy.main(TOY + ["--out", out, "--lr-decay", "none", "--resume"])
+        toy(TOY + ["--out", out, "--lr-decay", "none", "--resume"])
 
 
 def test_toy2d_unreadable_checkpoint_missing_checkpoint_and_bad_out(tmp_path):
     toy = load("toy2d")
     with pytest.raises(RunError, match="--resume: there is no checkpoint at"):
-        toy.main(TOY + ["--out", str(tmp_path / "none"), "--resume"])
+        toy(TOY + ["--out", str(tmp_path / "none"), "--resume"])
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(RunError, match=r"--out .*file: this is a file, expected a folder"):
-        toy.main(TOY + ["--out", str(tmp_path / "file")])
+        toy(TOY + ["--out", str(tmp_path / "file")])
     with pytest.raises(RunError, match=r"--out .*file/sub: cannot create the folder"):
-        toy.main(TOY + ["--out", str(tmp_path / "file" / "sub")])
+        toy(TOY + ["--out", str(tmp_path / "file" / "sub")])
 
     out = tmp_path / "broken"
     out.mkdir()
@@ -150,9 +153,9 @@ def test_toy2d_unreadable_checkpoint_missing_checkpoint_and_bad_out(tmp_path):
     for extra in (["--resume"], []):
         with pytest.raises(RunError, match=r"checkpoint.npz cannot be read .* left as it is: move it away, or "
                                            r"pass --restart"):
-            toy.main(TOY + ["--out", str(out)] + extra)
+            toy(TOY + ["--out", str(out)] + extra)
     assert os.listdir(out) == ["checkpoint.npz"]
-    assert toy.main(TOY + ["--out", str(out), "--restart"])["steps"] == 30   # the user chose to start over
+    assert toy(TOY + ["--out", str(out), "--restart"])["steps"] == 30   # the user chose to start over
 
 
 def test_toy2d_full_disk_before_and_after_training(tmp_path, monkeypatch):
@@ -161,11 +164,11 @@ def test_toy2d_full_disk_before_and_after_training(tmp_path, monkeypatch):
     real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real_usage(p)._replace(free=1_000_000))
     with pytest.raises(RunError, match=r"--out .*run: 1.0 MB free on this disk, but this run needs about 10.\d MB"):
-        toy.main(TOY + ["--out", str(out)])
+        toy(TOY + ["--out", str(out)])
     assert os.listdir(out) == []                                         # refused before any work
     monkeypatch.undo()
 
-    toy.main(TOY + ["--out", str(out)])
+    toy(TOY + ["--out", str(out)])
     files = {name: (out / name).read_bytes() for name in os.listdir(out)}
 
     def full(*args, **kwargs):                                           # every atomic rename fails
@@ -174,7 +177,7 @@ def test_toy2d_full_disk_before_and_after_training(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", full)
     with pytest.raises(RunError, match=r"could not write the outputs in .*No space left on device.*files already "
                                        r"there are intact and the checkpoint holds step 30: --resume"):
-        toy.main(TOY + ["--out", str(out), "--resume"])
+        toy(TOY + ["--out", str(out), "--resume"])
     monkeypatch.undo()
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == files   # nothing half-written
 
@@ -194,10 +197,10 @@ def test_toy2d_full_disk_before_and_after_training(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", fail_after_two)
     with pytest.raises(RunError, match=r"could not write the checkpoint .*checkpoint.npz at step 3 \(No space left "
                                        r"on device\); the previous checkpoint \(step 2\) is intact"):
-        toy.main(TOY + ["--out", str(out2), "--checkpoint-every", "1"])
+        toy(TOY + ["--out", str(out2), "--checkpoint-every", "1"])
     monkeypatch.undo()
     assert sorted(os.listdir(out2)) == ["checkpoint.npz"]
-    assert toy.main(TOY + ["--out", str(out2), "--checkpoint-every", "1", "--resume"])["steps"] == 30
+    assert toy(TOY + ["--out", str(out2), "--checkpoint-every", "1", "--resume"])["steps"] == 30
 
 
 def test_toy2d_ctrl_c_says_where_to_resume_from(tmp_path, monkeypatch):
@@ -212,7 +215,39 @@ def test_toy2d_ctrl_c_says_where_to_resume_from(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(RunError, match=r"interrupted at step 7; .*checkpoint.npz holds step 5 \(--resume continues"):
-        toy.main(TOY + ["--out", str(tmp_path / "run"), "--checkpoint-every", "5"])
+        toy(TOY + ["--out", str(tmp_path / "run"), "--checkpoint-every", "5"])
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl.flock and SIGKILL")
+def test_toy2d_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_run_leaves_it_free(tmp_path):
+    """Two runs started into one --out: the second stops at once, naming the first (pid, command,
+    start time); the first is then SIGKILLed, and --resume continues it: no lock is left stuck."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(os.path.join(EXAMPLES, "..")) + os.pathsep
+           + os.environ.get("PYTHONPATH", "")}
+    first = subprocess.Popen([sys.executable, "-u", os.path.join(EXAMPLES, "toy2d.py"), *TOY[2:], "--steps", "100000",
+                              "--checkpoint-every", "5", "--out", str(out)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        while not first.stdout.readline().startswith("training "):
+            assert first.poll() is None, "the first run ended before training"
+        while not (out / "checkpoint.npz").exists():
+            time.sleep(0.05)
+        files = sorted(os.listdir(out))
+        with pytest.raises(RunError) as info:
+            load("toy2d")(TOY + ["--out", str(out), "--resume"])
+        message = str(info.value)
+        assert "\n" not in message and f"another run is writing there (pid {first.pid} on " in message
+        assert "toy2d.py" in message and f"--out {out}" in message and "started 20" in message
+        assert first.poll() is None and sorted(os.listdir(out)) == files      # the first run goes on, untouched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
+    assert json.loads((out / ".run.lock").read_text())["pid"] == first.pid       # its note stays, stale
+    # locked no more: the checkpoint is read (and this run refused, by name, as a different one)
+    with pytest.raises(RunError, match=r"--steps 30 \(the checkpoint has 100000\)"):
+        load("toy2d")(TOY + ["--out", str(out), "--resume"])
+    assert not (out / ".run.lock").exists()
 
 
 # ---------------------------------------------------------------- MNIST
@@ -244,7 +279,7 @@ MNIST_BAD_FLAGS = [
     (["--weighting", "p2"], "argument --weighting: invalid choice"),
     (["--sampler", "langevin"], "argument --sampler: invalid choice"),
     (["--sample-steps", "0"], "argument --sample-steps: expected an integer >= 1"),
-    (["--sample-steps", "5000"], "--sample-steps 5000 exceeds --T 1000"),
+    (["--sample-steps", "5000"], "--sample-steps 5000: a sampler can visit at most the T = 1000 trained steps"),
     (["--guidance", "-1"], "argument --guidance: expected a finite number >= 0"),
     (["--guidance", "inf"], "argument --guidance: expected a finite number >= 0"),
     (["--n-samples", "0"], "argument --n-samples: expected an integer >= 1"),
@@ -283,14 +318,14 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
     from tinydiff.checkpoint import load_checkpoint
     mnist = load("mnist")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    first = mnist.main(MNIST + ["--out", str(straight)])
+    first = mnist(MNIST + ["--out", str(straight)])
 
     interrupt_at(monkeypatch, 2)
     with pytest.raises(RunError, match=r"interrupted at step 2; .*checkpoint.npz holds step 2"):
-        mnist.main(MNIST + ["--out", str(broken)])
+        mnist(MNIST + ["--out", str(broken)])
     monkeypatch.undo()
     assert sorted(os.listdir(broken)) == ["checkpoint.npz"]
-    resumed = mnist.main(MNIST + ["--out", str(broken), "--resume"])
+    resumed = mnist(MNIST + ["--out", str(broken), "--resume"])
 
     a, meta_a = load_checkpoint(straight / "checkpoint.npz")
     b, meta_b = load_checkpoint(broken / "checkpoint.npz")
@@ -309,11 +344,11 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
                          (["--unconditional"], "--unconditional True (the checkpoint has False)"),
                          (["--steps", "9"], "--steps 9 (the checkpoint has 4)")]:
         with pytest.raises(RunError) as info:
-            mnist.main(MNIST + flags + ["--out", out, "--resume"])
+            mnist(MNIST + flags + ["--out", out, "--resume"])
         assert words in str(info.value)
     before = (straight / "grid.png").read_bytes()
-    mnist.main(MNIST + ["--out", out, "--resume", "--guidance", "5"])
+    mnist(MNIST + ["--out", out, "--resume", "--guidance", "5"])
     assert (straight / "grid.guidance-5.0.png").is_file() and (straight / "metrics.guidance-5.0.json").is_file()
     assert (straight / "grid.png").read_bytes() == before
     with pytest.raises(RunError, match="already holds a run"):
-        mnist.main(MNIST + ["--out", out])
+        mnist(MNIST + ["--out", out])

@@ -1,6 +1,5 @@
 """examples/toy2d.py end to end: a tiny fast run in the default suite, the real
 default run (with its targets) behind the slow mark."""
-import importlib.util
 import json
 import math
 import os
@@ -9,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tinydiff as td
+
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "toy2d.py")
 OUTPUTS = ["samples.npy", "samples.png", "loss.png", "forward.gif", "reverse.gif", "metrics.json", "checkpoint.npz"]
 
 
-def load_example():
-    spec = importlib.util.spec_from_file_location("toy2d_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def run(argv) -> dict:
+    """python examples/toy2d.py *argv, in this process; returns the run's metrics."""
+    return td.runs.run_example(EXAMPLE, argv)["metrics"]
 
 
 # cosine: with T = 20 DDPM's linear betas would end far from noise, which the example refuses.
@@ -27,7 +26,7 @@ TINY = ["--steps", "40", "--T", "20", "--schedule", "cosine", "--batch", "64", "
 @pytest.mark.parametrize("objective,sampler", [("hybrid", "ddpm"), ("eps", "ddim"), ("sohl-dickstein", "langevin")])
 def test_tiny_run_writes_every_output_with_sane_metrics(tmp_path, objective, sampler):
     out = tmp_path / "run"
-    metrics = load_example().main(TINY + ["--objective", objective, "--sampler", sampler, "--out", str(out)])
+    metrics = run(TINY + ["--objective", objective, "--sampler", sampler, "--out", str(out)])
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     samples = np.load(out / "samples.npy", allow_pickle=False)
@@ -47,7 +46,7 @@ def test_tiny_run_writes_every_output_with_sane_metrics(tmp_path, objective, sam
 @pytest.mark.parametrize("sd_mean,schedule", [("residual", "logsnr"), ("direct", "rescaled")])
 def test_tiny_swiss_roll_sohl_dickstein_run_reports_the_full_bound(tmp_path, sd_mean, schedule):
     """The 2015 setting in miniature: the full bound (prior and decoder included) beside the roll's entropy."""
-    metrics = load_example().main(TINY + ["--dataset", "swiss_roll", "--noise", "0.05", "--schedule", schedule,
+    metrics = run(TINY + ["--dataset", "swiss_roll", "--noise", "0.05", "--schedule", schedule,
                                           "--objective", "sohl-dickstein", "--sd-mean", sd_mean, "--no-gifs",
                                           "--T", "40", "--out", str(tmp_path / "roll")])
     assert metrics["true_nll_bits"] == pytest.approx(-1.379, abs=2e-3)     # SwissRoll(noise=0.05).entropy_bits()
@@ -61,7 +60,7 @@ def test_tiny_swiss_roll_sohl_dickstein_run_reports_the_full_bound(tmp_path, sd_
 def parse_error(argv, capsys) -> str:
     """The one line argparse prints for refused flags (it exits with status 2, no traceback)."""
     with pytest.raises(SystemExit) as exit_info:
-        load_example().parse_args(argv)
+        run(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -75,17 +74,16 @@ def test_flags_that_cannot_apply_are_refused_by_name(capsys):
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path, capsys):
-    example = load_example()
     out = str(tmp_path / "run")
-    example.main(TINY + ["--out", out, "--no-gifs", "--lr-decay", "none"])
-    metrics = example.main(TINY[:1] + ["60"] + TINY[2:] + ["--out", out, "--no-gifs", "--lr-decay", "none",
+    run(TINY + ["--out", out, "--no-gifs", "--lr-decay", "none"])
+    metrics = run(TINY[:1] + ["60"] + TINY[2:] + ["--out", out, "--no-gifs", "--lr-decay", "none",
                                                           "--resume"])
     assert "resumed from" in capsys.readouterr().out and metrics["steps"] == 60
 
 
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
-        load_example().parse_args(["--help"])
+        run(["--help"])
     text = capsys.readouterr().out
     for flag in ["--dataset", "--objective", "--schedule", "--T", "--steps", "--batch", "--seed", "--sampler",
                  "--out", "--resume"]:
@@ -96,7 +94,7 @@ def test_help_documents_every_flag(capsys):
 @pytest.mark.slow
 def test_default_run_meets_its_targets(tmp_path):
     """The documented default run: 8/8 modes, precision >= 0.95, bound within 0.3 bits of the truth."""
-    metrics = load_example().main(["--out", str(tmp_path / "default")])
+    metrics = run(["--out", str(tmp_path / "default")])
     assert metrics["mode_coverage"] == 8
     assert metrics["mode_precision"] >= 0.95
     assert metrics["bound_gap_bits"] <= 0.3
@@ -107,7 +105,7 @@ def test_default_run_meets_its_targets(tmp_path):
 def test_swiss_roll_sohl_dickstein_beats_the_papers_bound(tmp_path):
     """README's swiss-roll command: K = -bound must beat Sohl-Dickstein et al. (2015) Table 1's 2.35 bits
     and stay below the roll's true log-likelihood (3.70 bits at noise 0.01)."""
-    metrics = load_example().main(["--dataset", "swiss_roll", "--noise", "0.01", "--T", "40", "--schedule", "logsnr",
+    metrics = run(["--dataset", "swiss_roll", "--noise", "0.01", "--T", "40", "--schedule", "logsnr",
                                    "--objective", "sohl-dickstein", "--sd-mean", "residual", "--steps", "24000",
                                    "--lr", "1e-3", "--no-gifs", "--out", str(tmp_path / "roll")])
     k = -metrics["nll_bound_bits"]

@@ -1,8 +1,12 @@
 """tinydiff.runs: the checks every example makes around training, one by one."""
 import argparse
 import errno
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -147,3 +151,47 @@ def test_a_chain_that_never_reaches_noise_is_refused():
         runs.check_reaches_noise(linear_beta_schedule(1))
     runs.check_reaches_noise(linear_beta_schedule(1000))
     runs.check_reaches_noise(cosine_beta_schedule(1))                    # cosine ends at noise even with T = 1
+
+
+# ---------------------------------------------------------------- one run per folder
+def hold_lock(folder):
+    """Another process that takes the folder's lock, says so, and waits to be killed."""
+    code = ("import sys, time\nfrom tinydiff.runs import FolderLock\nFolderLock(sys.argv[1]).acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl.flock and SIGKILL")
+def test_a_folder_in_use_by_another_process_is_refused_naming_it_and_a_killed_holder_frees_it(tmp_path):
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(runs.RunError) as info:
+            runs.FolderLock(tmp_path).acquire()
+        message = str(info.value)
+        assert "\n" not in message and f"--out {tmp_path}: another run is writing there (pid {holder.pid} on " in message
+        assert f"-c {tmp_path}); wait for it to end, stop it, or choose another --out" in message
+        assert "started 20" in message                                   # its start time
+    finally:
+        holder.send_signal(signal.SIGKILL)                               # no chance to clean up
+        holder.wait()
+    assert os.path.exists(tmp_path / ".run.lock")                        # its note stays behind, stale...
+    lock = runs.FolderLock(tmp_path).acquire()                           # ...and the lock is free all the same
+    assert json.loads((tmp_path / ".run.lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="fcntl.flock")
+def test_a_stale_note_of_a_dead_run_does_not_block_and_one_process_takes_its_own_lock_over(tmp_path):
+    (tmp_path / ".run.lock").write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": "elsewhere",
+                                                    "started": "2020-01-01 00:00:00", "command": "python old.py"}))
+    first = runs.FolderLock(tmp_path).acquire()
+    assert json.loads((tmp_path / ".run.lock").read_text())["command"] != "python old.py"
+    second = runs.FolderLock(tmp_path).acquire()           # a notebook re-running its cells: the same process
+    assert first.fd is None and second.fd is not None
+    second.release()
+    assert os.listdir(tmp_path) == []

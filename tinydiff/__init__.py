@@ -12,6 +12,7 @@ few names a diffusion model is built from sit at the top.
                     (grids and rows of image samples), td.scorer (scores generated MNIST digits),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
                     (the checks every example makes around a run: flags, output folder, resume),
+                    td.recipes (the MNIST model of examples/mnist.py, loading a trained run),
                     td.parallel (the thread pool behind the fast kernels), td.elbo (a VAE's
                     bound: reparameterisation, KL to N(0, I), decoders, ELBOLoss), td.latent
                     (latent diffusion: a frozen VAE and the scale of its codes)
@@ -25,6 +26,7 @@ few names a diffusion model is built from sit at the top.
     guidance        td.ClassifierFreeGuidance, td.drop_labels
     editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
+    runs            td.Run: an example's flags, output folder, resume or refusal, lock and files
 
 Importing is cheap: NumPy only. matplotlib and Pillow are imported when a picture is drawn.
 
@@ -43,8 +45,8 @@ from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on T
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
 from . import (checkpoint, checks, data, diffusion, editing, elbo, functional, gaussian, gradcheck,  # noqa: E402
-               guidance, images, latent, metrics, models, nn, objectives, optim, oracles, parallel, progress, runs,
-               runtime, samplers, schedules, scorer, train, viz)
+               guidance, images, latent, metrics, models, nn, objectives, optim, oracles, parallel, progress, recipes,
+               runs, runtime, samplers, schedules, scorer, train, viz)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
 from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaussian_log_likelihood,  # noqa: E402
@@ -52,6 +54,7 @@ from .gaussian import (approx_standard_normal_cdf, decoder_nll, discretized_gaus
 from .guidance import ClassifierFreeGuidance, drop_labels  # noqa: E402
 from .objectives import OBJECTIVES, DiffusionLoss, make_diffusion  # noqa: E402
 from .progress import Progress  # noqa: E402
+from .runs import Run  # noqa: E402
 from .samplers import (ddim_sample_loop, ddpm_sample_loop, langevin_sample_loop, respace, sample,  # noqa: E402
                        space_timesteps)
 from .schedules import (betas_for_alpha_bar, cosine_beta_schedule, extract, linear_beta_schedule,  # noqa: E402
@@ -64,7 +67,7 @@ __all__ = [
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "runtime", "parallel", "scorer", "elbo", "latent", "editing",
+    "checks", "runs", "recipes", "runtime", "parallel", "scorer", "elbo", "latent", "editing",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound
@@ -79,4 +82,6 @@ __all__ = [
     "ClassifierFreeGuidance", "drop_labels",
     # training and checkpoints
     "Trainer", "Progress", "save_checkpoint", "load_checkpoint",
+    # run management: flags, output folder, resume or refuse, lock, safe writes (tinydiff/runs.py)
+    "Run",
 ]

@@ -52,15 +52,18 @@ import json
 import math
 import os
 import re
+import runpy
 import shutil
-import uuid
-
+import socket
+import sys
 import time
+import uuid
 from types import SimpleNamespace
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, unflatten_state
+from .checkpoint import CheckpointError, atomic_write, load_checkpoint, unflatten_state
+from .samplers import check_langevin_step_lr
 from .train import CheckpointWriteError, NonFiniteError
 
 # Temporary files of atomic_write / atomic_path: ".<name>.<12 hex digits>.tmp[<ext>]".
@@ -203,6 +206,32 @@ def check_reaches_noise(betas, max_signal: float = MAX_SIGNAL_AT_T) -> None:
                          "ends nearer noise")
 
 
+def check_chain(betas, args, langevin_step_lr: float | None = None) -> None:
+    """Refuse, with a ValueError naming the flags, a chain sampling cannot work with: one that
+    ends too far from noise (``check_reaches_noise``), --sample-steps above --T, and (with
+    ``langevin_step_lr``) a Langevin step too large for the schedule's smallest noise level.
+    ``args`` carries the flags (schedule, sample_steps); T is ``len(betas)``.
+
+    >>> from types import SimpleNamespace
+    >>> td.runs.check_chain(td.linear_beta_schedule(1000), SimpleNamespace(schedule="linear", sample_steps=5000))
+    Traceback (most recent call last):
+    ...
+    ValueError: --sample-steps 5000: a sampler can visit at most the T = 1000 trained steps
+    """
+    T, steps = len(betas), getattr(args, "sample_steps", None)
+    if steps is not None and steps > T:
+        raise ValueError(f"--sample-steps {steps}: a sampler can visit at most the T = {T} trained steps")
+    try:
+        check_reaches_noise(betas)
+    except ValueError as err:
+        raise ValueError(f"--schedule {args.schedule} with --T {T}: {err}") from None
+    if langevin_step_lr is not None:
+        try:
+            check_langevin_step_lr(np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)), langevin_step_lr)
+        except ValueError as err:
+            raise ValueError(f"--sampler langevin with --schedule {args.schedule}: {err}") from None
+
+
 def add_mnist_run_flags(parser: argparse.ArgumentParser, name: str, checkpoint_every: int = 250,
                         redo: str = "re-sample") -> None:
     """The "data and files" flags every MNIST example shares: --data-dir, --no-download,
@@ -279,12 +308,13 @@ def remove_temporaries(folder) -> list:
     return removed
 
 
-def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out") -> list:
+def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out", clean: bool = True) -> list:
     """Make sure ``folder`` can take this run's files before any work is done.
 
     Creates it (with parents), writes and deletes a probe file in it, and compares the free
     space with ``need_bytes`` (``shutil.disk_usage``; skipped when 0). Removes temporary files
-    a killed run left (``remove_temporaries``) and returns their names. Raises RunError naming
+    a killed run left (``remove_temporaries``; ``clean=False`` leaves them, for a caller that
+    first locks the folder) and returns their names. Raises RunError naming
     the flag ``name`` and the folder when any of this fails. A disk that fills up later is
     still possible; the atomic writes then keep the previous files intact.
 
@@ -317,7 +347,7 @@ def prepare_output_dir(folder, need_bytes: int = 0, name: str = "--out") -> list
             raise RunError(f"{name} {folder}: {free / 1e6:.1f} MB free on this disk, but this run needs "
                            f"about {need_bytes / 1e6:.1f} MB (checkpoints and pictures); free some space "
                            f"or choose another {name}")
-    return remove_temporaries(folder)
+    return remove_temporaries(folder) if clean else []
 
 
 def checkpoint_bytes(model) -> int:
@@ -463,12 +493,12 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
 
     Three cases:
       * ``saved`` (the checkpoint's metadata, from ``read_run_config``): resume from
-        ``checkpoint`` and finish the run's own step count (``config["steps_resolved"]``);
-        a finished run trains no further.
+        ``checkpoint`` and train to ``steps``, or when it is None to the run's own step count
+        (``config["steps_resolved"]``); a finished run trains no further.
       * ``steps`` given: train exactly that many steps.
       * otherwise: a budget of ``minutes``, calibration included. 5 steps warm up, 10 more
         are timed, and the speed sets the step count; the learning rate then warms up for
-        min(warmup, steps / 10) steps and decays to 0 at the last step (cosine). If the
+        min(warmup, steps / 10) steps and, if the trainer decays it, reaches 0 at the last step. If the
         machine slows down, training stops at the budget anyway (``Trainer.train``'s
         max_seconds) and says so; ``--resume`` finishes the planned steps.
     The step count is saved as ``trainer.config["steps_resolved"]``, so a resumed run keeps
@@ -477,15 +507,19 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
 
     >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
     >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
-    >>> trainer = td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=32, log_every=0)
-    >>> seconds = td.runs.train_within_budget(trainer, None, steps=30)
+    >>> trainer = td.Trainer(model, d, td.data.make_dataset("8gaussians"), batch_size=32, log_every=0,
+    ...                      lr_decay_steps=30)
+    >>> seconds = td.runs.train_within_budget(trainer, None, steps=30, log=lambda line: None)
     >>> trainer.step, trainer.config["steps_resolved"], trainer.warmup.decay_steps
     (30, 30, 30)
     """
     begin, budget = time.perf_counter(), None
     if saved is not None:
-        trainer.resume(checkpoint)
-        steps = int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
+        try:
+            trainer.resume(checkpoint)
+        except CheckpointError as err:
+            raise RunError(str(err)) from None
+        steps = steps or int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
         log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
     elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed
         trainer.train(5)
@@ -496,11 +530,13 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
         steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
         log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
             "(training stops at the budget if the machine slows down)")
-    if saved is None:                       # the learning-rate schedule, now that the step count is known
+        # the learning-rate schedule, now that the step count is known
         trainer.warmup.warmup_steps = min(warmup, steps // 10)
-        trainer.warmup.decay_steps = steps
+        if trainer.warmup.decay_steps is not None:
+            trainer.warmup.decay_steps = steps
         trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
     trainer.config["steps_resolved"] = steps
+    log(f"training to step {steps} with batches of {trainer.batch_size}")
     try:
         trainer.train(steps, max_seconds=None if budget is None else budget - (time.perf_counter() - begin))
     except KeyboardInterrupt:
@@ -569,7 +605,387 @@ def load_trained(checkpoint, build, *, weights: str = "ema", name: str = "--chec
     return diffusion, model, meta
 
 
+# ---------------------------------------------------------------- one process per output folder
+class FolderLock:
+    """An exclusive lock on an output folder, so two runs never write into one folder at once.
+
+    ``acquire()`` takes ``fcntl.flock`` on ``<folder>/.run.lock`` and writes the holder into
+    it (pid, host, start time, command); a second process gets a RunError naming that run.
+    The kernel drops a flock when its process ends in any way (SIGKILL included), so a killed
+    run never leaves the folder locked: its ``.run.lock`` is then a stale note that the next
+    run takes over. ``release()`` removes the file and drops the lock. Within one process a
+    new lock on a folder replaces an earlier one (a notebook re-running its cells, tests
+    calling an example twice). Systems without ``fcntl`` (Windows) run without the lock.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> lock = td.runs.FolderLock(folder).acquire()
+    >>> json.load(open(os.path.join(folder, ".run.lock")))["pid"] == os.getpid()
+    True
+    >>> lock.release(); os.listdir(folder)
+    []
+    """
+    NAME = ".run.lock"
+    held: dict = {}                     # real path of the folder -> the FolderLock this process holds
+
+    def __init__(self, folder, flag_name: str = "--out"):
+        self.folder, self.flag_name, self.fd = os.fspath(folder), flag_name, None
+        self.path = os.path.join(self.folder, self.NAME)
+
+    def acquire(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:             # no flock on this system: run unlocked
+            return self
+        key = os.path.realpath(self.folder)
+        if key in FolderLock.held:      # this process's earlier run in the folder never finished
+            FolderLock.held[key].release()
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise RunError(f"{self.flag_name} {self.folder}: another run is writing there ({holder}); "
+                               f"wait for it to end, stop it, or choose another {self.flag_name}") from None
+            try:                        # the holder before us removed the file after we opened it: retry
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise RunError(f"{self.flag_name} {self.folder}: could not lock the folder ({self.path} keeps changing)")
+        note = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(note).encode(), 0)
+        self.fd, FolderLock.held[key] = fd, self
+        return self
+
+    def _holder(self, fd) -> str:
+        """'pid 123 on host, started 2026-01-01 10:00:00: python examples/toy2d.py --out x' from the file."""
+        note = {}
+        for _ in range(20):             # the holder may be writing its note at this very moment
+            with contextlib.suppress(OSError, ValueError):
+                note = json.loads(os.pread(fd, 65536, 0).decode() or "{}")
+            if note.get("pid") and _alive(note["pid"]):
+                break
+            time.sleep(0.05)
+        if not note.get("pid"):
+            return "its details are not written yet"
+        return f"pid {note['pid']} on {note.get('host', '?')}, started {note.get('started', '?')}: {note.get('command', '?')}"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.remove(self.path)        # first remove, then unlock: see the samestat check in acquire
+        os.close(self.fd)
+        self.fd = None
+        if FolderLock.held.get(os.path.realpath(self.folder)) is self:
+            del FolderLock.held[os.path.realpath(self.folder)]
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True                     # exists but is not ours (EPERM), or a strange note: assume alive
+    return True
+
+
+# ---------------------------------------------------------------- the run object an example uses
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: ...)" after each flag, except where the default is None: those flags
+    say in their own words what happens when they are left out.
+
+    >>> p = argparse.ArgumentParser(formatter_class=td.runs.HelpFormatter)
+    >>> _ = p.add_argument("--T", type=int, default=1000, help="diffusion steps")
+    >>> "(default: 1000)" in p.format_help()
+    True
+    """
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+class Run:
+    """One run of an example: its flags, output folder, resume or refusal, training and files.
+
+        run = td.Run("toy2d", __doc__)          # adds --out (out/toy2d), --resume, --restart, --minutes, --checkpoint-every
+        run.run_flag("T", 1000, "diffusion steps", type=td.runs.positive_int)      # defines what is trained
+        run.eval_flag("sampler", "ddpm", "the sampler", choices=["ddpm", "ddim"])   # only what is computed from it
+        run.flag("no_gifs", False, "skip the animations")                           # neither (a bool: a switch)
+        args = run.parse()                      # a bad flag: one line, exit status 2
+        model = ...
+        run.start(model)                        # folder checked and locked, resume or refuse, evaluation tag
+        trainer = td.Trainer(..., checkpoint_path=run.checkpoint, config=run.config)
+        run.train(trainer)                      # --steps, or a --minutes budget; resumes; Ctrl-C, NaN: one line
+        run.save("samples.npy", samples)        # atomic; named samples.<tag>.npy when re-evaluated
+        td.viz.plot_samples(samples, data, run.path("samples.png"))
+        run.finish(metrics)                     # metrics.json, the list of files, the lock released
+
+    Run flags (``run_flag``, plus --steps and --minutes) define what is trained: a --resume
+    with another value is refused by name with both values. Evaluation flags (``eval_flag``)
+    only change what is computed from the trained model: a --resume with other values writes
+    its outputs under tagged names (grid.guidance-5.0.png), never over the run's own. Errors
+    are ``RunError``: one line, exit status 1. Uncaught Ctrl-C, NaN and failed writes after
+    ``start`` also end in one line that says what is kept (``explain``).
+
+    >>> import tempfile
+    >>> run = td.Run("demo", log=lambda line: None)
+    >>> run.run_flag("steps", 30, "training steps", type=td.runs.positive_int)
+    >>> run.eval_flag("sampler", "ddim", "the sampler", choices=["ddpm", "ddim"])
+    >>> args = run.parse(["--out", tempfile.mkdtemp()])
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> diffusion = td.make_diffusion("eps", td.cosine_beta_schedule(20))
+    >>> _ = run.start(model)
+    >>> trainer = td.Trainer(model, diffusion, td.data.make_dataset("8gaussians"), batch_size=16, log_every=0,
+    ...                      checkpoint_path=run.checkpoint, config=run.config)
+    >>> seconds = run.train(trainer)
+    >>> samples = td.sample(diffusion, model, (5, 2), np.random.default_rng(1), sampler=args.sampler)
+    >>> run.save("samples.npy", samples)
+    >>> sorted(os.listdir(args.out)), run.finish({"steps": trainer.step})
+    (['.run.lock', 'checkpoint.npz', 'samples.npy'], {'steps': 30})
+    >>> again = td.Run("demo", log=lambda line: None)
+    >>> again.run_flag("steps", 30, "training steps", type=td.runs.positive_int)
+    >>> again.eval_flag("sampler", "ddim", "the sampler", choices=["ddpm", "ddim"])
+    >>> _ = again.parse(["--out", args.out, "--steps", "40", "--resume"])
+    >>> again.start(model)                         # a run flag differs: refused by name, with both values
+    Traceback (most recent call last):
+    ...
+    tinydiff.runs.RunError: --resume: ... is a different run: --steps 40 (the checkpoint has 30). ...
+    """
+
+    active = None                       # the Run started last in this process (see run_example)
+
+    def __init__(self, name: str, doc: str | None = None, *, checkpoint_every: int | None = None,
+                 log=print):
+        self.name, self.log = name, log
+        self.parser = argparse.ArgumentParser(description=(doc or "").strip().split("\n\n")[0] or None,
+                                              formatter_class=HelpFormatter)
+        self.groups = {kind: self.parser.add_argument_group(title) for kind, title in (
+            ("run", "what is trained (--resume refuses other values)"),
+            ("eval", "what is computed from the trained model (--resume with other values: new file names)"),
+            ("other", "files and options"))}
+        self.run_flags, self.eval_flags = ["steps", "minutes"], []
+        files = self.groups["other"]
+        files.add_argument("--out", default=os.path.join("out", name), help="output folder")
+        again = files.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true",
+                           help="continue the run in OUT/checkpoint.npz, or re-evaluate a finished one")
+        again.add_argument("--restart", action="store_true",
+                           help="start a new run in OUT even though it holds one (its checkpoint is overwritten)")
+        files.add_argument("--checkpoint-every", type=positive_int, default=checkpoint_every,
+                           help="write OUT/checkpoint.npz every this many steps (and at the end)"
+                                + ("" if checkpoint_every else "; default: a quarter of --steps"))
+        self.groups["run"].add_argument("--minutes", type=positive_float, default=None,
+                                        help="train for this many minutes instead of --steps: the first steps "
+                                             "measure the speed, which sets the step count")
+        self.args, self.saved, self.tag, self.config, self.trainer, self.lock = None, None, "", {}, None, None
+        self.outputs: list = []
+        self.train_cpu_seconds = 0.0
+
+    # ------------------------------------------------------------ flags
+    def _add(self, kind, name, default, help, type=None, choices=None):
+        options = {"action": "store_true"} if default is False and type is None else {
+            "type": type or str, "default": default, "choices": choices}
+        if type is None and choices is None and not isinstance(default, (str, bool)):
+            raise TypeError(f"{flag(name)}: give a type= for a default of {default!r} (td.runs.positive_int, ...)")
+        self.groups[kind].add_argument(flag(name), help=help, **options)
+        if kind == "run" and name not in self.run_flags:
+            self.run_flags.append(name)
+        if kind == "eval":
+            self.eval_flags.append(name)
+
+    def run_flag(self, name: str, default, help: str, *, type=None, choices=None) -> None:
+        """A flag that defines what is trained (``name`` as in Python: "beta_start" is --beta-start)."""
+        self._add("run", name, default, help, type, choices)
+
+    def eval_flag(self, name: str, default, help: str, *, type=None, choices=None) -> None:
+        """A flag that only changes what is computed from the trained model."""
+        self._add("eval", name, default, help, type, choices)
+
+    def flag(self, name: str, default, help: str, *, type=None, choices=None) -> None:
+        """A flag that is neither (a data folder, a switch that skips pictures)."""
+        self._add("other", name, default, help, type, choices)
+
+    def parse(self, argv=None, check=None):
+        """Parse the command line (argv, or sys.argv; none in a notebook) and return the args.
+
+        check(args) may refuse flags that make no sense together by raising ValueError (its
+        message becomes argparse's one-line error, exit status 2), and may fill in values.
+        """
+        if argv is None:
+            from .progress import in_notebook
+            argv = [] if in_notebook() else sys.argv[1:]
+        self.typed = {word.split("=")[0] for word in argv if word.startswith("--")}
+        args = self.parser.parse_args(argv)
+        if check is not None:
+            try:
+                check(args)
+            except ValueError as err:
+                self.parser.error(str(err))
+        self.args = args
+        return args
+
+    # ------------------------------------------------------------ the folder, resume or refuse
+    def start(self, model=None, *, extra_bytes: int = 20_000_000, growable=()) -> "Run":
+        """Make the output folder ready and decide between a new run, a resume and a refusal.
+
+        Checks the folder (created, writable, room for two checkpoints of ``model`` plus
+        ``extra_bytes`` of pictures), locks it against a second run (``FolderLock``), removes
+        temporary files a killed run left, then reads the checkpoint: without --resume or
+        --restart an existing run is never overwritten; with --resume every run flag must
+        match (``growable`` names flags that may only grow, such as "steps" when the learning
+        rate does not depend on it). Sets ``checkpoint``, ``saved`` (the checkpoint's metadata
+        when resuming), ``config`` (saved in checkpoints) and ``tag`` (evaluation flags that
+        differ from the run's own: the outputs' names then carry it).
+        """
+        args = self.args
+        Run.active = self
+        need = (2 * checkpoint_bytes(model) if model is not None else 0) + extra_bytes
+        prepare_output_dir(args.out, need, clean=False)
+        self.lock = FolderLock(args.out).acquire()
+        try:
+            removed = remove_temporaries(args.out)
+            if removed:
+                self.log(f"removed {len(removed)} temporary file(s) left in {args.out} by a killed run: "
+                         f"{', '.join(removed)}")
+            self.checkpoint = os.path.join(args.out, "checkpoint.npz")
+            self.saved = read_run_config(self.checkpoint, resume=args.resume, restart=args.restart)
+            if self.saved is not None:
+                check_same_run(self.saved["config"], vars(args), self.run_flags, self.checkpoint, growable)
+        except RunError:
+            self.release()
+            raise
+        self.tag = evaluation_tag(self.saved and self.saved["config"], vars(args), self.eval_flags)
+        self.config = (dict(vars(args)) if self.saved is None
+                       else resumed_config(self.saved["config"], vars(args), growable))
+        if self.tag:
+            self.log(f"evaluating with other settings than the run's own: outputs are named *.{self.tag}.*")
+        if self._hook not in (sys.excepthook,):
+            self._previous_hook, sys.excepthook = sys.excepthook, self._hook
+        return self
+
+    # ------------------------------------------------------------ training
+    def train(self, trainer, *, warmup: int = 100) -> float:
+        """Train to --steps (or for a --minutes budget), resuming the saved run; returns the
+        wall-clock seconds (``train_cpu_seconds``: the process's CPU time). See
+        ``train_within_budget``; every error is one line (RunError) and the lock is released."""
+        self.trainer, cpu = trainer, time.process_time()
+        try:
+            seconds = train_within_budget(trainer, self.checkpoint, saved=self.saved, warmup=warmup, log=self.log,
+                                          steps=self.args.steps if self.args.minutes is None else None,
+                                          minutes=self.args.minutes)
+        except RunError:
+            self.release()
+            raise
+        self.train_cpu_seconds = time.process_time() - cpu
+        return seconds
+
+    # ------------------------------------------------------------ outputs
+    def path(self, name: str) -> str:
+        """OUT/name, or OUT/name with the evaluation tag (samples.sampler-ddim.png) on a re-evaluation."""
+        self.outputs.append(tagged(name, self.tag))
+        return os.path.join(self.args.out, tagged(name, self.tag))
+
+    def save(self, name: str, value) -> None:
+        """Write an array (name.npy) or a dict (name.json) atomically to ``path(name)``."""
+        path = self.path(name)
+        try:
+            with atomic_write(path) as f:
+                if name.endswith(".npy"):
+                    np.save(f, np.asarray(value), allow_pickle=False)
+                elif name.endswith(".json"):
+                    f.write(json.dumps(value, indent=2).encode())
+                else:
+                    raise ValueError(f"{name}: Run.save writes .npy arrays and .json dicts")
+        except OSError as err:
+            self.release()
+            raise RunError(self.explain(err)) from None
+
+    def explain(self, err) -> str | None:
+        """The one line a user sees for an error after ``start``, saying what is kept (None: not
+        an error of the run's own, shown as usual)."""
+        step = self.trainer.step if self.trainer is not None else None
+        kept = (f"the checkpoint holds step {step}" if step is not None else "no training was done")
+        if isinstance(err, KeyboardInterrupt):
+            return f"interrupted after training; {kept}: --resume writes the outputs again"
+        if isinstance(err, (NonFiniteError, CheckpointWriteError)):
+            return str(err)
+        if isinstance(err, OSError):
+            return (f"could not write the outputs in {self.args.out} ({err}); files already there are intact "
+                    f"and {kept}: --resume writes them again")
+        return None
+
+    def _hook(self, kind, err, traceback):
+        line = self.explain(err) if Run.active is self else None
+        self.release()
+        if line is None:
+            return self._previous_hook(kind, err, traceback)
+        print(line, file=sys.stderr)
+
+    def finish(self, metrics: dict) -> dict:
+        """Write metrics.json, say which files are in OUT, release the folder; returns metrics."""
+        self.save("metrics.json", metrics)
+        names = list(dict.fromkeys(self.outputs + ["checkpoint.npz"]))
+        self.log(f"wrote {os.path.abspath(self.args.out)}: {', '.join(names)}")
+        self.release()
+        return metrics
+
+    def release(self) -> None:
+        """Unlock the output folder (also done by finish, by every RunError and at exit)."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def target(text: str, goal: str, ok: bool, log=print) -> bool:
+    """Print one line of a run's targets, "text (target goal): ok" or "...: MISSED"; returns ok.
+
+    >>> td.runs.target("modes covered 8/8", "8/8", True)
+    modes covered 8/8 (target 8/8): ok
+    True
+    """
+    log(f"{text} (target {goal}): {'ok' if ok else 'MISSED'}")
+    return bool(ok)
+
+
+def run_example(path, argv=()) -> dict:
+    """Run an example script in this process, as ``python path *argv`` would, and return its
+    global names (``metrics``, ``args``, ``model``, ...): how tests and notebooks drive one.
+    An error after the run started ends in the RunError the command line would print.
+
+    >>> import tempfile
+    >>> script = os.path.join(tempfile.mkdtemp(), "hello.py")
+    >>> _ = open(script, "w").write("import sys; answer = len(sys.argv)")
+    >>> td.runs.run_example(script, ["--x", "1"])["answer"]
+    3
+    """
+    path = os.fspath(path)
+    argv_before, Run.active = sys.argv, None
+    sys.argv = [path, *map(str, argv)]
+    try:
+        return runpy.run_path(path, run_name="__main__")
+    except (KeyboardInterrupt, OSError, FloatingPointError) as err:
+        run = Run.active
+        line = run.explain(err) if run is not None else None
+        if line is None:
+            raise
+        raise RunError(line) from None
+    finally:
+        sys.argv = argv_before
+        if Run.active is not None:
+            Run.active.release()
+
+
 __all__ = ["RunError", "flag", "finite_float", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "open_unit", "decay_rate", "check_reaches_noise", "remove_temporaries", "prepare_output_dir",
+           "probability", "open_unit", "decay_rate", "check_reaches_noise", "check_chain", "remove_temporaries", "prepare_output_dir",
            "checkpoint_bytes", "read_run_config", "check_same_run", "resumed_config", "evaluation_tag",
-           "tagged", "train_within_budget", "load_trained"]
+           "tagged", "train_within_budget", "load_trained", "FolderLock", "HelpFormatter", "Run", "target",
+           "run_example"]

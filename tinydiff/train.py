@@ -200,44 +200,60 @@ class Trainer:
         self.saved_step: int | None = None
         self.losses: list[float] = []
         self.skipped: list[int] = []
+        self.skips_in_a_row = 0
         self.last_logs: dict = {}
         self.resumed_config: dict | None = None      # the config saved in the checkpoint, after resume()
 
     # ------------------------------------------------------------------ one step
-    def train_step(self) -> float:
-        """One optimisation step; returns the batch's loss.
+    def train_step(self) -> float | None:
+        """One optimisation step; returns the batch's loss (None for a skipped batch).
 
-        The loss and the gradients are checked before the update, so a NaN never reaches the
-        weights: see the module docstring (NonFiniteError, skip_nonfinite).
+        For a diffusion model this is DDPM Algorithm 1, lines 2-5 (the loss, ``DiffusionLoss``,
+        draws t and eps and computes ||eps - eps_theta(x_t, t)||^2; tinydiff/objectives.py).
         """
-        for _ in range(MAX_SKIPS_IN_A_ROW):
-            batch = self.sample_batch(self.rng, self.batch_size)
-            self.optimizer.zero_grad()
-            loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)
-            value = float(loss.item())
-            loss.backward()
-            if self.grad_clip is not None:
-                grad_norm = clip_grad_norm(self.params, self.grad_clip)      # the norm before clipping
-            else:
-                grad_norm = math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in self.params
-                                          if p.grad is not None))
-            if math.isfinite(value) and math.isfinite(grad_norm):
-                break
-            report = self._nonfinite_report(value, grad_norm, batch)
-            if not self.skip_nonfinite:
-                raise NonFiniteError(report + "; lower the learning rate, keep grad_clip on, or pass "
-                                     "skip_nonfinite=True to skip such steps")
-            self.skipped.append(self.step + 1)
-            self.log(f"skipped: {report}")
-        else:
-            raise NonFiniteError(f"{MAX_SKIPS_IN_A_ROW} steps in a row were not finite (skip_nonfinite=True); "
-                                 f"the last: {report}")
-        self.optimizer.step()
-        self.warmup.step()                      # sets the next step's learning rate
-        self.ema.update()
+        batch = self.sample_batch(self.rng, self.batch_size)              # x_0 ~ q(x_0) (with its labels)
+        self.optimizer.zero_grad()
+        loss, self.last_logs = self.loss_fn(self.model, batch, self.rng)  # t ~ U{1..T}, eps ~ N(0, I), the loss
+        loss.backward()                                                   # d loss / d theta for every parameter
+        grad_norm = self.clip_gradients()                                 # the norm before clipping
+        value = float(loss.item())
+        if not self.finite_or_skipped(value, grad_norm, batch):           # a NaN never reaches the weights
+            return None
+        self.optimizer.step()                                             # AdamW on the gradients
+        self.warmup.step()                                                # sets the next step's learning rate
+        self.ema.update()                                                 # theta_ema <- d theta_ema + (1 - d) theta
         self.step += 1
         self.losses.append(value)
         return value
+
+    def clip_gradients(self) -> float:
+        """Scale the gradients down to norm ``grad_clip`` (None: leave them); returns their norm before."""
+        if self.grad_clip is not None:
+            return clip_grad_norm(self.params, self.grad_clip)
+        return math.sqrt(sum(float(np.vdot(p.grad, p.grad)) for p in self.params if p.grad is not None))
+
+    def finite_or_skipped(self, value: float, grad_norm: float, batch) -> bool:
+        """True when the loss and the gradient norm are finite: the step may update the weights.
+
+        Otherwise raise NonFiniteError naming the step, the terms and the parameter, or, with
+        ``skip_nonfinite``, log the skipped batch and return False (the next call of
+        ``train_step`` takes the same step on the next batch); ``MAX_SKIPS_IN_A_ROW`` skips in a
+        row raise NonFiniteError.
+        """
+        if math.isfinite(value) and math.isfinite(grad_norm):
+            self.skips_in_a_row = 0
+            return True
+        report = self._nonfinite_report(value, grad_norm, batch)
+        if not self.skip_nonfinite:
+            raise NonFiniteError(report + "; lower the learning rate, keep grad_clip on, or pass "
+                                 "skip_nonfinite=True to skip such steps")
+        self.skips_in_a_row += 1
+        if self.skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+            raise NonFiniteError(f"{MAX_SKIPS_IN_A_ROW} steps in a row were not finite (skip_nonfinite=True); "
+                                 f"the last: {report}")
+        self.skipped.append(self.step + 1)
+        self.log(f"skipped: {report}")
+        return False
 
     def _nonfinite_report(self, value, grad_norm, batch) -> str:
         """One line saying what is not finite at the step being taken."""
@@ -286,7 +302,8 @@ class Trainer:
                     progress.total = steps                          # its last line says where it stopped
             if progress is not None:
                 progress.update(self.step, loss=float(np.mean(self.losses[-self.log_every:])))
-            if self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0:
+            if (self.checkpoint_path and self.checkpoint_every and self.step % self.checkpoint_every == 0
+                    and self.saved_step != self.step):              # not again after a skipped batch
                 self.save(self.checkpoint_path)
         if self.checkpoint_path and self.saved_step != self.step:     # nothing new: keep the file as it is
             self.save(self.checkpoint_path)

@@ -1,0 +1,145 @@
+"""Recipes the examples share, so that no example imports another.
+
+    mnist_model(config)          the diffusion and UNet of examples/mnist.py (its default run
+                                 with no config): the model editing and latent diffusion compare with
+    mnist_trainer(...)           the Trainer of that run: AdamW 2e-3 warmed up and cosine-decayed,
+                                 EMA 0.999 with warm-up, labels dropped 10% of the time
+    load_mnist_run(checkpoint)   a trained mnist.py run's diffusion and model (EMA weights), rebuilt
+                                 from the flags saved in its checkpoint
+    mnist_flags(run)             --data-dir, --no-download, --train-limit on a td.Run
+    mnist_digits(args, split)    MNIST as the model sees it ([N, 1, 28, 28] in [-1, 1]) with its
+                                 labels; a missing or broken file is one line (RunError)
+
+The trained scorer that reads generated digits is ``td.scorer.DigitScorer.load()``. The
+lessons that use these (docs/mnist.md, docs/editing.md, docs/vae-and-latent.md) show what
+each builds; a config is anything with the flags as attributes (argparse's Namespace, the
+SimpleNamespace ``runs.load_trained`` makes from a checkpoint) or a dict.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from .data import load_mnist, to_model_space
+from .models import UNet
+from .objectives import DiffusionLoss, make_diffusion
+from .runs import RunError, load_trained, positive_int
+from .schedules import cosine_beta_schedule, linear_beta_schedule
+from .train import Trainer
+
+# examples/mnist.py's default run (docs/mnist.md): 2,000 steps, ~98.8% read as the digit asked for.
+MNIST_DEFAULTS = dict(width=16, mults=(1, 2, 2), T=1000, schedule="cosine", objective="eps", weighting="min_snr",
+                      unconditional=False, seed=0, steps=2000, batch=64, lr=2e-3, ema=0.999, label_dropout=0.1)
+
+
+def _settings(config, **overrides) -> SimpleNamespace:
+    """MNIST_DEFAULTS, then the config's values (a namespace or a dict), then the overrides."""
+    given = config if isinstance(config, dict) else vars(config) if config is not None else {}
+    return SimpleNamespace(**{**MNIST_DEFAULTS, **{k: v for k, v in given.items() if k in MNIST_DEFAULTS},
+                              **overrides})
+
+
+def mnist_betas(T: int = 1000, schedule: str = "cosine") -> np.ndarray:
+    """The schedule of an MNIST run, float64 [T]: cosine (Nichol & Dhariwal 2021 eq. 17) or DDPM's linear.
+
+    >>> td.recipes.mnist_betas(1000).shape
+    (1000,)
+    """
+    if schedule not in ("cosine", "linear"):
+        raise ValueError(f"schedule: expected 'cosine' or 'linear', got {schedule!r}")
+    return cosine_beta_schedule(T) if schedule == "cosine" else linear_beta_schedule(T)
+
+
+def mnist_model(config=None, **overrides):
+    """(diffusion, model): examples/mnist.py's GaussianDiffusion and class-conditional UNet.
+
+    The diffusion: ``make_diffusion(objective, betas, decoder_nll="discretized",
+    mse_weighting=weighting)``; the UNet: ``UNet(base_channels=width, channel_mults=mults,
+    num_classes=10 (None if unconditional), learned_variance=...)`` with weights drawn from
+    ``default_rng(seed)``. Missing settings are the default run's (MNIST_DEFAULTS).
+
+    >>> diffusion, model = td.recipes.mnist_model()            # the default run's model, untrained
+    >>> model.num_parameters(), diffusion.num_timesteps
+    (147665, 1000)
+    """
+    s = _settings(config, **overrides)
+    diffusion = make_diffusion(s.objective, mnist_betas(s.T, s.schedule), decoder_nll="discretized",
+                               mse_weighting=s.weighting)
+    model = UNet(base_channels=s.width, channel_mults=tuple(s.mults), num_classes=None if s.unconditional else 10,
+                 learned_variance=diffusion.learned_variance, rng=np.random.default_rng(s.seed))
+    return diffusion, model
+
+
+def mnist_trainer(diffusion, model, images, labels, settings=None, **trainer_options) -> Trainer:
+    """The Trainer of an mnist.py run: batches of images [N, 1, 28, 28] in [-1, 1] with their
+    labels (none if unconditional), labels dropped to null with probability label_dropout
+    (classifier-free guidance), AdamW at lr warmed up over min(100, steps / 10) steps and
+    cosine-decayed to 0 at ``steps``, EMA with warm-up. ``settings``: the run's flags (a namespace
+    or a dict; missing ones are MNIST_DEFAULTS). ``trainer_options`` (checkpoint_path,
+    checkpoint_every, config, log_every, ...) go to the Trainer.
+
+    >>> diffusion, model = td.recipes.mnist_model(width=8, T=50)
+    >>> x = np.zeros((20, 1, 28, 28), np.float32)
+    >>> trainer = td.recipes.mnist_trainer(diffusion, model, x, np.arange(20) % 10, {"steps": 2}, log_every=0)
+    >>> len(trainer.train(2))
+    2
+    """
+    s = _settings(settings)
+    data = images if s.unconditional else (images, labels)
+    options = dict(batch_size=s.batch, lr=s.lr, warmup_steps=min(100, s.steps // 10), lr_decay_steps=s.steps,
+                   ema_decay=s.ema, ema_warmup=True, seed=s.seed, log_every=50)
+    loss = DiffusionLoss(diffusion, label_dropout=0.0 if s.unconditional else s.label_dropout)
+    return Trainer(model, loss, data, **{**options, **trainer_options})
+
+
+def load_mnist_run(checkpoint, *, weights: str = "ema", name: str = "--checkpoint"):
+    """(diffusion, model, meta) of a trained examples/mnist.py run, from its checkpoint.npz:
+    ``runs.load_trained`` with ``mnist_model`` as the builder (meta["config"]: the run's flags).
+
+    >>> td.recipes.load_mnist_run("no/such/checkpoint.npz")
+    Traceback (most recent call last):
+    ...
+    tinydiff.runs.RunError: --checkpoint no/such/checkpoint.npz: there is no checkpoint there
+    """
+    return load_trained(checkpoint, mnist_model, weights=weights, name=name)
+
+
+def mnist_flags(run) -> None:
+    """Add the MNIST data flags to a td.Run: --data-dir, --no-download, --train-limit (a run flag).
+
+    >>> run = td.Run("demo")
+    >>> td.recipes.mnist_flags(run)
+    >>> args = run.parse(["--train-limit", "300", "--no-download"])
+    >>> args.train_limit, args.no_download, args.data_dir
+    (300, True, None)
+    """
+    run.flag("data_dir", None, "folder with the MNIST files (default: $TINYDIFF_DATA/mnist or "
+                               "~/.cache/tinydiff/mnist)", type=str)
+    run.flag("no_download", False, "never download MNIST; fail if it is missing")
+    run.run_flag("train_limit", None, "use only the first N training digits", type=positive_int)
+
+
+def mnist_digits(args, split: str = "train", limit: int | None = None, model_space: bool = True):
+    """(x [N, 1, 28, 28] float32 in [-1, 1], labels int64 [N]) of MNIST's ``split``, read as the
+    flags of ``mnist_flags`` say (the train split: the first --train-limit digits); with
+    ``model_space=False`` the images as stored (uint8 [N, 28, 28]). A missing, undownloadable or
+    corrupt file is a RunError naming it.
+
+    >>> from types import SimpleNamespace
+    >>> td.recipes.mnist_digits(SimpleNamespace(data_dir="/no/such/folder", no_download=True, train_limit=None))
+    Traceback (most recent call last):
+    ...
+    tinydiff.runs.RunError: MNIST: ...
+    """
+    if split == "train" and limit is None:
+        limit = getattr(args, "train_limit", None)
+    try:
+        images, labels = load_mnist(split, args.data_dir, download=not args.no_download, limit=limit)
+    except (OSError, ValueError) as err:          # missing files, no network, a corrupt file: one line
+        raise RunError(f"MNIST: {err}") from None
+    return (to_model_space(images) if model_space else images), labels
+
+
+__all__ = ["MNIST_DEFAULTS", "mnist_betas", "mnist_model", "mnist_trainer", "load_mnist_run", "mnist_flags",
+           "mnist_digits"]
