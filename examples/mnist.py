@@ -162,10 +162,10 @@ if conditional:
 # trajectory[i]: the state after i of the K steps; frame i in 1..K-1 sits at timestep_map[K - 1 - i]
 chain_t, K = td.respace(diffusion, args.sample_steps).timestep_map, len(trajectory) - 1
 frames = np.unique(np.round(np.linspace(0, K, 9)).astype(int))
-td.images.plot_image_rows([td.data.from_model_space(trajectory[frames, k, 0]) for k in range(trajectory.shape[1])],
-                          run.path("trajectory.png"), row_labels=[f"y = {k}" for k in range(0, 10, 2)] if conditional
-                          else None, col_labels=["noise" if f == 0 else "x_0" if f == K else f"t = {chain_t[K - 1 - f]}"
-                                                 for f in frames],
+names = ["noise" if f == 0 else "x_0" if f == K else f"t = {chain_t[K - 1 - f]}" for f in frames]
+rows = [td.data.from_model_space(trajectory[frames, k, 0]) for k in range(trajectory.shape[1])]
+td.images.plot_image_rows(rows, run.path("trajectory.png"), col_labels=names,
+                          row_labels=[f"y = {k}" for k in range(0, 10, 2)] if conditional else None,
                           title=f"denoising: {args.sampler}, {args.sample_steps} of {args.T} steps")
 
 # %% The scores, and one line per target of the default run (docs/mnist.md)

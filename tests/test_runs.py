@@ -195,3 +195,37 @@ def test_a_stale_note_of_a_dead_run_does_not_block_and_one_process_takes_its_own
     assert first.fd is None and second.fd is not None
     second.release()
     assert os.listdir(tmp_path) == []
+
+
+SCRIPT = """
+import numpy as np
+import tinydiff as td
+run = td.Run("demo")
+run.run_flag("steps", 3, "training steps", type=td.runs.positive_int)
+args = run.parse()
+model = td.models.ToyMLP(hidden=8, rng=np.random.default_rng(0))
+run.start(model)
+trainer = td.Trainer(model, td.make_diffusion("eps", td.cosine_beta_schedule(10)), td.data.make_dataset("moons"),
+                     batch_size=8, log_every=0, checkpoint_path=run.checkpoint, config=run.config)
+run.train(trainer)
+raise {error}
+"""
+
+
+@pytest.mark.parametrize("error, line", [
+    ("KeyboardInterrupt", "interrupted after training; the checkpoint holds step 3: --resume writes the outputs again"),
+    ("OSError(28, 'No space left on device')", "could not write the outputs in {out} ([Errno 28] No space left on "
+                                               "device); files already there are intact and the checkpoint holds "
+                                               "step 3: --resume writes them again")])
+def test_an_uncaught_error_after_start_ends_in_one_line_saying_what_is_kept(tmp_path, error, line):
+    """The command line (a sys.excepthook the Run installs) and run_example (tests, notebooks) say the same."""
+    script, out = tmp_path / "demo.py", tmp_path / "out"
+    script.write_text(SCRIPT.format(error=error))
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and done.stderr.strip() == line.format(out=out)          # no traceback
+    assert not (out / ".run.lock").exists()
+    with pytest.raises(runs.RunError) as info:
+        runs.run_example(script, ["--out", str(out), "--resume"])
+    assert str(info.value) == line.format(out=out) and not (out / ".run.lock").exists()

@@ -1,15 +1,22 @@
-"""Runs that survive their users: the checks an example script makes around training.
+"""Runs that survive their users: everything an example does around its lesson.
 
-Learners kill runs, fill disks, mistype flags and resume with other settings. With these
-helpers every such case ends in one line that names what was wrong, and nothing the user
-already has is overwritten or lost:
+An example uses one object, ``td.Run`` (below), in a few lines: it declares the flags, checks
+them, prepares and locks the output folder, resumes or refuses, trains, and writes the
+outputs. Learners kill runs, fill disks, mistype flags, resume with other settings and start
+a second run into a folder in use; every such case ends in one line that names what was
+wrong, and nothing the user already has is overwritten or lost:
 
+    Run(name, doc)     the run object: run_flag / eval_flag / flag, parse, start, train, path,
+                       save, finish (see its docstring; run_example runs a script in-process)
+    FolderLock(folder) one run per output folder: fcntl.flock on OUT/.run.lock, which the
+                       kernel drops when the process dies, so a killed run never leaves it stuck
     argparse types     positive_int, nonnegative_int, finite_float, positive_float,
                        nonnegative_float, probability, open_unit, decay_rate:
                        ``type=positive_int`` makes ``--steps 0``
                        fail while parsing, in one line, before any work is done.
-    check_reaches_noise(betas)
-                       refuse a schedule whose last step is still mostly data (--T 1).
+    check_reaches_noise(betas), check_chain(betas, args)
+                       refuse a schedule whose last step is still mostly data (--T 1), and
+                       --sample-steps above --T.
     prepare_output_dir(folder, need_bytes)
                        create the output folder, prove it writable, check the free space,
                        and remove temporary files a killed run left behind.
@@ -26,12 +33,12 @@ already has is overwritten or lost:
                        their outputs get new names (samples.sampler-ddim.png), so the
                        original run's samples.png and metrics.json are never overwritten.
     train_within_budget(trainer, checkpoint, steps=, minutes=, saved=)
-                       train a new run for a time budget (the first steps measure the
-                       speed, which fixes the step count and the learning-rate decay), or
-                       finish a resumed one; Ctrl-C and NaNs end in one line.
+                       train a fixed number of steps, or for a time budget (the first steps
+                       measure the speed, which fixes the step count and the learning-rate
+                       decay), or finish a resumed run; Ctrl-C and NaNs end in one line.
     load_trained(checkpoint, build)
                        rebuild a finished run's diffusion and model, with its averaged (EMA)
-                       weights, from its checkpoint: how one example uses another's model.
+                       weights, from its checkpoint (td.recipes.load_mnist_run uses it).
 
 A script sorts its flags into three kinds: *run flags* define what is trained (T, the
 schedule, the data, the objective, the width, the seed, the batch, the learning rate);
@@ -521,12 +528,13 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
             raise RunError(str(err)) from None
         steps = steps or int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
         log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
-    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed
-        trainer.train(5)
-        mid = time.perf_counter()
-        trainer.train(15)
-        rate = 10 / (time.perf_counter() - mid)
+    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed, within the budget
         budget = minutes * 60
+        trainer.train(5, max_seconds=budget)
+        mid, done = time.perf_counter(), trainer.step
+        trainer.train(15, max_seconds=budget - (mid - begin))
+        now = time.perf_counter()
+        rate = (trainer.step - done) / (now - mid) if trainer.step > done else trainer.step / (now - begin)
         steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
         log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
             "(training stops at the budget if the machine slows down)")
@@ -564,7 +572,7 @@ def load_trained(checkpoint, build, *, weights: str = "ema", name: str = "--chec
     last step. Raises RunError, one line naming the file, when it is missing, unreadable, not
     a run's checkpoint, or does not fit what ``build`` makes (another example's file).
 
-        diffusion, model, meta = td.runs.load_trained("out/mnist/checkpoint.npz", mnist.build)
+        diffusion, model, meta = td.runs.load_trained("out/mnist/checkpoint.npz", td.recipes.mnist_model)
 
     >>> import os, tempfile
     >>> from types import SimpleNamespace
@@ -869,8 +877,9 @@ class Run:
                        else resumed_config(self.saved["config"], vars(args), growable))
         if self.tag:
             self.log(f"evaluating with other settings than the run's own: outputs are named *.{self.tag}.*")
-        if self._hook not in (sys.excepthook,):
-            self._previous_hook, sys.excepthook = sys.excepthook, self._hook
+        if sys.excepthook is not _one_line_excepthook:       # once per process; it asks Run.active
+            global _previous_excepthook
+            _previous_excepthook, sys.excepthook = sys.excepthook, _one_line_excepthook
         return self
 
     # ------------------------------------------------------------ training
@@ -913,23 +922,18 @@ class Run:
     def explain(self, err) -> str | None:
         """The one line a user sees for an error after ``start``, saying what is kept (None: not
         an error of the run's own, shown as usual)."""
-        step = self.trainer.step if self.trainer is not None else None
-        kept = (f"the checkpoint holds step {step}" if step is not None else "no training was done")
+        if self.trainer is None:
+            when, kept = "before training", "nothing was trained or written"
+        else:
+            when, kept = "after training", f"the checkpoint holds step {self.trainer.step}"
         if isinstance(err, KeyboardInterrupt):
-            return f"interrupted after training; {kept}: --resume writes the outputs again"
+            return f"interrupted {when}; {kept}" + (": --resume writes the outputs again" if self.trainer else "")
         if isinstance(err, (NonFiniteError, CheckpointWriteError)):
             return str(err)
         if isinstance(err, OSError):
-            return (f"could not write the outputs in {self.args.out} ({err}); files already there are intact "
-                    f"and {kept}: --resume writes them again")
+            return (f"could not write the outputs in {self.args.out} ({err}); files already there are intact"
+                    + (f" and {kept}: --resume writes them again" if self.trainer else ""))
         return None
-
-    def _hook(self, kind, err, traceback):
-        line = self.explain(err) if Run.active is self else None
-        self.release()
-        if line is None:
-            return self._previous_hook(kind, err, traceback)
-        print(line, file=sys.stderr)
 
     def finish(self, metrics: dict) -> dict:
         """Write metrics.json, say which files are in OUT, release the folder; returns metrics."""
@@ -943,6 +947,20 @@ class Run:
         """Unlock the output folder (also done by finish, by every RunError and at exit)."""
         if self.lock is not None:
             self.lock.release()
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _one_line_excepthook(kind, err, traceback):
+    """sys.excepthook after a Run started: its errors in one line (Run.explain), others as usual."""
+    run = Run.active
+    line = run.explain(err) if run is not None else None
+    if run is not None:
+        run.release()
+    if line is None:
+        return _previous_excepthook(kind, err, traceback)
+    print(line, file=sys.stderr)
 
 
 def target(text: str, goal: str, ok: bool, log=print) -> bool:
