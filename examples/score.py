@@ -25,45 +25,49 @@ Run (about a minute on 2 idle cores), or open as a notebook (`# %%` cells):
 The course page: docs/score.md.
 """
 # %%
-import argparse
-import json
-import os
-import sys
-
 import numpy as np
 
 import tinydiff as td
 
 # %% Settings: each one is a flag of the script; in a notebook, edit them here
-p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-p.add_argument("--steps", type=td.runs.positive_int, default=4000, help="training steps (default: 4000)")
-p.add_argument("--batch", type=td.runs.positive_int, default=512, help="batch size (default: 512)")
-p.add_argument("--hidden", type=td.runs.positive_int, default=256, help="width of ToyMLP's layers (default: 256)")
-p.add_argument("--T", type=td.runs.positive_int, default=1000, help="diffusion steps, linear betas (default: 1000)")
-p.add_argument("--langevin-levels", type=td.runs.positive_int, default=100, help="noise levels of Langevin (default: 100)")
-p.add_argument("--langevin-steps", type=td.runs.positive_int, default=10, help="Langevin moves per level (default: 10)")
-p.add_argument("--n-eval", type=td.runs.positive_int, default=2000, help="points per t and samples (default: 2000)")
-p.add_argument("--seed", type=td.runs.nonnegative_int, default=0, help="seed of every random draw (default: 0)")
-p.add_argument("--out", default=os.path.join("out", "score"), help="output folder (default: out/score)")
-args = p.parse_args([] if "ipykernel" in sys.modules else None)
+run, R = td.Run("score", __doc__), td.runs
+run.run_flag("steps", 4000, "training steps", type=R.positive_int)
+run.run_flag("batch", 512, "batch size", type=R.positive_int)
+run.run_flag("hidden", 256, "width of ToyMLP's hidden layers", type=R.positive_int)
+run.run_flag("T", 1000, "number of diffusion steps (linear betas 1e-4..0.02)", type=R.positive_int)
+run.run_flag("seed", 0, "seed of every random draw", type=R.nonnegative_int)
+run.eval_flag("langevin_levels", 100, "noise levels of annealed Langevin, spaced evenly over the T steps",
+              type=R.positive_int)
+run.eval_flag("langevin_steps", 10, "Langevin moves per noise level", type=R.positive_int)
+run.eval_flag("n_eval", 2000, "points per t for the score error, and samples per sampler", type=R.positive_int)
 SHOW_T = (1, 10, 50, 200, 600)                                          # the papers' t of the arrow panels
-if args.T < max(SHOW_T) or args.langevin_levels > args.T:
-    p.error(f"--T must be >= {max(SHOW_T)} and >= --langevin-levels, got {args.T} and {args.langevin_levels}")
-os.makedirs(args.out, exist_ok=True)
+
+
+def check(args):
+    if args.T < max(SHOW_T) or args.langevin_levels > args.T:
+        raise ValueError(f"--T must be >= {max(SHOW_T)} and >= --langevin-levels, got {args.T} and "
+                         f"{args.langevin_levels}")
+
+
+args = run.parse(check=check)
 
 # %% [markdown]
 # ## Train an eps-network (DDPM Algorithm 1)
 # The loss ||eps - eps_theta(x_t, t)||^2 is denoising score matching in disguise (Vincent 2011).
-# `td.Trainer` runs the loop quickstart.py writes out, with a short warm-up, a cosine decay of
-# the learning rate and an exponential moving average (EMA) of the weights, which we evaluate.
+# `td.Trainer.train_step` is the loop quickstart.py writes out, with a short warm-up, a cosine
+# decay of the learning rate, an exponential moving average (EMA) of the weights, which we
+# evaluate, and checkpoints (`--resume` re-evaluates a finished run with other Langevin settings).
 
 # %%
 data = td.data.make_dataset("8gaussians")
 diffusion = td.make_diffusion("eps", td.linear_beta_schedule(args.T))
 model = td.models.ToyMLP(hidden=args.hidden, rng=np.random.default_rng(args.seed))
+run.start(model)
 trainer = td.Trainer(model, diffusion, data, batch_size=args.batch, lr=2e-3, warmup_steps=min(200, args.steps // 10),
-                     lr_decay_steps=args.steps, ema_decay=0.995, seed=args.seed, log_every=max(1, args.steps // 10))
-trainer.train(args.steps)
+                     lr_decay_steps=args.steps, ema_decay=0.995, seed=args.seed, log_every=max(1, args.steps // 10),
+                     checkpoint_path=run.checkpoint, checkpoint_every=args.checkpoint_every or max(1, args.steps // 4),
+                     config=run.config)
+run.train(trainer, warmup=200)
 trainer.ema.copy_to(model)                                              # evaluate the averaged weights
 
 
@@ -127,7 +131,7 @@ ax.set(xscale="log", yscale="log", xlabel="diffusion step t (log scale)")
 ax.set_title(rf"mean squared score error over $x_t \sim q(x_t)$, {args.n_eval:,} points per t", fontsize=11)
 ax.grid(True, alpha=0.25, linewidth=0.5)
 ax.legend(fontsize=9, frameon=False)
-td.viz.save(fig, os.path.join(args.out, "score.png"))
+td.viz.save(fig, run.path("score.png"))
 
 # %% [markdown]
 # ## Two samplers on one score
@@ -150,7 +154,7 @@ for (sampler, name), x in samples.items():
                                      "mode_coverage": int(td.metrics.mode_coverage(x, data.means, data.std)),
                                      "mode_precision": float(td.metrics.mode_precision(x, data.means, data.std))}
 td.viz.plot_samples(samples["langevin", "network"], samples["ancestral", "network"],
-                    os.path.join(args.out, "samples.png"), names=("ancestral (DDPM)", "annealed Langevin"),
+                    run.path("samples.png"), names=("ancestral (DDPM)", "annealed Langevin"),
                     title=f"one eps-network, two samplers (Langevin: {args.langevin_levels} noise levels x "
                           f"{args.langevin_steps} moves)")
 
@@ -163,15 +167,13 @@ metrics = {"steps": args.steps, "T": args.T, "langevin_levels": args.langevin_le
            "true_score_size_per_t": {str(t + 1): s for t, s in zip(ts, scale)}, "samplers": results,
            "held_out_energy_distance": td.metrics.energy_distance(data.sample(args.n_eval, rng), fresh)}
 net = results["ancestral, network"]
-metrics["ok"] = net["mode_coverage"] == 8 and net["mode_precision"] >= 0.9
-with td.checkpoint.atomic_write(os.path.join(args.out, "metrics.json")) as f:
-    f.write(json.dumps(metrics, indent=2).encode())
-print(f"\nwrote {os.path.abspath(args.out)}: score.png, samples.png, metrics.json")
 print("score error relative to its size, E||s_theta - s||^2 / E||s||^2: " +
       ", ".join(f"{e / s:.2g} at t = {t + 1}" for e, s, t in list(zip(errors, scale, ts))[::6]))
 print(f"{'sampler, score':<28} {'energy dist.':>12} {'modes':>6} {'precision':>10}   "
       f"(two samples of the data itself: energy distance {metrics['held_out_energy_distance']:.4f})")
 for name, m in results.items():
     print(f"{name:<28} {m['energy_distance']:>12.4f} {m['mode_coverage']:>4}/8 {m['mode_precision']:>10.3f}")
-print(f"ancestral samples from the network: {net['mode_coverage']}/8 modes, precision {net['mode_precision']:.3f} "
-      f"(target 8/8 and >= 0.9): {'ok' if metrics['ok'] else 'MISSED'}")
+metrics["ok"] = R.target(f"ancestral samples from the network: {net['mode_coverage']}/8 modes, precision "
+                         f"{net['mode_precision']:.3f}", "8/8 and >= 0.9", net["mode_coverage"] == 8 and
+                         net["mode_precision"] >= 0.9)
+run.finish(metrics)

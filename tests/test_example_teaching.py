@@ -4,12 +4,11 @@ lesson opens as a notebook; and the README's quickstart typed as a teacher would
 interpreter.
 
 The lessons are top-level code in `# %%` cells (no main()), so a test runs one as the command
-line does, in this process: runpy with sys.argv set, and reads what it computed from the
-module's globals."""
+line does, in this process (td.runs.run_example: runpy with sys.argv set), and reads what it
+computed from the module's globals."""
 import json
 import os
 import re
-import runpy
 import subprocess
 import sys
 
@@ -17,19 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tinydiff as td
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 LESSONS = ["quickstart", "forward_process", "basics", "score"]
 
 
 def run_example(name, argv):
     """Run examples/<name>.py with these flags, as `python examples/<name>.py ARGV` would; its globals."""
-    path = os.path.join(ROOT, "examples", f"{name}.py")
-    saved = sys.argv
-    sys.argv = [path] + [str(a) for a in argv]
-    try:
-        return runpy.run_path(path, run_name="__main__")
-    finally:
-        sys.argv = saved
+    return td.runs.run_example(os.path.join(ROOT, "examples", f"{name}.py"), argv)
 
 
 def pictures_ok(folder, names):
