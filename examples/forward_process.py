@@ -34,12 +34,12 @@ import tinydiff as td
 # %% Settings: each one is a flag of the script; in a notebook, edit them here
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("image", nargs="?", default=None, help="a photo to noise; without it, a generated test picture")
-p.add_argument("--size", type=td.runs.positive_int, default=128, help="side of the square photo in pixels (default: 128)")
+p.add_argument("--size", type=td.runs.positive_int, default=128, help="side of the square photo (default: 128)")
 p.add_argument("--T", type=td.runs.positive_int, default=1000, help="number of diffusion steps (default: 1000)")
 p.add_argument("--schedule", default="linear", choices=["linear", "cosine"],
                help="beta_t: DDPM's linear 1e-4..0.02 or Nichol & Dhariwal's cosine (default: linear)")
 p.add_argument("--seed", type=td.runs.nonnegative_int, default=0, help="seed of the noise (default: 0)")
-p.add_argument("--out", default=os.path.join("out", "forward_process"), help="output folder (default: out/forward_process)")
+p.add_argument("--out", default=os.path.join("out", "forward_process"), help="output folder (default: %(default)s)")
 args = p.parse_args([] if "ipykernel" in sys.modules else None)
 if args.size < 2 or args.T < 2:
     p.error(f"--size and --T must be >= 2, got {args.size} and {args.T}")
@@ -76,8 +76,9 @@ def load_photo(path, size):
     try:
         with Image.open(path) as im:
             side = min(im.size)
-            box = ((im.size[0] - side) // 2, (im.size[1] - side) // 2, (im.size[0] + side) // 2, (im.size[1] + side) // 2)
-            return np.asarray(im.convert("RGB").crop(box).resize((size, size), Image.Resampling.LANCZOS))
+            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2                       # the centre square
+            square = im.convert("RGB").crop((left, top, left + side, top + side))
+            return np.asarray(square.resize((size, size), Image.Resampling.LANCZOS))
     except OSError as err:
         raise td.runs.RunError(f"photo {path}: {err}") from None
 
@@ -127,7 +128,7 @@ grid = top.subplots(2, len(SHOW_T))
 for row, route in enumerate(shown):
     for col, (t, image) in enumerate(zip(SHOW_T, shown[route])):
         grid[row, col].imshow(np.clip((image.transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0), interpolation="nearest")
-        grid[row, col].set(xticks=[], yticks=[], title=(f"t = {t}" + (" ($x_0$)" if t == 0 else "")) if row == 0 else "")
+        grid[row, col].set(xticks=[], yticks=[], title=(f"t = {t}" + " ($x_0$)" * (t == 0)) if row == 0 else "")
 grid[0, 0].set_ylabel("step by step:\n$q(x_t \\mid x_{t-1})$, t times", fontsize=11)
 grid[1, 0].set_ylabel("one jump:\n$q(x_t \\mid x_0)$", fontsize=11)
 top.suptitle(f"the forward process on {source}: two routes to the same distribution of $x_t$", fontsize=13)
@@ -176,14 +177,17 @@ metrics = {"image": source, "size": args.size, "T": args.T, "schedule": args.sch
 for route, s in stats.items():
     metrics[f"{route.replace(' ', '_')}_slope_max_se"] = float(np.max(np.abs(s[:, 0] - np.sqrt(ab)) / slope_se))
     metrics[f"{route.replace(' ', '_')}_noise_max_se"] = float(np.max(np.abs(s[:, 1] - (1 - ab)) / noise_se))
-metrics["ok"] = all(metrics[f"{r}_{k}_max_se"] <= BOUND for r in ("step_by_step", "one_jump") for k in ("slope", "noise"))
+metrics["ok"] = all(metrics[f"{r}_{k}_max_se"] <= BOUND for r in ("step_by_step", "one_jump")
+                    for k in ("slope", "noise"))
 with td.checkpoint.atomic_write(os.path.join(args.out, "metrics.json")) as f:
     f.write(json.dumps(metrics, indent=2).encode())
 print(f"\nwrote {os.path.abspath(args.out)}: forward.png, schedules.png, metrics.json")
 for route in stats:
-    slope, noise = metrics[f"{route.replace(' ', '_')}_slope_max_se"], metrics[f"{route.replace(' ', '_')}_noise_max_se"]
+    key = route.replace(" ", "_")
+    slope, noise = metrics[f"{key}_slope_max_se"], metrics[f"{key}_noise_max_se"]
     print(f"{route:>12}: signal within {slope:.1f} and noise within {noise:.1f} standard errors of sqrt(alpha_bar_t), "
-          f"1 - alpha_bar_t at all {args.T} t (target <= {BOUND:g}): {'ok' if max(slope, noise) <= BOUND else 'MISSED'}")
+          f"1 - alpha_bar_t at all {args.T} t (target <= {BOUND:g}): {'ok' if max(slope, noise) <= BOUND else 'MISSED'}"
+          )
 print(f"{'schedule':<17} {'alpha_bar_T':>11} {'SNR < 0.01':>11} {'beta-tilde/beta < 0.9':>22}")
 for label, row in rows.items():
     print(f"{label:<17} {row['alpha_bar_T']:11.2e} {row['fraction_snr_below_0.01']:11.1%} "

@@ -93,12 +93,11 @@ model = td.models.UNet(in_channels=space.shape[0], base_channels=args.width, cha
                        num_classes=10, rng=np.random.default_rng(args.seed))
 run.start(model)
 if run.saved is not None and not np.isclose(run.config.get("scale_factor", np.nan), space.scale_factor, rtol=1e-6):
-    run.release()
-    raise R.RunError(f"--resume: {run.checkpoint} was trained on codes with scale factor {run.config.get('scale_factor')}"
-                     f", but {args.vae} now gives {space.scale_factor:.6g}: the frozen VAE changed; pass another --out")
-trainer = td.Trainer(model, td.DiffusionLoss(diffusion, label_dropout=args.label_dropout), data,
-                     batch_size=args.batch, lr=args.lr, warmup_steps=min(100, args.steps // 10), lr_decay_steps=args.steps,
-                     ema_decay=args.ema, ema_warmup=True, seed=args.seed, log_every=100, checkpoint_path=run.checkpoint,
+    raise R.RunError(f"--resume: {run.checkpoint} was trained on codes with scale factor {run.config['scale_factor']}, "
+                     f"but {args.vae} now gives {space.scale_factor:.6g}: the frozen VAE changed; pass another --out")
+trainer = td.Trainer(model, td.DiffusionLoss(diffusion, label_dropout=args.label_dropout), data, batch_size=args.batch,
+                     lr=args.lr, warmup_steps=min(100, args.steps // 10), lr_decay_steps=args.steps, ema_decay=args.ema,
+                     ema_warmup=True, seed=args.seed, log_every=100, checkpoint_path=run.checkpoint,
                      checkpoint_every=args.checkpoint_every, config={**run.config, "scale_factor": space.scale_factor})
 train_seconds = run.train(trainer)
 trainer.ema.copy_to(model)                                             # sample with the averaged weights
@@ -176,7 +175,8 @@ metrics = {"vae": args.vae, "latent_shape": list(space.shape), "scale_factor": s
            "sample_steps": args.sample_steps, "guidance": args.guidance, "sample_seconds": round(sample_seconds, 1)}
 if vae_seconds:
     metrics["total_train_seconds"] = round(train_seconds + vae_seconds, 1)
-    R.target(f"training: VAE {vae_seconds:.0f} s + diffusion {train_seconds:.0f} s", "<= 600 s", vae_seconds < 600 - train_seconds)
+    R.target(f"training: VAE {vae_seconds:.0f} s + diffusion {train_seconds:.0f} s", "<= 600 s",
+             metrics["total_train_seconds"] <= 600)
 if not args.no_score:
     scorer = td.scorer.DigitScorer.load(data_dir=args.data_dir)
     metrics["scorer"] = sc = scorer.score(samples, y, seed=args.seed)
@@ -186,15 +186,15 @@ if not args.no_score:
              f"distance {sc['fid']:.1f} (floor {sc['fid_floor']:.1f})", ">= 90%", sc["accuracy"] >= 0.9)
     print(f"the same decoder fed z ~ N(0, I): {p['confident_fraction']:.1%} confident, Frechet distance {p['fid']:.1f}")
 if args.timing_rounds:
-    metrics["timing"] = t = {f"{what}_seconds_per_100": {k: per100[what, k] for k in nets} for what in ("train", "sample")}
+    metrics["timing"] = t = {f"{w}_seconds_per_100": {k: per100[w, k] for k in nets} for w in ("train", "sample")}
     t["sampling_speedup"] = round(per100["sample", "pixel"] / per100["sample", "latent"], 2)
     t["training_speedup"] = round(per100["train", "pixel"] / per100["train", "latent"], 2)
-    t["setup"] = (f"{args.sampler}, {args.sample_steps} steps, guidance {args.guidance:g} (two network passes per step), "
-                  f"batch {batch}, latent time includes decoding; one training step = forward + backward at batch "
-                  f"{batch}; minimum of {args.timing_rounds} interleaved rounds")
+    t["setup"] = (f"{args.sampler}, {args.sample_steps} steps, guidance {args.guidance:g} (two network passes per "
+                  f"step), batch {batch}, latent time includes decoding; one training step = forward + backward at "
+                  f"batch {batch}; minimum of {args.timing_rounds} interleaved rounds")
     t["pixel_model"] = f"examples/mnist.py's default UNet ({pixel.num_parameters():,} parameters, 1 x 28 x 28)"
     t["latent_model"] = f"this UNet ({model.num_parameters():,} parameters, {space.shape}) + the VAE decoder"
-    R.target(f"sampling, s per 100 digits: latent {per100['sample', 'latent']:.2f}, pixel {per100['sample', 'pixel']:.2f}"
+    R.target(f"sampling s / 100 digits: latent {per100['sample', 'latent']:.2f}, pixel {per100['sample', 'pixel']:.2f}"
              f": {t['sampling_speedup']:.1f}x faster; a training step {t['training_speedup']:.1f}x", ">= 5x",
              t["sampling_speedup"] >= 5)
 run.finish(metrics)
