@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
@@ -34,7 +33,7 @@ p.add_argument("--mu", type=td.runs.finite_float, default=0.5, help="mean of z ~
 p.add_argument("--sigma", type=td.runs.positive_float, default=0.8, help="std of z ~ N(mu, sigma^2) (default: 0.8)")
 p.add_argument("--seed", type=td.runs.nonnegative_int, default=0, help="seed of every random draw (default: 0)")
 p.add_argument("--out", default=os.path.join("out", "basics"), help="output folder (default: out/basics)")
-args = p.parse_args([] if "ipykernel" in sys.modules else None)
+args = p.parse_args([] if td.progress.in_notebook() else None)          # a notebook: the defaults
 if args.n < 100:
     p.error(f"--n must be >= 100, got {args.n}")
 os.makedirs(args.out, exist_ok=True)
@@ -144,9 +143,9 @@ for u_, x_ in zip(u_demo, mixture_inverse_cdf(u_demo)):
     c.plot([xs[0], x_], [u_, u_], color="#4c72b0", linewidth=0.8)
 c.set_title("how: a uniform $u$ on the y axis, read $x$ off the curve", fontsize=11)
 c.set_ylabel("$u = F(x)$")
-for ax in (a, b, c):
+for ax, corner in ((a, "upper right"), (b, "upper left"), (c, "lower right")):
     ax.set_xlabel("$x$")
-    ax.legend(fontsize=8, frameon=False)
+    ax.legend(fontsize=8, frameon=False, loc=corner)
 n_grid = np.unique(np.geomspace(10, args.n, 30).astype(int))
 for ax, key, name in ((d, 0, r"\mu"), (e, 1, r"\sigma")):
     for estimator, color in (("reparameterised", "#4c72b0"), ("score function", "#dd8452")):

@@ -25,7 +25,6 @@ The course page: docs/forward-process.md.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -40,7 +39,7 @@ p.add_argument("--schedule", default="linear", choices=["linear", "cosine"],
                help="beta_t: DDPM's linear 1e-4..0.02 or Nichol & Dhariwal's cosine (default: linear)")
 p.add_argument("--seed", type=td.runs.nonnegative_int, default=0, help="seed of the noise (default: 0)")
 p.add_argument("--out", default=os.path.join("out", "forward_process"), help="output folder (default: %(default)s)")
-args = p.parse_args([] if "ipykernel" in sys.modules else None)
+args = p.parse_args([] if td.progress.in_notebook() else None)          # a notebook: the defaults
 if args.size < 2 or args.T < 2:
     p.error(f"--size and --T must be >= 2, got {args.size} and {args.T}")
 os.makedirs(args.out, exist_ok=True)
@@ -185,9 +184,8 @@ print(f"\nwrote {os.path.abspath(args.out)}: forward.png, schedules.png, metrics
 for route in stats:
     key = route.replace(" ", "_")
     slope, noise = metrics[f"{key}_slope_max_se"], metrics[f"{key}_noise_max_se"]
-    print(f"{route:>12}: signal within {slope:.1f} and noise within {noise:.1f} standard errors of sqrt(alpha_bar_t), "
-          f"1 - alpha_bar_t at all {args.T} t (target <= {BOUND:g}): {'ok' if max(slope, noise) <= BOUND else 'MISSED'}"
-          )
+    td.runs.target(f"{route:>12}: signal within {slope:.1f} and noise within {noise:.1f} standard errors of "
+                   f"sqrt(alpha_bar_t), 1 - alpha_bar_t at all {args.T} t", f"<= {BOUND:g}", max(slope, noise) <= BOUND)
 print(f"{'schedule':<17} {'alpha_bar_T':>11} {'SNR < 0.01':>11} {'beta-tilde/beta < 0.9':>22}")
 for label, row in rows.items():
     print(f"{label:<17} {row['alpha_bar_T']:11.2e} {row['fraction_snr_below_0.01']:11.1%} "

@@ -19,7 +19,6 @@ Writes schedule.png, noising.gif, loss.png, samples.png and metrics.json to --ou
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
@@ -36,7 +35,7 @@ p.add_argument("--steps", type=td.runs.positive_int, default=2000,
 p.add_argument("--samples", type=td.runs.positive_int, default=2000, help="points to sample (default: 2000)")
 p.add_argument("--seed", type=td.runs.nonnegative_int, default=0, help="seed of every random draw (default: 0)")
 p.add_argument("--out", default=os.path.join("out", "quickstart"), help="output folder (default: out/quickstart)")
-args = p.parse_args([] if "ipykernel" in sys.modules else None)
+args = p.parse_args([] if td.progress.in_notebook() else None)          # a notebook: the defaults
 os.makedirs(args.out, exist_ok=True)
 out = lambda name: os.path.join(args.out, name)                     # noqa: E731  (where each picture goes)
 rng = np.random.default_rng(args.seed)                              # every random draw comes from this generator
@@ -121,6 +120,6 @@ metrics = {"steps": args.steps, "mode_coverage": td.metrics.mode_coverage(sample
 with td.checkpoint.atomic_write(out("metrics.json")) as f:
     f.write(json.dumps(metrics, indent=2).encode())
 print(f"\nwrote {os.path.abspath(args.out)}: schedule.png, noising.gif, loss.png, samples.png, metrics.json")
-print(f"modes covered {metrics['mode_coverage']}/8 (target 8/8): {'ok' if metrics['mode_coverage'] == 8 else 'MISSED'}")
+td.runs.target(f"modes covered {metrics['mode_coverage']}/8", "8/8", metrics["mode_coverage"] == 8)
 print(f"samples within 3 std of a mode: {metrics['mode_precision']:.3f} (a perfect sampler: 0.989; the 6,000-step "
       f"examples/toy2d.py run: 0.976)")
