@@ -137,7 +137,7 @@ def default_vae_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_default_vae_run_meets_its_targets(default_vae_run):
-    """README "The VAE and latent diffusion": the bound on 1,000 test digits in bits/dim with its
+    """docs/vae-and-latent.md: the bound on 1,000 test digits in bits/dim with its
     terms, and the decoder fed posterior draws reads as digits. (The time target, 5 minutes of
     training, is measured by the run itself and reported, not asserted: no timed tests.)"""
     metrics = default_vae_run
@@ -150,14 +150,15 @@ def test_default_vae_run_meets_its_targets(default_vae_run):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="target missed: 64.2% of the default run's prior samples are confident "
-                                       "(README: every recipe tried); strict, so reaching it shows as XPASS")
+                                       "(docs/vae-and-latent.md: every recipe tried); strict, so reaching it "
+                                       "shows as XPASS")
 def test_default_vae_prior_samples_reach_80_percent_confident(default_vae_run):
     assert default_vae_run["scorer"]["confident_fraction"] >= 0.80
 
 
 @pytest.mark.slow
 def test_default_latent_diffusion_run_meets_its_targets(tmp_path):
-    """README: >= 90% of 500 guided samples read as the digit asked for (measured 98.2%), sampling at
+    """docs/vae-and-latent.md: >= 90% of 500 guided samples read as the digit asked for (measured 98.2%), sampling at
     least 5x faster per digit than examples/mnist.py's pixel-space UNet at the same steps (a ratio of
     interleaved timings in one process; measured 9.9x). The time target, 10 minutes of training for
     the VAE and the diffusion, is reported by the run (303 s), not asserted: no timed tests."""

@@ -11,7 +11,7 @@ background. Latent diffusion splits the work in two:
 
 Seen from the VAE: its prior N(0, I) only approximates the codes the encoder actually uses
 (the aggregate posterior q(z) = E_x q(z | x)); the diffusion model *learns* that distribution,
-so decoding its samples gives better digits than decoding N(0, I) (the README measures both).
+so decoding its samples gives better digits than decoding N(0, I) (docs/vae-and-latent.md measures both).
 
 **The scale factor.** The diffusion's schedule assumes data of about unit scale: it ends at
 q(x_T) ~ N(0, I) and its first steps add noise of a fixed size. The VAE's codes have whatever
