@@ -8,13 +8,11 @@
    function of mu and sigma, so autograd gives unbiased gradients of E[f(z)] -- with far less
    noise than the score-function estimator E[f(z) d log N(z; mu, sigma) / d theta].
 
-Writes basics.png and metrics.json to --out (default out/basics). Run (a few seconds), or
-open as a notebook (`# %%` cells: VS Code, or Jupyter with jupytext):
+Writes basics.png and metrics.json to --out (default out/basics). Run (a few seconds), or open
+it as a notebook (`# %%` cells):
 
     python examples/basics.py
-    python examples/basics.py --n 1000000 --mu 0.0 --sigma 1.5
-
-Course pages: docs/forward-process.md (the reparameterisation), docs/score.md.
+    python examples/basics.py --n 1000000 --mu 0.0 --sigma 1.5       # docs/score.md: the lesson page
 """
 # %%
 import argparse
@@ -60,8 +58,13 @@ def mixture_cdf(x):
 # density back by the change of variables: p(x) = 1 / |dx/du|.
 
 # %%
+def exponential_inverse_cdf(u, rate):
+    """x = F^{-1}(u) = -log(1 - u) / lam for F(x) = 1 - exp(-lam x). u: an array or a Tensor [n] -> [n]."""
+    return -np.log(1.0 - u) / rate                                      # on a Tensor, np.log is autograd's
+
+
 u = td.Tensor(rng.random(args.n), requires_grad=True)
-exp_x = -np.log(1.0 - u) / RATE                                  # a Tensor: np.log runs on Tensors
+exp_x = exponential_inverse_cdf(u, RATE)
 exp_x.sum().backward()                                                  # u.grad = dx/du, elementwise
 exp_x, density_autograd = exp_x.data, 1.0 / u.grad
 density_error = float(np.max(np.abs(density_autograd - RATE * np.exp(-RATE * exp_x))))
@@ -100,30 +103,31 @@ u_demo = np.linspace(0.05, 0.95, 9)                                   # the map 
 
 # %% [markdown]
 # ## 2. Gradients of E[f(z)], z ~ N(mu, sigma^2), f = exp
-# E[e^z] = exp(mu + sigma^2 / 2), so d/dmu = exp(mu + sigma^2 / 2) and d/dsigma = sigma times
-# that. Reparameterised: differentiate f(mu + sigma eps) through the sample. Score function:
-# f(z) times d log N(z; mu, sigma^2) / d theta, with z drawn outside the graph. One copy of mu
-# and sigma per sample, so `.grad` keeps each sample's own gradient.
+# E[e^z] = exp(mu + sigma^2 / 2): d/dmu is that, d/dsigma sigma times that. Reparameterised:
+# differentiate f(mu + sigma eps) through the sample; score function: f(z) d log N(z) / d theta.
 
 # %%
-mu, sigma, eps, grads = args.mu, args.sigma, rng.standard_normal(args.n), {}
+def reparameterised_gradients(f, mu, sigma, eps):
+    """Per-sample d f(z) / d(mu, sigma), z = mu + sigma eps, by autograd; eps: [n]. Returns two [n]."""
+    m, s = (td.Tensor(np.full_like(eps, v), requires_grad=True) for v in (mu, sigma))   # a copy per sample
+    f(m + s * eps).sum().backward()
+    return m.grad, s.grad
+
+
+def score_function_gradients(f, mu, sigma, z):
+    """Per-sample f(z) d log N(z; mu, sigma^2) / d(mu, sigma), z [n] drawn outside the graph. Two [n]."""
+    m, s = (td.Tensor(np.full_like(z, v), requires_grad=True) for v in (mu, sigma))
+    (td.gaussian_log_likelihood(z, m, np.log(s)) * f(z)).sum().backward()
+    return m.grad, s.grad
+
+
+mu, sigma, eps = args.mu, args.sigma, rng.standard_normal(args.n)
 closed = (math.exp(mu + sigma ** 2 / 2), sigma * math.exp(mu + sigma ** 2 / 2))
-for name in ("reparameterised", "score function"):
-    m = td.Tensor(np.full_like(eps, mu), requires_grad=True)            # [n]
-    s = td.Tensor(np.full_like(eps, sigma), requires_grad=True)         # [n]
-    if name == "reparameterised":
-        np.exp(m + s * eps).sum().backward()                              # d f(mu + sigma eps) / d(mu, sigma)
-    else:
-        z = mu + sigma * eps                                            # a constant: no graph through it
-        (td.gaussian_log_likelihood(z, m, np.log(s)) * np.exp(z)).sum().backward()
-    grads[name] = (m.grad, s.grad)
+grads = {"reparameterised": reparameterised_gradients(np.exp, mu, sigma, eps),
+         "score function": score_function_gradients(np.exp, mu, sigma, mu + sigma * eps)}
 
-# %% [markdown]
-# ## The picture
-# Top: the inverse-CDF samples against their densities, and the map u -> x on the CDF. Bottom:
-# both gradient estimators as the number of samples grows, and the spread of one sample's.
-
-# %%
+# %% The picture. Top: inverse-CDF samples against their densities, the map u -> x on the CDF.
+# Bottom: both gradient estimators as the number of samples grows, and one sample's spread.
 fig = td.viz.figure((13.0, 7.6), dpi=100)
 (a, b, c), (d, e, g) = fig.subplots(2, 3)
 xs = np.linspace(0, np.quantile(exp_x, 0.999), 400)
@@ -168,10 +172,7 @@ g.legend(fontsize=8, frameon=False)
 fig.suptitle("sampling by the inverse CDF (top) and the reparameterisation trick (bottom)", fontsize=13)
 td.viz.save(fig, os.path.join(args.out, "basics.png"))
 
-# %% [markdown]
-# ## The numbers
-
-# %%
+# %% The numbers, each beside its target
 metrics = {"n": args.n, "ks_exponential": ks_exp, "ks_mixture": ks_mix, "ks_critical_1pct": KS_CRITICAL,
            "density_from_autograd_max_error": density_error, "closed_form_gradients": closed}
 for name, (gm, gs) in grads.items():

@@ -99,22 +99,27 @@ source = os.path.basename(args.image) if args.image else "a generated test pictu
 betas = td.linear_beta_schedule(args.T) if args.schedule == "linear" else td.cosine_beta_schedule(args.T)
 diffusion = td.GaussianDiffusion(betas)
 ab = diffusion.alphas_cumprod                                          # alpha_bar_t, [T]
-rng = np.random.default_rng(args.seed)
-centred = x0 - x0.mean()
-sxx = np.sum(centred ** 2)
-stats = {"step by step": np.zeros((args.T, 2)), "one jump": np.zeros((args.T, 2))}    # (slope, noise) per t
-shown = {"step by step": [x0], "one jump": [x0]}
-x = x0[None]                                                           # [1, 3, H, W]
-progress = td.Progress(args.T, f"noising {source}")
-for i in range(args.T):                                                # code index i is the papers' t = i + 1
-    t = np.array([i])
-    x = diffusion.q_step(x, t, rng=rng)                                # q(x_t | x_{t-1}): one more step
-    jump = diffusion.q_sample(x0[None], t, rng=rng)                    # q(x_t | x_0): from x_0 directly
-    for route, x_t in (("step by step", x[0]), ("one jump", jump[0])):
-        stats[route][i] = np.sum(centred * x_t) / sxx, np.var(x_t - np.sqrt(ab[i]) * x0)
-        if i + 1 in SHOW_T:
-            shown[route].append(x_t)
-    progress.update(i + 1)
+def run_both_routes(diffusion, x0, rng):
+    """Noise x0 [3, H, W] along the chain both ways. Returns, per route, the (slope, noise)
+    statistics at every t [T, 2] and the images at SHOW_T."""
+    T, ab, centred = diffusion.num_timesteps, diffusion.alphas_cumprod, x0 - x0.mean()
+    stats = {"step by step": np.zeros((T, 2)), "one jump": np.zeros((T, 2))}
+    shown = {"step by step": [x0], "one jump": [x0]}
+    x, progress = x0[None], td.Progress(T, f"noising {source}")           # x: [1, 3, H, W]
+    for i in range(T):                                                 # code index i is the papers' t = i + 1
+        t = np.array([i])
+        x = diffusion.q_step(x, t, rng=rng)                            # q(x_t | x_{t-1}): one more step
+        jump = diffusion.q_sample(x0[None], t, rng=rng)                # q(x_t | x_0): from x_0 directly
+        for route, x_t in (("step by step", x[0]), ("one jump", jump[0])):
+            stats[route][i] = np.sum(centred * x_t) / np.sum(centred ** 2), np.var(x_t - np.sqrt(ab[i]) * x0)
+            if i + 1 in SHOW_T:
+                shown[route].append(x_t)
+        progress.update(i + 1)
+    return stats, shown
+
+
+stats, shown = run_both_routes(diffusion, x0, np.random.default_rng(args.seed))
+sxx = np.sum((x0 - x0.mean()) ** 2)
 slope_se, noise_se = np.sqrt((1 - ab) / sxx), (1 - ab) * np.sqrt(2.0 / x0.size)      # [T] each
 
 # %% [markdown]

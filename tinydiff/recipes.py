@@ -227,7 +227,14 @@ def vae_trainer(vae, images, settings=None, **trainer_options) -> Trainer:
 
 def save_vae(path, vae) -> None:
     """Write a VAE's weights and architecture (``vae.config``) to one .npz, atomically: the frozen
-    VAE that latent diffusion loads (``load_vae``)."""
+    VAE that latent diffusion loads (``load_vae``).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
+    >>> td.recipes.save_vae(path, td.recipes.vae_model(latent=(3,), channels=(8, 8)))
+    >>> sorted(td.load_checkpoint(path)[1]["vae"])
+    ['channels', 'decoder', 'latent_shape', 'num_groups']
+    """
     save_checkpoint(path, flatten_state({"model": vae.state_dict()}), {"vae": vae.config})
 
 
