@@ -23,7 +23,7 @@ import pytest
 import mnist_copy
 
 import tinydiff as td
-from tinydiff.runs import RunError
+from tinydiff.runs import TEMPORARY, RunError
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
@@ -233,13 +233,14 @@ def test_toy2d_a_second_run_into_a_folder_in_use_is_refused_and_a_killed_run_lea
             assert first.poll() is None, "the first run ended before training"
         while not (out / "checkpoint.npz").exists():
             time.sleep(0.05)
-        files = sorted(os.listdir(out))
         with pytest.raises(RunError) as info:
             load("toy2d")(TOY + ["--out", str(out), "--resume"])
         message = str(info.value)
         assert "\n" not in message and f"another run is writing there (pid {first.pid} on " in message
         assert "toy2d.py" in message and f"--out {out}" in message and "started 20" in message
-        assert first.poll() is None and sorted(os.listdir(out)) == files      # the first run goes on, untouched
+        assert first.poll() is None                                           # the first run goes on, untouched:
+        assert json.loads((out / ".run.lock").read_text())["pid"] == first.pid   # its lock, its files only
+        assert {name for name in os.listdir(out) if not TEMPORARY.match(name)} == {"checkpoint.npz", ".run.lock"}
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate()
@@ -352,3 +353,24 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
     assert (straight / "grid.png").read_bytes() == before
     with pytest.raises(RunError, match="already holds a run"):
         mnist(MNIST + ["--out", out])
+
+
+# ---------------------------------------------------------------- lessons that open as notebooks
+@pytest.mark.parametrize("name", ["toy2d", "mnist", "color_digits"])
+def test_the_lesson_is_at_most_200_lines_of_percent_cells_each_runnable_on_its_own(name):
+    """What jupytext and VS Code split on: `# %%` cells, markdown cells of prose, and every code
+    cell a complete piece of top-level Python (a notebook runs them one by one); no example
+    imported by path, no process tuning in the lesson."""
+    import re
+    text = open(os.path.join(EXAMPLES, f"{name}.py"), encoding="utf-8").read()
+    assert len(text.splitlines()) <= 200
+    cells = re.split(r"^# %%", text, flags=re.M)[1:]
+    markdown = [c for c in cells if c.startswith(" [markdown]")]
+    assert len(cells) >= 6 and len(markdown) >= 3
+    for cell in cells:
+        if cell in markdown:
+            assert all(line.startswith("#") for line in cell.splitlines()[1:] if line.strip()), cell
+        else:
+            compile(cell.split("\n", 1)[1], f"{name}.py cell", "exec")      # after "# %% <title>"
+    for stale in ("spec_from_file_location", "OPENBLAS_NUM_THREADS", "reuse_freed_memory", "def main("):
+        assert stale not in text, stale

@@ -521,32 +521,37 @@ def train_within_budget(trainer, checkpoint, *, steps=None, minutes=10.0, saved=
     (30, 30, 30)
     """
     begin, budget = time.perf_counter(), None
-    if saved is not None:
-        try:
-            trainer.resume(checkpoint)
-        except CheckpointError as err:
-            raise RunError(str(err)) from None
-        steps = steps or int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
-        log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
-    elif steps is None:                     # calibrate: 5 steps to warm up, 10 timed, within the budget
-        budget = minutes * 60
-        trainer.train(5, max_seconds=budget)
-        mid, done = time.perf_counter(), trainer.step
-        trainer.train(15, max_seconds=budget - (mid - begin))
-        now = time.perf_counter()
-        rate = (trainer.step - done) / (now - mid) if trainer.step > done else trainer.step / (now - begin)
-        steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
-        log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
-            "(training stops at the budget if the machine slows down)")
-        # the learning-rate schedule, now that the step count is known
-        trainer.warmup.warmup_steps = min(warmup, steps // 10)
-        if trainer.warmup.decay_steps is not None:
-            trainer.warmup.decay_steps = steps
-        trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
-    trainer.config["steps_resolved"] = steps
-    log(f"training to step {steps} with batches of {trainer.batch_size}")
-    try:
-        trainer.train(steps, max_seconds=None if budget is None else budget - (time.perf_counter() - begin))
+    try:                                    # Ctrl-C, a NaN, a failed write: one line, at any moment
+        if saved is not None:
+            try:
+                trainer.resume(checkpoint)
+            except CheckpointError as err:
+                raise RunError(str(err)) from None
+            steps = steps or int((trainer.resumed_config or {}).get("steps_resolved", trainer.step))
+            log(f"resumed from {checkpoint} at step {trainer.step} of {steps}")
+        elif steps is None:                 # calibrate: 5 steps to warm up, 10 timed, within the budget
+            budget = minutes * 60
+            trainer.train(5, max_seconds=budget)
+            mid, done = time.perf_counter(), trainer.step
+            if mid - begin < budget:
+                trainer.train(15, max_seconds=budget - (mid - begin))
+            now = time.perf_counter()
+            rate = (trainer.step - done) / (now - mid) if trainer.step > done else trainer.step / (now - begin)
+            steps = max(20, int((budget - (time.perf_counter() - begin)) * rate) + 15)
+            log(f"{rate:.2f} steps/s: {minutes:g} minutes is about {steps} steps of batch {trainer.batch_size} "
+                "(training stops at the budget if the machine slows down)")
+            # the learning-rate schedule, now that the step count is known
+            trainer.warmup.warmup_steps = min(warmup, steps // 10)
+            if trainer.warmup.decay_steps is not None:
+                trainer.warmup.decay_steps = steps
+            trainer.optimizer.lr = trainer.warmup.lr_at(trainer.warmup.step_count)
+        trainer.config["steps_resolved"] = steps
+        log(f"training to step {steps} with batches of {trainer.batch_size}")
+        left = None if budget is None else budget - (time.perf_counter() - begin)
+        if left is None or left > 0:
+            trainer.train(steps, max_seconds=left)
+        elif trainer.checkpoint_path:
+            trainer.save(trainer.checkpoint_path)   # the calibration used up the budget: save the planned steps
     except KeyboardInterrupt:
         kept = f"{checkpoint} holds step {trainer.saved_step}" if trainer.saved_step else "no checkpoint was written"
         raise RunError(f"interrupted at step {trainer.step}; {kept} (--resume continues from it)") from None
