@@ -175,7 +175,7 @@ def test_default_run_meets_its_targets(tmp_path, name):
 
 @pytest.mark.parametrize("name", LESSONS + ["toy2d"])
 def test_help_states_one_default_per_flag(name, capsys):
-    """--help used to show "(default: the dataset's own, 0.5 / 0.1) (default: None)"."""
+    """--help shows each default once: never "(default: the dataset's own, 0.5 / 0.1) (default: None)"."""
     with pytest.raises(SystemExit):
         run_example(name, ["--help"])
     text = " ".join(capsys.readouterr().out.split())                   # undo argparse's line wrapping
