@@ -11,7 +11,7 @@ background. Latent diffusion splits the work in two:
 
 Seen from the VAE: its prior N(0, I) only approximates the codes the encoder actually uses
 (the aggregate posterior q(z) = E_x q(z | x)); the diffusion model *learns* that distribution,
-so decoding its samples gives better digits than decoding N(0, I) (the README measures both).
+so decoding its samples gives better digits than decoding N(0, I) (docs/vae-and-latent.md measures both).
 
 **The scale factor.** The diffusion's schedule assumes data of about unit scale: it ends at
 q(x_T) ~ N(0, I) and its first steps add noise of a fixed size. The VAE's codes have whatever
@@ -21,13 +21,15 @@ et al.'s released code does the same with the first batch, ``scale_by_std``):
 
     z_diffusion = s * z          (encode)        z = z_diffusion / s          (decode)
 
-This class holds the frozen VAE and s; the diffusion never sees anything else.
+``LatentSpace`` holds the frozen VAE and s; the diffusion never sees anything else.
+``LatentBatches`` feeds a Trainer fresh scaled posterior draws of the training digits.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .checks import check_rng
+from .data.arrays import EpochSampler
 from .engine import no_grad
 from .gaussian import standard_normal_noise
 
@@ -107,3 +109,32 @@ class LatentSpace:
         """Scaled codes [N, *latent] -> images [N, 1, 28, 28] in [-1, 1], the decoder's mean at z / s."""
         z = self.unscale(np.asarray(z_scaled, dtype=np.float32))
         return np.concatenate([self.vae.generate(z[i:i + batch_size]) for i in range(0, len(z), batch_size)])
+
+
+class LatentBatches(EpochSampler):
+    """A Trainer's data for latent diffusion: batches (s * z, {"y": labels}) with the images in
+    epochs (an ``EpochSampler`` over their posterior means and log-variances, computed once by
+    ``space.posterior``) and a fresh draw z = mu + sigma * eps at every visit, so the diffusion
+    learns the codes the decoder was trained on, not only their means.
+
+    mean, log_variance: [N, *latent] (unscaled); labels: [N] or None.
+
+    >>> vae = td.models.VAE((4, 7, 7), channels=(8, 8), rng=np.random.default_rng(0))
+    >>> space = td.latent.LatentSpace(vae, 2.0)
+    >>> mean, log_variance = space.posterior(np.zeros((6, 1, 28, 28), np.float32))
+    >>> z, kwargs = td.latent.LatentBatches(space, mean, log_variance, np.arange(6))(np.random.default_rng(0), 4)
+    >>> z.shape, kwargs["y"].shape
+    ((4, 4, 7, 7), (4,))
+    """
+
+    def __init__(self, space: LatentSpace, mean, log_variance, labels=None):
+        super().__init__(np.stack([mean, log_variance], axis=1), labels)          # [N, 2, *latent]
+        self.space = space
+
+    def __call__(self, rng, n):
+        params, kwargs = super().__call__(rng, n)
+        return self.space.sample_codes(params[:, 0], params[:, 1], rng=rng), kwargs
+
+    def peek(self, n):
+        params, kwargs = super().peek(n)
+        return self.space.scale(params[:, 0]), kwargs

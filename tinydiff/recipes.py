@@ -9,6 +9,9 @@
     mnist_flags(run)             --data-dir, --no-download, --train-limit on a td.Run
     mnist_digits(args, split)    MNIST as the model sees it ([N, 1, 28, 28] in [-1, 1]) with its
                                  labels; a missing or broken file is one line (RunError)
+    vae_model, vae_trainer       the VAE of examples/vae.py and its Trainer (the ELBO as the loss)
+    save_vae, load_vae           a trained VAE's weights in one .npz: what latent diffusion freezes
+    train_vae(path, images)      train that VAE and save it, resuming a killed training
 
 The trained scorer that reads generated digits is ``td.scorer.DigitScorer.load()``. The
 lessons that use these (docs/mnist.md, docs/editing.md, docs/vae-and-latent.md) show what
@@ -17,14 +20,18 @@ SimpleNamespace ``runs.load_trained`` makes from a checkpoint) or a dict.
 """
 from __future__ import annotations
 
+import argparse
+import os
 from types import SimpleNamespace
 
 import numpy as np
 
+from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .data import load_mnist, to_model_space
-from .models import UNet
+from .elbo import ELBOLoss
+from .models import VAE, UNet
 from .objectives import DiffusionLoss, make_diffusion
-from .runs import RunError, load_trained, positive_int
+from .runs import RunError, load_trained, positive_int, train_within_budget
 from .schedules import cosine_beta_schedule, linear_beta_schedule
 from .train import Trainer
 
@@ -143,3 +150,141 @@ def mnist_digits(args, split: str = "train", limit: int | None = None, model_spa
 
 __all__ = ["MNIST_DEFAULTS", "mnist_betas", "mnist_model", "mnist_trainer", "load_mnist_run", "mnist_flags",
            "mnist_digits"]
+
+
+# ---------------------------------------------------------------- the VAE of examples/vae.py
+# examples/vae.py's default run (docs/vae-and-latent.md): an 8-d latent, 1,500 steps. Latent
+# diffusion freezes one with latent (4, 7, 7).
+VAE_DEFAULTS = dict(latent=(8,), channels=(16, 64), decoder="discretized", kl_weight=1.0, seed=0, steps=1500,
+                    batch=64, lr=2e-3, ema=0.999)
+
+
+def parse_latent(text) -> tuple:
+    """argparse type of a VAE's latent shape: "16" -> (16,) (a flat latent), "4x7x7" -> (4, 7, 7).
+
+    >>> td.recipes.parse_latent("4x7x7"), td.recipes.parse_latent("16")
+    ((4, 7, 7), (16,))
+    """
+    try:
+        shape = tuple(int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 16 or 4x7x7, got {text!r}") from None
+    if len(shape) not in (1, 3) or min(shape) < 1 or len(shape) == 3 and shape[1:] != (7, 7):
+        raise argparse.ArgumentTypeError(f"expected d (a flat latent) or kx7x7 (a spatial one), got {text!r}")
+    return shape
+
+
+def parse_channels(text) -> tuple:
+    """argparse type of a VAE's two widths (at 28 x 28 and at 14 x 14 / 7 x 7): "16,64" -> (16, 64).
+
+    >>> td.recipes.parse_channels("8,16")
+    (8, 16)
+    """
+    try:
+        channels = tuple(int(v) for v in str(text).split(","))
+    except ValueError:
+        channels = ()
+    if len(channels) != 2 or min(channels) < 8 or any(c % 8 for c in channels):
+        raise argparse.ArgumentTypeError(f"expected two widths, multiples of 8 (GroupNorm's 8 groups), such as "
+                                         f"16,64, got {text!r}")
+    return channels
+
+
+def _vae_settings(config=None, **overrides) -> SimpleNamespace:
+    """VAE_DEFAULTS, then the config's values (a namespace or a dict), then the overrides."""
+    given = config if isinstance(config, dict) else vars(config) if config is not None else {}
+    return SimpleNamespace(**{**VAE_DEFAULTS, **{k: v for k, v in given.items() if k in VAE_DEFAULTS}, **overrides})
+
+
+def vae_model(config=None, **overrides):
+    """examples/vae.py's VAE (``models.VAE(latent, channels, decoder)``, weights from
+    ``default_rng(seed)``); missing settings are VAE_DEFAULTS'.
+
+    >>> td.recipes.vae_model(latent=(4, 7, 7)).latent_shape
+    (4, 7, 7)
+    """
+    s = _vae_settings(config, **overrides)
+    return VAE(tuple(s.latent), tuple(s.channels), decoder=s.decoder, rng=np.random.default_rng(s.seed))
+
+
+def vae_trainer(vae, images, settings=None, **trainer_options) -> Trainer:
+    """The Trainer of an examples/vae.py run: the negative ELBO (``elbo.ELBOLoss`` with
+    kl_weight) on batches of images [N, 1, 28, 28] in [-1, 1], AdamW at lr warmed up over
+    min(100, steps / 10) steps and cosine-decayed to 0 at ``steps``, EMA with warm-up. The
+    Trainer is the diffusion examples' own; only the loss differs.
+
+    >>> vae = td.recipes.vae_model(latent=(2,), channels=(8, 8))
+    >>> trainer = td.recipes.vae_trainer(vae, np.zeros((8, 1, 28, 28), np.float32), {"steps": 2, "batch": 4},
+    ...                                  log_every=0)
+    >>> len(trainer.train(2))
+    2
+    """
+    s = _vae_settings(settings)
+    options = dict(batch_size=s.batch, lr=s.lr, warmup_steps=min(100, s.steps // 10), lr_decay_steps=s.steps,
+                   ema_decay=s.ema, ema_warmup=True, seed=s.seed, log_every=100)
+    return Trainer(vae, ELBOLoss(kl_weight=s.kl_weight), images, **{**options, **trainer_options})
+
+
+def save_vae(path, vae) -> None:
+    """Write a VAE's weights and architecture (``vae.config``) to one .npz, atomically: the frozen
+    VAE that latent diffusion loads (``load_vae``).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
+    >>> td.recipes.save_vae(path, td.recipes.vae_model(latent=(3,), channels=(8, 8)))
+    >>> sorted(td.load_checkpoint(path)[1]["vae"])
+    ['channels', 'decoder', 'latent_shape', 'num_groups']
+    """
+    save_checkpoint(path, flatten_state({"model": vae.state_dict()}), {"vae": vae.config})
+
+
+def load_vae(path, name: str = "--vae"):
+    """The VAE saved by ``save_vae``, in eval mode; a missing or foreign file is one line (RunError).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
+    >>> td.recipes.save_vae(path, td.recipes.vae_model(latent=(3,), channels=(8, 8)))
+    >>> td.recipes.load_vae(path).latent_shape
+    (3,)
+    """
+    try:
+        arrays, meta = load_checkpoint(path)
+        config = dict(meta["vae"])
+        vae = VAE(tuple(config.pop("latent_shape")), tuple(config.pop("channels")), **config,
+                  rng=np.random.default_rng(0))
+        vae.load_state_dict(unflatten_state(arrays)["model"])
+    except FileNotFoundError:
+        raise RunError(f"{name} {path}: there is no VAE there") from None
+    except (OSError, KeyError, TypeError, ValueError) as err:
+        raise RunError(f"{name} {path} is not a VAE written by td.recipes.save_vae ({err})") from None
+    return vae.eval()
+
+
+def train_vae(path, images, settings=None, log=print) -> float:
+    """Train examples/vae.py's VAE (``vae_model`` + ``vae_trainer``: ``settings`` over
+    VAE_DEFAULTS) on images [N, 1, 28, 28] and save its averaged weights to ``path`` (vae.npz),
+    with checkpoints beside it in checkpoint.npz: a killed training resumes from there. Returns
+    the seconds of training. How latent diffusion gets the VAE it freezes when it has none.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
+    >>> x = np.zeros((8, 1, 28, 28), np.float32)
+    >>> seconds = td.recipes.train_vae(path, x, {"latent": (2,), "channels": (8, 8), "steps": 2, "batch": 4},
+    ...                                log=lambda line: None)
+    >>> td.recipes.load_vae(path).latent_shape
+    (2,)
+    """
+    s = _vae_settings(settings)
+    checkpoint = os.path.join(os.path.dirname(os.path.abspath(path)), "checkpoint.npz")
+    vae = vae_model(s)
+    trainer = vae_trainer(vae, images, s, checkpoint_path=checkpoint, checkpoint_every=500, config=vars(s),
+                          log=log, log_every=100)
+    saved = load_checkpoint(checkpoint)[1] if os.path.isfile(checkpoint) else None     # a killed training
+    seconds = train_within_budget(trainer, checkpoint, steps=s.steps, saved=saved, log=log)
+    with trainer.ema.average_parameters(vae):
+        save_vae(path, vae)
+    return seconds
+
+
+__all__ += ["VAE_DEFAULTS", "parse_latent", "parse_channels", "vae_model", "vae_trainer", "save_vae", "load_vae",
+            "train_vae"]
