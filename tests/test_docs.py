@@ -40,7 +40,7 @@ SETUP_COMMANDS = ['pip install -e ".[examples]"', "python examples/toy2d.py",
 READING_HEADING = "Read the code in this order"
 
 FENCE = re.compile(r"^```.*?^```[ \t]*$", re.S | re.M)
-INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+INLINE_CODE = re.compile(r"(?<!`)`((?:[^`\n]|\n(?!\s*\n))+)`(?!`)")        # may wrap, not span a paragraph
 
 
 def rel(path) -> str:
@@ -69,7 +69,7 @@ def code_pieces(text: str):
             yield start + 1 + i, line
     outside = FENCE.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), text)
     for m in INLINE_CODE.finditer(outside):
-        yield line_of(text, m.start()), m.group(1)
+        yield line_of(text, m.start()), m.group(1).replace("\n", " ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +432,7 @@ def commands():
             for m in COMMAND.finditer(code):
                 script = m.group(1) or m.group(2)
                 flags = found.setdefault(script, {})
-                for flag in re.findall(r"(?<!\S)(--[a-z][\w-]*)", m.group(3)):
+                for flag in re.findall(r"(?<![\w-])(--[A-Za-z][\w-]*)", m.group(3)):
                     flags.setdefault(flag, []).append(f"{rel(page)}:{line}")
     return found
 
@@ -465,7 +465,7 @@ def test_every_flag_shown_in_a_command_is_one_the_script_has():
             setting = flag[2:].replace("-", "_")
             if not text and re.search(rf"""["']{re.escape(flag)}["']""", source):
                 continue                                                      # --help failed: read the source
-            if re.search(rf"^\s*{setting}\s*[:=]|[\"']{setting}[\"']\s*:", source, re.M):
+            if re.search(rf"^{setting}\s*[:=]|^\s*[\"']{setting}[\"']\s*:", source, re.M | re.I):
                 continue                                                      # a setting at the top of the lesson
             problems.append(f"{script} has no flag {flag} (shown at {', '.join(where)})"
                             + ("" if text else f"; `{script} --help` failed"))
