@@ -13,7 +13,9 @@ Every check names its independent truth and, when it fails, says exactly what to
       class it names;
   (e) no file of README.md, docs/, tinydiff/, examples/ speaks of an issue number;
   (f) every `python examples/NAME.py --flag` shown (also bench/ scripts and
-      `python -m tinydiff.scorer`) uses a flag that the script's --help lists.
+      `python -m tinydiff.scorer`) uses a flag that the script's --help lists;
+  (g) a comment of the code that names a README section (README "Speed") finds it in README.md,
+      and one that names a docs page (docs/speed.md) finds that page.
 """
 import ast
 import importlib
@@ -359,6 +361,36 @@ def test_every_reference_of_the_code_to_a_docs_page_names_a_page():
                 problems.append(f"{rel(path)}: docs/{m.group(1)} does not exist")
             elif m.group(2) and m.group(2)[1:] not in anchors(page):
                 problems.append(f"{rel(path)}: docs/{m.group(1)} has no heading {m.group(2)}")
+    assert not problems, "\n".join(problems)
+
+
+def headings(path: Path):
+    """(title, anchor) of every heading of a page, and of every bold paragraph lead ('**Why v.**')."""
+    text = FENCE.sub("", read(path))
+    out = [(h, slug(h)) for h in re.findall(r"^#{1,6}\s+(.*?)\s*#*\s*$", text, re.M)]
+    out += [(b.rstrip("."), None) for b in re.findall(r"^\*\*([^*]+)\*\*", text, re.M)]
+    return out
+
+
+def test_every_readme_section_the_code_names_is_in_the_readme():
+    """A comment that says README "Speed" must find that section in README.md; sections that live in
+    docs/ are named by their page (docs/speed.md), and the failure says which page to write."""
+    problems = []
+    readme_titles = [h.lower() for h, _ in headings(README)]
+    files = sorted(list((ROOT / "tinydiff").rglob("*.py")) + list((ROOT / "examples").glob("*.py"))
+                   + list((ROOT / "bench").glob("*.py")))
+    for path in files:
+        text = read(path)
+        for m in re.finditer(r"README(?:'s)?:?\s*[\"']([^\"'\n]+)[\"']", text):
+            title = m.group(1).strip().lower()
+            if any(h.startswith(title) for h in readme_titles):
+                continue
+            pages = sorted((i > 0, f"docs/{page.name}" + (f"#{a}" if a and i > 0 else ""))
+                           for page in DOCS for i, (h, a) in enumerate(headings(page))
+                           if h.lower().startswith(title))                 # a page's title first
+            pages = [name for _, name in pages]
+            problems.append(f"{rel(path)}:{line_of(text, m.start())}: {m.group(0)!r} is not a section of README.md"
+                            + (f"; write {pages[0]}" if pages else ""))
     assert not problems, "\n".join(problems)
 
 
