@@ -331,8 +331,9 @@ def test_the_equation_table_is_long_and_each_function_is_defined_where_its_row_l
         row = " | ".join(cells)
         linked = {(ROOT / "docs" / t.partition("#")[0]).resolve() for t in re.findall(r"\]\(([^)]+)\)", row)}
         names = [f"{a}{b}" for a, b in TD_REF.findall(cells[-1])] + FILE_NAME_REF.findall(cells[-1])
-        if not names:
-            problems.append(f"docs/equations.md:{line}: the row names no function (`td.a.b` or `file.py:name`)")
+        if not names and not re.search(r"\]\(\.\./examples/\w+\.py#L\d+-L\d+\)", cells[-1]):
+            problems.append(f"docs/equations.md:{line}: the row names no function (`td.a.b` or `file.py:name`), "
+                            f"nor links the lines of a lesson's cell ([basics.py](../examples/basics.py#L10-L20))")
         for name in names:
             if isinstance(name, tuple):                                       # examples/x.py:function
                 continue                                                      # (checked by the reference test)
@@ -413,20 +414,25 @@ def test_every_line_span_of_the_reading_table_is_the_real_span():
     for line, cells in reading_rows():
         paths = PATH_REF.findall(cells[1])
         names = INLINE_CODE.findall(cells[2])
+        whole = not names and "whole file" in cells[2]
         spans = SPAN.findall(cells[-1])
-        if len(paths) < 1 or len(names) != 1 or len(spans) != 1:
-            problems.append(f"README.md:{line}: a reading row is | # | `file` | `name` | what to look for | "
-                            f"[first–last](file#Lfirst-Llast) |, got {cells}")
+        if len(paths) < 1 or (len(names) != 1 and not whole) or len(spans) != 1:
+            problems.append(f"README.md:{line}: a reading row is | # | `file` | `name` (or: the whole file) | "
+                            f"what to look for | [first–last](file#Lfirst-Llast) |, got {cells}")
             continue
-        path, name = ROOT / paths[0], names[0]
+        path = ROOT / paths[0]
         if not path.exists():
             problems.append(f"README.md:{line}: {paths[0]} does not exist{suggest_file(path.name)}")
             continue
-        node = defined_in(path, name)
-        if node is None:
-            problems.append(f"README.md:{line}: {paths[0]} defines no `{name}`{where_defined(name)}")
-            continue
-        first, last = node.lineno, node.end_lineno
+        if whole:
+            first, last, name = 1, len(read(path).splitlines()), "the whole file"
+        else:
+            name = names[0]
+            node = defined_in(path, name)
+            if node is None:
+                problems.append(f"README.md:{line}: {paths[0]} defines no `{name}`{where_defined(name)}")
+                continue
+            first, last = node.lineno, node.end_lineno
         right = f"[{first}–{last}]({paths[0]}#L{first}-L{last})"
         anchor = re.search(r"#L(\d+)-L(\d+)", cells[-1])
         if tuple(map(int, spans[0])) != (first, last) or not anchor or \
