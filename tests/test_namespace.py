@@ -1,15 +1,12 @@
 """The teaching surface: ``import tinydiff as td`` carries the whole API, importing it is cheap and
-needs neither matplotlib nor Pillow, every name in the README's equation table is reachable as
-written there, and every public function and class shows a runnable example."""
-import ast
+needs neither matplotlib nor Pillow, and every public function and class shows a runnable example.
+(That every name of docs/equations.md is reachable as written there is tests/test_docs.py's job.)"""
 import importlib
 import inspect
 import os
 import pkgutil
-import re
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -65,58 +62,6 @@ def test_import_works_without_matplotlib_and_pillow_and_says_how_to_get_them():
     result = run_fresh(code)
     assert result.returncode == 0, result.stderr
     assert "pip install tinydiff[examples]" in result.stdout
-
-
-def equation_table_names():
-    """(cell, name) for every function named in the README's equation -> function table."""
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = text.split("## Equation → function", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|") and "---" not in line][1:]
-    assert len(rows) > 30
-    for row in rows:
-        cell = row.rstrip("|").rsplit("|", 1)[-1]
-        for name in re.findall(r"`([^`]+)`", cell):
-            if not any(c in name for c in "=([\"'"):         # settings (model_var_type="learned"), expressions
-                yield cell, name
-
-
-def load_example(path):
-    """The functions and classes an example script defines at its top level, read from its source:
-    an example is a lesson that runs top to bottom when executed, so it is parsed, not run."""
-    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
-    return types.SimpleNamespace(**{node.name: node for node in tree.body
-                                    if isinstance(node, (ast.FunctionDef, ast.ClassDef))})
-
-
-def resolve(name, qualifier):
-    """td.<name>, or for a bare name <qualifier>.<name> with the cell's last qualifier (a dotted
-    path under td, or an example module)."""
-    candidates = [(td, name)]
-    if qualifier is not None and "." not in name:
-        candidates.append((td, f"{qualifier}.{name}") if isinstance(qualifier, str) else (qualifier, name))
-    for obj, path in candidates:
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            continue
-    return None
-
-
-def test_every_function_in_the_readme_equation_table_is_reachable_as_written():
-    missing, qualifier, last_cell = [], None, None
-    for cell, name in equation_table_names():
-        if cell is not last_cell:
-            qualifier, last_cell = None, cell
-        if name.startswith("examples/") and name.endswith(".py"):
-            qualifier = load_example(name)                  # the names that follow live in that script
-            continue
-        if resolve(name, qualifier) is None:
-            missing.append(name)
-        if "." in name:
-            qualifier = name.rsplit(".", 1)[0]
-    assert not missing, f"README names that `import tinydiff as td` does not reach: {missing}"
 
 
 def public_objects():
