@@ -15,9 +15,9 @@ A step here is what the training loop does each iteration:
     loss = mean ||eps - eps_theta(x_t, t)||^2      (L_simple, DDPM eq. 14)
     loss.backward(); Adam step
 
-The process is tuned as the Trainer tunes it (``tinydiff.runtime.tune_process``: NumPy's
-OpenBLAS on one thread while tinydiff's thread pool owns the cores, freed memory kept mapped);
-``--untuned`` leaves OpenBLAS's thread count and glibc's malloc at their defaults.
+The process is tuned as the Trainer tunes a model without convolutions
+(``tinydiff.runtime.tune_process(convolutions=False)``: freed memory kept mapped, OpenBLAS's
+own threads left to split the GEMMs); ``--untuned`` also leaves glibc's malloc at its default.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def main(argv=None):
                         help="one thread each and CPU time instead of wall time: a ratio that another "
                              "process on the machine barely disturbs")
     args = parser.parse_args(argv)
-    tuning = "untuned" if args.untuned else td.runtime.tune_process()
+    tuning = "untuned" if args.untuned else td.runtime.tune_process(convolutions=False)   # as the Trainer tunes ToyMLP
     global CLOCK
     if args.cpu_time:
         CLOCK = time.process_time

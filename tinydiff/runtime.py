@@ -3,7 +3,8 @@
 The Trainer calls ``tune_process()`` when it is built, so a script or a notebook that
 trains gets these settings without knowing about them. Two of them:
 
-1. **OpenBLAS on one thread; tinydiff's own threads own the cores.** The fast kernels
+1. **OpenBLAS on one thread; tinydiff's own threads own the cores** (for models with
+   convolutions; a model of Linear layers keeps OpenBLAS's threads, see ``tune_process``). The fast kernels
    (``tinydiff/fast/``) cut a convolution into batch slices and give whole slices to the
    threads of ``tinydiff.parallel``, each running its small GEMMs on one core. If
    OpenBLAS also split every one of those GEMMs over its own threads, the two kinds of
@@ -136,21 +137,29 @@ def single_threaded_blas():
 
 
 # ---------------------------------------------------------------------- all of it, once
-def tune_process() -> dict:
-    """Apply the settings of this module's docstring to the running process, once: OpenBLAS
-    on one thread (tinydiff's thread pool owns the cores) and freed memory kept mapped.
+def tune_process(convolutions: bool = True) -> dict:
+    """Apply the settings of this module's docstring to the running process, each once.
 
-    Idempotent: the first call applies them, later calls return the same report and change
-    nothing (so a thread count set by hand afterwards stays). ``Trainer`` calls it.
-    Returns {"blas_threads": previous -> 1 or None if no OpenBLAS, "reuse_freed_memory": bool}.
+    Freed memory is always kept mapped. OpenBLAS goes to one thread only when
+    ``convolutions`` is true, i.e. the process runs the fast convolution kernels (a UNet, a
+    VAE), whose own thread pool owns the cores. A model of Linear layers only (``ToyMLP``)
+    spends its step in a few large GEMMs that OpenBLAS's own threads split best, so its
+    thread count is left alone (measured on 2 cores, ``bench/bench_step.py``: a ToyMLP step
+    at batch 1024 took 1.3x PyTorch's time with OpenBLAS's default threads and 1.9x with one).
 
-    >>> report = td.runtime.tune_process()
-    >>> sorted(report), td.runtime.tune_process() == report      # a second call changes nothing
+    Idempotent: a setting once applied is not applied again (so a thread count set by hand
+    afterwards stays). ``Trainer`` calls it with ``convolutions`` true when its model holds a
+    ``Conv2d``. Returns {"blas_threads": "previous -> 1", or None if not applied or no
+    OpenBLAS, "reuse_freed_memory": bool}.
+
+    >>> report = td.runtime.tune_process(convolutions=False)
+    >>> sorted(report), td.runtime.tune_process(convolutions=False) == report   # again: no change
     (['blas_threads', 'reuse_freed_memory'], True)
     """
     global _tuned
     if _tuned is None:
+        _tuned = {"blas_threads": None, "reuse_freed_memory": reuse_freed_memory()}
+    if convolutions and _tuned["blas_threads"] is None:
         previous = set_blas_threads(1)
-        _tuned = {"blas_threads": None if previous is None else f"{previous} -> 1",
-                  "reuse_freed_memory": reuse_freed_memory()}
+        _tuned["blas_threads"] = None if previous is None else f"{previous} -> 1"
     return dict(_tuned)

@@ -43,6 +43,7 @@ from .diffusion import GaussianDiffusion
 from .objectives import DiffusionLoss
 from .optim import EMA, AdamW, LinearWarmup, clip_grad_norm
 from .progress import Progress
+from .nn.conv import Conv2d
 from .runtime import tune_process
 
 
@@ -177,9 +178,10 @@ class Trainer:
                  grad_clip: float | None = 1.0, ema_decay: float = 0.999, ema_warmup: bool = False,
                  seed: int = 0, log_every: int = 100, checkpoint_path=None, checkpoint_every: int = 0,
                  config: dict | None = None, skip_nonfinite: bool = False, log=print):
-        tune_process()              # OpenBLAS on one thread, freed memory kept mapped: tinydiff/runtime.py
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.model = model
+        # freed memory kept mapped; OpenBLAS on one thread when the fast conv kernels run: tinydiff/runtime.py
+        tune_process(convolutions=any(isinstance(m, Conv2d) for m in model.modules()))
         self.loss_fn = DiffusionLoss(loss_fn) if isinstance(loss_fn, GaussianDiffusion) else loss_fn
         if not callable(self.loss_fn):
             raise TypeError(f"loss_fn: expected a function loss_fn(model, batch, rng) or a GaussianDiffusion, "
