@@ -160,8 +160,9 @@ class Trainer:
     Attributes: ``ema`` (the averaged weights: ``with trainer.ema.average_parameters(model):``
     evaluates with them), ``step``, ``losses`` (one float per step), ``last_logs``,
     ``saved_step`` (the step of the last checkpoint written or read), ``skipped`` (the step
-    being taken each time a batch was skipped). Scripts that train for long may call
-    ``tinydiff.runtime.reuse_freed_memory()`` first.
+    being taken each time a batch was skipped). Building a Trainer tunes the process once
+    (``tinydiff.runtime.tune_process``: freed memory kept mapped, and OpenBLAS on one thread
+    when the model has convolutions).
 
     >>> d = td.make_diffusion("eps", td.linear_beta_schedule(100))
     >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
