@@ -11,7 +11,8 @@ few names a diffusion model is built from sit at the top.
                     (ToyMLP, UNet, ...), td.data (toy sets, MNIST), td.viz (pictures), td.images
                     (grids and rows of image samples), td.scorer (scores generated MNIST digits),
                     td.metrics, td.oracles (exact denoisers), td.progress, td.gradcheck, td.runs
-                    (the checks every example makes around a run: flags, output folder, resume),
+                    (the checks every example makes around a run: flags, output folder, resume;
+                    built from td.flags, td.folder and td.resume),
                     td.recipes (the MNIST model of examples/mnist.py, loading a trained run),
                     td.elbo (a VAE's bound: reparameterisation, KL to N(0, I), decoders,
                     ELBOLoss), td.latent (latent diffusion: a frozen VAE and the scale of its codes)
@@ -50,10 +51,10 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, fast, forward,  # noqa: E402
-               functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models, nn,
-               objectives, optim, oracles, progress, recipes, respacing, reverse, runs, runtime, samplers, schedules,
-               scorer, train, viz)
+from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, fast, flags, folder,  # noqa: E402
+               forward, functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models,
+               nn, objectives, optim, oracles, progress, recipes, respacing, resume, reverse, runs, runtime, samplers,
+               schedules, scorer, train, viz)
 from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
@@ -78,8 +79,8 @@ __all__ = [
     # families, as submodules
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
-    "checks", "runs", "recipes", "runtime", "parallel", "fast", "scorer", "elbo", "latent", "editing",
-    "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
+    "checks", "runs", "flags", "folder", "resume", "recipes", "runtime", "parallel", "fast", "scorer", "elbo",
+    "latent", "editing", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound
@@ -94,6 +95,7 @@ __all__ = [
     "ClassifierFreeGuidance", "drop_labels",
     # training and checkpoints
     "Trainer", "Progress", "save_checkpoint", "load_checkpoint",
-    # run management: flags, output folder, resume or refuse, lock, safe writes (tinydiff/runs.py)
+    # run management: flags, output folder, resume or refuse, lock, safe writes (tinydiff/runs.py and the
+    # modules it is built from: tinydiff/flags.py, tinydiff/folder.py, tinydiff/resume.py)
     "Run",
 ]

@@ -16,7 +16,7 @@
 The trained scorer that reads generated digits is ``td.scorer.DigitScorer.load()``. The
 lessons that use these (docs/mnist.md, docs/editing.md, docs/vae-and-latent.md) show what
 each builds; a config is anything with the flags as attributes (argparse's Namespace, the
-SimpleNamespace ``runs.load_trained`` makes from a checkpoint) or a dict.
+SimpleNamespace ``resume.load_trained`` makes from a checkpoint) or a dict.
 """
 from __future__ import annotations
 
@@ -29,9 +29,10 @@ import numpy as np
 from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatten_state
 from .data import load_mnist, to_model_space
 from .elbo import ELBOLoss
+from .flags import RunError, positive_int
 from .models import VAE, UNet
 from .objectives import DiffusionLoss, make_diffusion
-from .runs import RunError, load_trained, positive_int, train_within_budget
+from .resume import load_trained, train_within_budget
 from .schedules import cosine_beta_schedule, linear_beta_schedule
 from .train import Trainer
 
@@ -102,12 +103,12 @@ def mnist_trainer(diffusion, model, images, labels, settings=None, **trainer_opt
 
 def load_mnist_run(checkpoint, *, weights: str = "ema", name: str = "--checkpoint"):
     """(diffusion, model, meta) of a trained examples/mnist.py run, from its checkpoint.npz:
-    ``runs.load_trained`` with ``mnist_model`` as the builder (meta["config"]: the run's flags).
+    ``resume.load_trained`` with ``mnist_model`` as the builder (meta["config"]: the run's flags).
 
     >>> td.recipes.load_mnist_run("no/such/checkpoint.npz")
     Traceback (most recent call last):
     ...
-    tinydiff.runs.RunError: --checkpoint no/such/checkpoint.npz: there is no checkpoint there
+    tinydiff.flags.RunError: --checkpoint no/such/checkpoint.npz: there is no checkpoint there
     """
     return load_trained(checkpoint, mnist_model, weights=weights, name=name)
 
@@ -137,7 +138,7 @@ def mnist_digits(args, split: str = "train", limit: int | None = None, model_spa
     >>> td.recipes.mnist_digits(SimpleNamespace(data_dir="/no/such/folder", no_download=True, train_limit=None))
     Traceback (most recent call last):
     ...
-    tinydiff.runs.RunError: MNIST: ...
+    tinydiff.flags.RunError: MNIST: ...
     """
     if split == "train" and limit is None:
         limit = getattr(args, "train_limit", None)
