@@ -265,7 +265,8 @@ class Run:
     def finish(self, metrics: dict) -> dict:
         """Write metrics.json, say which files are in OUT, release the folder; returns metrics."""
         self.save("metrics.json", metrics)
-        names = list(dict.fromkeys(self.outputs + ["checkpoint.npz"]))
+        wrote_checkpoint = os.path.exists(getattr(self, "checkpoint", None) or "")
+        names = list(dict.fromkeys(self.outputs + (["checkpoint.npz"] if wrote_checkpoint else [])))
         self.log(f"wrote {os.path.abspath(self.args.out)}: {', '.join(names)}")
         self.release()
         return metrics
