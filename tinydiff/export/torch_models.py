@@ -236,7 +236,8 @@ class ForwardResidual(nn.Module):
 
     def forward(self, x, t):
         out, D = self.net(x, t), x.shape[1]                                  # [B, 2D] = (f_mu, f_sigma)
-        mean = self.sqrt_alphas[t][:, None] * x + self.sqrt_betas[t][:, None] * out[:, :D]
+        # x_t is data here, as in tinydiff: no gradient flows through sqrt(1 - beta_t) x_t
+        mean = self.sqrt_alphas[t][:, None] * x.detach() + self.sqrt_betas[t][:, None] * out[:, :D]
         log_variance = self.log_betas[t][:, None] + out[:, D:]
         return torch.cat([mean, log_variance], dim=1)
 
