@@ -106,7 +106,16 @@ def save_export(path, model, diffusion: GaussianDiffusion | None = None, weights
 
 def load_export(path):
     """(model, diffusion or None, config) from a file ``save_export`` wrote, or from the
-    weights PyTorch saved beside that config (the same metadata)."""
+    weights PyTorch saved beside that config (the same metadata).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "weights.safetensors")
+    >>> td.export.save_safetensors(path, {"w": np.zeros(2)})                     # bare weights, no config
+    >>> td.export.load_export(path)
+    Traceback (most recent call last):
+    ...
+    ValueError: ...: no 'tinydiff_export' config in the file's metadata; ...
+    """
     metadata = load_safetensors_metadata(path)
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path}: no {METADATA_KEY!r} config in the file's metadata; read the bare "

@@ -30,7 +30,11 @@ EXPORTERS = {}          # tinydiff model class -> function(model) -> its constru
 
 
 def register(cls):
-    """Decorator: ``@register(UNet)`` over a function ``model -> dict of constructor arguments``."""
+    """Decorator: ``@register(UNet)`` over a function ``model -> dict of constructor arguments``.
+
+    >>> sorted(cls.__name__ for cls in td.export.convert.EXPORTERS)           # the models registered so far
+    ['ForwardResidual', 'ToyMLP', 'UNet', 'VAE']
+    """
     def add(arguments):
         EXPORTERS[cls] = arguments
         return arguments
@@ -97,7 +101,11 @@ def build(spec: dict, dtype=np.float32):
 
 
 def model_dtype(model) -> np.dtype:
-    """The dtype of a model's parameters (one dtype for all of them, or a ValueError)."""
+    """The dtype of a model's parameters (one dtype for all of them, or a ValueError).
+
+    >>> td.export.convert.model_dtype(td.models.ToyMLP(hidden=8, rng=np.random.default_rng(0)).astype(np.float64))
+    dtype('float64')
+    """
     dtypes = {p.dtype for p in model.parameters()}
     if len(dtypes) != 1:
         raise ValueError(f"model: expected parameters of one dtype, got {sorted(map(str, dtypes))}")
@@ -108,6 +116,13 @@ def to_torch(model):
     """The PyTorch twin of a tinydiff model (``tinydiff.export.torch_models``), holding the same
     weights in the same dtype (float32 or float64), in the same train/eval mode. It is called as
     the tinydiff model is: ``twin(x, t, y=y)`` for a UNet, ``twin.encode(x)`` for a VAE.
+
+    >>> import torch
+    >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
+    >>> twin = td.export.to_torch(model)
+    >>> x, t = np.ones((3, 2), np.float32), np.array([0, 5, 9])
+    >>> bool(np.allclose(twin(torch.from_numpy(x), torch.from_numpy(t)).detach().numpy(), model(x, t).data, atol=1e-6))
+    True
     """
     import torch
 
@@ -124,6 +139,11 @@ def from_torch(source, model):
     torch tensors or NumPy arrays (e.g. ``load_safetensors(path)``). Values are cast to the
     model's dtype; missing, unexpected or misshapen keys are one ValueError, and then nothing
     is loaded (``Module.load_state_dict``).
+
+    >>> arrays = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0)).state_dict()    # e.g. from a file
+    >>> model = td.export.from_torch(arrays, td.models.ToyMLP(hidden=16, rng=np.random.default_rng(1)))
+    >>> bool(np.array_equal(model.net[0].weight.data, arrays["net.0.weight"]))
+    True
     """
     if hasattr(source, "state_dict") and callable(source.state_dict):
         source = getattr(source, "module", source).state_dict()    # DDP keeps the model in .module

@@ -240,7 +240,14 @@ def load_safetensors(path) -> dict:
 
 def load_safetensors_metadata(path) -> dict:
     """The ``__metadata__`` of a ``.safetensors`` file (dict str -> str; {} if it has none),
-    after the same checks as ``load_safetensors``."""
+    after the same checks as ``load_safetensors``.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.safetensors")
+    >>> td.export.save_safetensors(path, {"w": np.zeros(2)}, {"step": "10"})
+    >>> td.export.load_safetensors_metadata(path)
+    {'step': '10'}
+    """
     return decode_safetensors(_read_file(path), os.fspath(path))[1]
 
 

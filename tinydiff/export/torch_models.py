@@ -23,7 +23,13 @@ from torch import nn
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
     """[B] timesteps -> [B, dim] float64: sines of t * f_i, then cosines, f_i = max_period^(-i / (dim/2))
-    (Vaswani et al. 2017 sec. 3.5; Ho et al. 2020 appendix B). tinydiff.nn.timestep_embedding."""
+    (Vaswani et al. 2017 sec. 3.5; Ho et al. 2020 appendix B). tinydiff.nn.timestep_embedding.
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import timestep_embedding
+    >>> timestep_embedding(torch.tensor([0, 10]), 8)[0].tolist()              # t = 0: sin 0 = 0, cos 0 = 1
+    [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)   # [dim/2]
     angles = t.to(torch.float64)[:, None] * freqs[None, :]                                     # [B, dim/2]
@@ -31,7 +37,13 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
 
 
 class UpsampleConv(nn.Conv2d):
-    """Nearest-neighbour upsampling by 2, then the convolution (tinydiff.nn.UpsampleConv)."""
+    """Nearest-neighbour upsampling by 2, then the convolution (tinydiff.nn.UpsampleConv).
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import UpsampleConv
+    >>> UpsampleConv(4, 8, 3, padding=1)(torch.zeros(2, 4, 7, 7)).shape
+    torch.Size([2, 8, 14, 14])
+    """
 
     def forward(self, x):
         return super().forward(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -39,7 +51,13 @@ class UpsampleConv(nn.Conv2d):
 
 # ---------------------------------------------------------------------- ToyMLP
 class ToyMLP(nn.Module):
-    """[B, D] points and t [B] -> [B, D * heads]: an MLP on [x, sinusoidal(t)] (tinydiff/models/toy_mlp.py)."""
+    """[B, D] points and t [B] -> [B, D * heads]: an MLP on [x, sinusoidal(t)] (tinydiff/models/toy_mlp.py).
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import ToyMLP
+    >>> ToyMLP(heads=2, hidden=16)(torch.zeros(5, 2), torch.arange(5)).shape
+    torch.Size([5, 4])
+    """
 
     def __init__(self, data_dim=2, heads=1, hidden=256, emb_dim=64):
         super().__init__()
@@ -54,7 +72,13 @@ class ToyMLP(nn.Module):
 
 # ---------------------------------------------------------------------- UNet
 class ResBlock(nn.Module):
-    """x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W] (tinydiff.models.ResBlock)."""
+    """x [B, cin, H, W], emb_act = SiLU(temb) [B, E] -> [B, cout, H, W] (tinydiff.models.ResBlock).
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import ResBlock
+    >>> ResBlock(8, 16, emb_dim=32, scale_shift=True)(torch.zeros(2, 8, 4, 4), torch.zeros(2, 32)).shape
+    torch.Size([2, 16, 4, 4])
+    """
 
     def __init__(self, cin, cout, emb_dim, num_groups=8, dropout=0.0, scale_shift=False):
         super().__init__()
@@ -80,7 +104,13 @@ class ResBlock(nn.Module):
 
 
 class SelfAttention2d(nn.Module):
-    """x + proj(attention(qkv(norm(x)))) over the H*W pixels (tinydiff.nn.SelfAttention2d)."""
+    """x + proj(attention(qkv(norm(x)))) over the H*W pixels (tinydiff.nn.SelfAttention2d).
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import SelfAttention2d
+    >>> SelfAttention2d(8, num_groups=4)(torch.zeros(2, 8, 4, 4)).shape
+    torch.Size([2, 8, 4, 4])
+    """
 
     def __init__(self, channels, num_groups=32):
         super().__init__()
@@ -97,7 +127,14 @@ class SelfAttention2d(nn.Module):
 
 class UNet(nn.Module):
     """eps_theta(x_t, t, y): [B, in_channels, H, W] -> [B, out_channels, H, W] (tinydiff/models/unet.py).
-    y: int [B] or [B, n_attributes]; None means every attribute's null label."""
+    y: int [B] or [B, n_attributes]; None means every attribute's null label.
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import UNet
+    >>> unet = UNet(base_channels=8, channel_mults=(1, 2), num_classes=10)
+    >>> unet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 999]), y=torch.tensor([3, 10])).shape   # 10: the null label
+    torch.Size([2, 1, 8, 8])
+    """
 
     def __init__(self, in_channels=1, base_channels=32, channel_mults=(1, 2, 2), num_classes=None,
                  learned_variance=False, attention_levels=(), time_dim=None, emb_dim=None, num_groups=8,
@@ -169,7 +206,15 @@ class UNet(nn.Module):
 # ---------------------------------------------------------------------- VAE
 class VAE(nn.Module):
     """q(z | x) and p(x | z) for 1 x 28 x 28 digits (tinydiff/models/vae.py): ``encode(x) -> (mu,
-    log_variance)``, ``decode(z)``, ``decoder_params(output)``, ``generate(z)``."""
+    log_variance)``, ``decode(z)``, ``decoder_params(output)``, ``generate(z)``.
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import VAE
+    >>> vae = VAE((16,), channels=(8, 16))
+    >>> mu, log_variance = vae.encode(torch.zeros(2, 1, 28, 28))
+    >>> mu.shape, vae.generate(mu).shape
+    (torch.Size([2, 16]), torch.Size([2, 1, 28, 28]))
+    """
 
     def __init__(self, latent_shape=(16,), channels=(32, 64), decoder="discretized", num_groups=8):
         super().__init__()
@@ -224,7 +269,14 @@ class VAE(nn.Module):
 class ForwardResidual(nn.Module):
     """(mu, log sigma^2) = (sqrt(1 - beta_t) x_t + sqrt(beta_t) f_mu, log beta_t + f_sigma)
     (Sohl-Dickstein et al. 2015; tinydiff/models/forward_residual.py). The tables are float32,
-    as tinydiff's, and not part of the state dict (they follow from betas)."""
+    as tinydiff's, and not part of the state dict (they follow from betas).
+
+    >>> import torch
+    >>> from tinydiff.export.torch_models import ForwardResidual, ToyMLP
+    >>> model = ForwardResidual(ToyMLP(heads=2, hidden=16), torch.full((40,), 0.01))
+    >>> model(torch.zeros(3, 2), torch.tensor([0, 1, 39])).shape, list(model.state_dict())[:1]
+    (torch.Size([3, 4]), ['net.net.0.weight'])
+    """
 
     def __init__(self, net, betas):
         super().__init__()
@@ -248,7 +300,12 @@ MODELS = {"ToyMLP": ToyMLP, "UNet": UNet, "VAE": VAE, "ForwardResidual": Forward
 
 def build(spec):
     """The module a spec describes: {"class": "UNet", "args": {constructor arguments}}, the "model"
-    entry of an exported config. An argument that is itself a spec (ForwardResidual's net) is built first."""
+    entry of an exported config. An argument that is itself a spec (ForwardResidual's net) is built first.
+
+    >>> from tinydiff.export.torch_models import build
+    >>> type(build({"class": "UNet", "args": {"base_channels": 8, "channel_mults": [1, 2]}})).__name__
+    'UNet'
+    """
     if spec["class"] not in MODELS:
         raise ValueError(f"model class {spec['class']!r}: expected one of {sorted(MODELS)}")
     args = {k: build(v) if isinstance(v, dict) and "class" in v else v for k, v in spec["args"].items()}
