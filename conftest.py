@@ -15,5 +15,11 @@ def _doctest_names(doctest_namespace):
 
 
 # The PyTorch twins import torch at their top: without torch their docstrings are not collected.
-collect_ignore = [] if importlib.util.find_spec("torch") else [
-    "tinydiff/export/torch_models.py", "tinydiff/export/torch_diffusion.py"]
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+collect_ignore = [] if _installed("torch") else ["tinydiff/export/torch_models.py", "tinydiff/export/torch_diffusion.py"]

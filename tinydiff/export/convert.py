@@ -117,7 +117,7 @@ def to_torch(model):
     weights in the same dtype (float32 or float64), in the same train/eval mode. It is called as
     the tinydiff model is: ``twin(x, t, y=y)`` for a UNet, ``twin.encode(x)`` for a VAE.
 
-    >>> import torch
+    >>> import pytest; torch = pytest.importorskip("torch")      # (the test suite runs without torch too)
     >>> model = td.models.ToyMLP(hidden=16, rng=np.random.default_rng(0))
     >>> twin = td.export.to_torch(model)
     >>> x, t = np.ones((3, 2), np.float32), np.array([0, 5, 9])
