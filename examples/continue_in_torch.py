@@ -52,6 +52,11 @@ def check(args):
             raise ValueError(f"{name}: this lesson trains a fixed number of steps in one go")
     if args.n_samples % 10:
         raise ValueError(f"--n-samples must be a multiple of 10 (an equal number of each digit), got {args.n_samples}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))                 # set by torchrun
+    if args.batch % world:
+        raise ValueError(f"--batch {args.batch} must divide evenly over the {world} processes")
+    if os.path.exists(os.path.join(args.out, "model.safetensors")) and not args.restart:
+        raise ValueError(f"{args.out} holds a finished run; pass --restart to replace it, or another --out")
 
 
 args = run.parse(check=check)
@@ -68,12 +73,8 @@ dist.init_process_group("nccl" if cuda else "gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda else "cpu")
 torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))      # the processes share the cores
-if args.batch % world:
-    raise td.flags.RunError(f"--batch {args.batch} must divide evenly over {world} processes")
 lead = rank == 0                                                    # process 0 alone writes and samples
 if lead:
-    if os.path.exists(os.path.join(args.out, "model.safetensors")) and not args.restart:
-        raise td.flags.RunError(f"{args.out} holds a finished run; pass --restart to replace it or choose --out")
     run.start()
 
 # %% [markdown]

@@ -204,7 +204,8 @@ def is_safetensors(path) -> bool:
 def _read_safetensors(path):
     """(arrays, the metadata's JSON bytes) of a .safetensors checkpoint, or CheckpointError."""
     try:
-        arrays, metadata = decode_safetensors(open(path, "rb").read(), path)
+        with open(path, "rb") as f:
+            arrays, metadata = decode_safetensors(f.read(), path)
     except SafetensorsError as e:
         raise CheckpointError(str(e)) from e
     if META_KEY not in metadata:
