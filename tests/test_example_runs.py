@@ -356,7 +356,7 @@ def test_mnist_interrupted_and_resumed_is_bit_for_bit_the_straight_run(tmp_path,
 
 
 # ---------------------------------------------------------------- lessons that open as notebooks
-@pytest.mark.parametrize("name", ["toy2d", "mnist", "color_digits"])
+@pytest.mark.parametrize("name", ["toy2d", "mnist", "color_digits", "continue_in_torch"])
 def test_the_lesson_is_at_most_200_lines_of_percent_cells_each_runnable_on_its_own(name):
     """What jupytext and VS Code split on: `# %%` cells, markdown cells of prose, and every code
     cell a complete piece of top-level Python (a notebook runs them one by one); no example

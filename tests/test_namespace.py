@@ -67,7 +67,12 @@ def test_import_works_without_matplotlib_and_pillow_and_says_how_to_get_them():
 def public_objects():
     """Every public function and class defined in a tinydiff module, with its qualified name."""
     for info in pkgutil.walk_packages(td.__path__, "tinydiff."):
-        module = importlib.import_module(info.name)
+        try:
+            module = importlib.import_module(info.name)
+        except ModuleNotFoundError as err:       # tinydiff.export's PyTorch twins, without torch installed
+            if err.name == "torch":
+                continue
+            raise
         for name, obj in vars(module).items():
             if name.startswith("_") or not (inspect.isfunction(obj) or inspect.isclass(obj)):
                 continue

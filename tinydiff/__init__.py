@@ -34,6 +34,8 @@ few names a diffusion model is built from sit at the top.
     editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
     runs            td.Run: an example's flags, output folder, resume or refusal, lock and files
+    export          td.export: to_torch / from_torch (PyTorch twins of every model), .safetensors
+                    read and written in NumPy (save_safetensors, load_safetensors), configs
 
 Importing is cheap: NumPy only. matplotlib and Pillow are imported when a picture is drawn.
 
@@ -51,7 +53,7 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, fast, flags, folder,  # noqa: E402
+from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, export, fast, flags, folder,  # noqa: E402
                forward, functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models,
                nn, objectives, optim, oracles, progress, recipes, respacing, resume, reverse, runs, runtime, samplers,
                schedules, scorer, train, viz)
@@ -80,7 +82,7 @@ __all__ = [
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
     "checks", "runs", "flags", "folder", "resume", "recipes", "runtime", "parallel", "fast", "scorer", "elbo",
-    "latent", "editing", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
+    "latent", "editing", "export", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

@@ -1,10 +1,15 @@
-"""Crash-safe checkpoints: one ``.npz`` holding the arrays plus JSON metadata.
+"""Crash-safe checkpoints: one ``.npz`` (or ``.safetensors``) holding the arrays plus JSON metadata.
 
 File layout (format version 1): an ordinary NumPy ``.npz`` archive. Each array is
 stored under its own key; the reserved key ``__tinydiff_meta__`` holds a uint8 array
 of UTF-8 JSON text ``{"format": "tinydiff-checkpoint", "version": 1, "meta": {...}}``.
 Everything is read back with ``np.load(..., allow_pickle=False)``, so a checkpoint can
 never execute code, and object arrays are refused both when writing and when reading.
+
+A path ending in ``.safetensors`` is written in that format instead (tinydiff/export/safetensors.py,
+NumPy only): the arrays as tensors, the same JSON text under the ``__tinydiff_meta__`` key of the
+file's string metadata, so PyTorch and the ``safetensors`` package read the weights, and
+``load_checkpoint`` reads it back exactly as it reads an ``.npz``.
 
 Crash safety: ``atomic_write`` writes to a temporary file in the destination folder,
 flushes and fsyncs it, then ``os.replace``s it over the target (atomic on POSIX and
@@ -26,6 +31,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from .export.safetensors import SafetensorsError, decode_safetensors, save_safetensors
 
 FORMAT = "tinydiff-checkpoint"
 VERSION = 1
@@ -95,7 +102,8 @@ def save_checkpoint(path, arrays, meta=None, compress=False):
     """Write ``arrays`` (dict str -> ndarray) and JSON-able ``meta`` atomically to ``path``.
 
     ``path`` is used exactly as given (no ``.npz`` is appended). Dtypes and shapes are kept
-    exactly. ``compress=True`` uses zip deflate (slower, smaller).
+    exactly. ``compress=True`` uses zip deflate (slower, smaller). A path ending in
+    ``.safetensors`` writes that format (uncompressed; dtypes bool, (u)int8-64, float16/32/64).
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "ck.npz")
@@ -123,6 +131,9 @@ def save_checkpoint(path, arrays, meta=None, compress=False):
         payload[key] = arr
     header = {"format": FORMAT, "version": VERSION, "meta": meta}
     text = json.dumps(header, default=_json_default)
+    if is_safetensors(path):
+        save_safetensors(path, payload, {META_KEY: text})
+        return
     payload[META_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     writer = np.savez_compressed if compress else np.savez
     with atomic_write(path) as f:
@@ -147,6 +158,8 @@ def load_checkpoint(path, expect_keys=()):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if is_safetensors(path):
+        return _check_header(path, *_read_safetensors(path), expect_keys)
     if not zipfile.is_zipfile(path):       # an .npz is a zip archive; anything else is refused
         with open(path, "rb") as f:
             bare_npy = f.read(6) == b"\x93NUMPY"
@@ -176,8 +189,35 @@ def load_checkpoint(path, expect_keys=()):
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(f"checkpoint {path!r}: metadata is a {raw.dtype} array of shape {raw.shape}, "
                               "expected the uint8 bytes of a JSON text")
+    return _check_header(path, arrays, raw.tobytes(), expect_keys)
+
+
+def is_safetensors(path) -> bool:
+    """Whether a checkpoint path is in the .safetensors format (by its name).
+
+    >>> td.checkpoint.is_safetensors("out/run/checkpoint.safetensors"), td.checkpoint.is_safetensors("c.npz")
+    (True, False)
+    """
+    return os.fspath(path).endswith(".safetensors")
+
+
+def _read_safetensors(path):
+    """(arrays, the metadata's JSON bytes) of a .safetensors checkpoint, or CheckpointError."""
     try:
-        header = json.loads(raw.tobytes().decode("utf-8"))
+        with open(path, "rb") as f:
+            arrays, metadata = decode_safetensors(f.read(), path)
+    except SafetensorsError as e:
+        raise CheckpointError(str(e)) from e
+    if META_KEY not in metadata:
+        raise CheckpointError(f"checkpoint {path!r} has no {META_KEY!r} metadata; it was not written by "
+                              "save_checkpoint (read bare weights with tinydiff.export.load_safetensors)")
+    return arrays, metadata[META_KEY].encode("utf-8")
+
+
+def _check_header(path, arrays, raw: bytes, expect_keys):
+    """(arrays, meta) once the JSON header is a tinydiff checkpoint's of this version."""
+    try:
+        header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {path!r}: metadata is not valid UTF-8 JSON ({e})") from e
     if not isinstance(header, dict) or header.get("format") != FORMAT:

@@ -45,6 +45,7 @@ class ForwardResidual(nn.Module):
         super().__init__()
         betas = validate_betas(betas)
         self.net = net
+        self.betas = betas                                                 # [T] float64, for export
         self.sqrt_alphas = np.sqrt(1.0 - betas).astype(np.float32)         # [T]
         self.sqrt_betas = np.sqrt(betas).astype(np.float32)                # [T]
         self.log_betas = np.log(betas).astype(np.float32)                  # [T]
