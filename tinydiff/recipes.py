@@ -157,7 +157,7 @@ __all__ = ["MNIST_DEFAULTS", "mnist_betas", "mnist_model", "mnist_trainer", "loa
 # examples/vae.py's default run (docs/vae-and-latent.md): an 8-d latent, 1,500 steps. Latent
 # diffusion freezes one with latent (4, 7, 7).
 VAE_DEFAULTS = dict(latent=(8,), channels=(16, 64), decoder="discretized", kl_weight=1.0, seed=0, steps=1500,
-                    batch=64, lr=2e-3, ema=0.999)
+                    batch=64, lr=2e-3, ema=0.999, in_channels=1)
 
 
 def parse_latent(text) -> tuple:
@@ -198,14 +198,15 @@ def _vae_settings(config=None, **overrides) -> SimpleNamespace:
 
 
 def vae_model(config=None, **overrides):
-    """examples/vae.py's VAE (``models.VAE(latent, channels, decoder)``, weights from
-    ``default_rng(seed)``); missing settings are VAE_DEFAULTS'.
+    """examples/vae.py's VAE (``models.VAE(latent, channels, decoder, in_channels=...)``, weights
+    from ``default_rng(seed)``); missing settings are VAE_DEFAULTS' (in_channels 1: grey digits).
 
     >>> td.recipes.vae_model(latent=(4, 7, 7)).latent_shape
     (4, 7, 7)
     """
     s = _vae_settings(config, **overrides)
-    return VAE(tuple(s.latent), tuple(s.channels), decoder=s.decoder, rng=np.random.default_rng(s.seed))
+    return VAE(tuple(s.latent), tuple(s.channels), decoder=s.decoder, in_channels=s.in_channels,
+               rng=np.random.default_rng(s.seed))
 
 
 def vae_trainer(vae, images, settings=None, **trainer_options) -> Trainer:
@@ -234,7 +235,7 @@ def save_vae(path, vae) -> None:
     >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
     >>> td.recipes.save_vae(path, td.recipes.vae_model(latent=(3,), channels=(8, 8)))
     >>> sorted(td.load_checkpoint(path)[1]["vae"])
-    ['channels', 'decoder', 'latent_shape', 'num_groups']
+    ['channels', 'decoder', 'in_channels', 'latent_shape', 'num_groups']
     """
     save_checkpoint(path, flatten_state({"model": vae.state_dict()}), {"vae": vae.config})
 
