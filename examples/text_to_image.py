@@ -1,14 +1,11 @@
 """Stable Diffusion in miniature: text prompts to coloured digits (docs/text-to-image.md).
 
-The whole pipeline of Rombach et al. (2022) at laptop size, on td.data.ColoredMNIST:
-
-* captions: each coloured training digit is described afresh at every visit by a small grammar
-  ("a red seven", "7 in red", "a seven", "something red", "a bold red seven", ...; td.data.captions),
-  the empty caption 10% of the time; held-out digit-colour pairs are never captioned;
-* a word-level tokenizer (td.text.Tokenizer) and a small transformer text encoder trained with
-  the UNet (td.models.TextEncoder), read by cross-attention in the UNet (td.models.TextUNet);
-* diffusion in the latent space of a frozen VAE for 3-channel digits (4 x 7 x 7, trained first);
-* classifier-free guidance, with negative prompts: eps(neg) + (1 + w) (eps(prompt) - eps(neg)).
+The pipeline of Rombach et al. (2022) at laptop size, on td.data.ColoredMNIST: captions drawn
+afresh at every visit from a small grammar ("a red seven", "7 in red", "a seven", "something red",
+"a bold red seven", ...; held-out digit-colour pairs never captioned); a word-level tokenizer and a
+small transformer text encoder trained with the UNet, read by cross-attention (td.models.TextUNet);
+diffusion in a frozen 3-channel VAE's 4 x 7 x 7 latent space; classifier-free guidance with
+negative prompts, eps(neg) + (1 + w) (eps(prompt) - eps(neg)).
 
 Run it (about 15 minutes of training on 2 cores, VAE included), or open it as a notebook:
 
@@ -30,8 +27,7 @@ from tinydiff.data import COLOUR_NAMES, captions
 # %% Settings: each one is a flag of the script; in a notebook, edit them here
 run, R = td.Run("text_to_image", __doc__, checkpoint_every=500), td.runs
 td.recipes.mnist_flags(run)
-run.run_flag("vae", None, "the frozen 3-channel VAE (vae.npz; default OUT/vae/vae.npz, trained first if missing)",
-             type=str)
+run.run_flag("vae", None, "the frozen 3-channel VAE (default OUT/vae/vae.npz, trained first if missing)", type=str)
 run.flag("vae_steps", 2000, "training steps of a missing VAE (latent 4x7x7)", type=R.positive_int)
 run.run_flag("steps", 6000, "training steps of the text-conditioned UNet", type=R.positive_int)
 run.run_flag("batch", 64, "batch size", type=R.positive_int)
@@ -63,20 +59,11 @@ def check(args):
         raise ValueError("--checkpoint and --prompt go together: a trained run's checkpoint, and what to sample")
     for text in (args.prompt, args.negative):
         tokenizer(text or "")                           # an unknown word: a one-line error naming it
+    R.check_chain(td.recipes.mnist_betas(args.T, "cosine"), args)         # --sample-steps <= T
     args.vae = args.vae or os.path.join(args.out, "vae", "vae.npz")
 
 
 args = run.parse(check=check)
-
-
-def build(config):
-    """The latent diffusion (v-prediction, cosine schedule, min-SNR weighting) and the TextUNet."""
-    diffusion = td.make_diffusion("eps", td.recipes.mnist_betas(config.T, "cosine"), model_mean_type="v",
-                                  mse_weighting="min_snr")
-    return diffusion, td.models.TextUNet(tokenizer.vocab_size, tokenizer.length, in_channels=4,
-                                         base_channels=config.width, text_dim=config.text_dim,
-                                         text_layers=config.text_layers, pooled=config.conditioning == "both",
-                                         scale_shift=True, rng=np.random.default_rng(config.seed))
 
 
 # %% [markdown]
@@ -86,7 +73,7 @@ def build(config):
 
 # %%
 if args.checkpoint:                                     # sample only: the model, the VAE and s from the run
-    diffusion, model, meta = td.resume.load_trained(args.checkpoint, build)
+    diffusion, model, meta = td.resume.load_trained(args.checkpoint, td.recipes.text_model)
     space = td.latent.LatentSpace(td.recipes.load_vae(meta["config"]["vae"]), meta["config"]["scale_factor"])
     run.start()
 else:
@@ -103,7 +90,7 @@ else:
                                       np.random.default_rng(args.seed + 2))
     data = td.text.CaptionedLatents.from_digits(space, images, labels, tokenizer, p_empty=args.p_empty)
     print(f"VAE {args.vae}: s = 1 / std(z) = {space.scale_factor:.4f}; {len(data)} captioned coloured digits")
-    diffusion, model = build(args)
+    diffusion, model = td.recipes.text_model(args)       # v-prediction, cosine schedule; the TextUNet
     run.start(model)
     trainer = td.Trainer(model, td.DiffusionLoss(diffusion), data, batch_size=args.batch, lr=args.lr,
                          warmup_steps=min(100, args.steps // 10), lr_decay_steps=args.steps, ema_decay=args.ema,
@@ -114,10 +101,7 @@ else:
     trainer.ema.copy_to(model)                          # sample with the averaged weights
 print(f"TextUNet: {model.num_parameters():,} parameters (text encoder {model.text_encoder.num_parameters():,})")
 
-# %% [markdown]
-# ## Sampling: guided DDIM in the latent space, decoded once (negative prompts replace the empty one)
-
-# %%
+# %% Sampling: guided DDIM in the latent space, decoded once (a negative prompt replaces the empty one)
 def generate(prompts, negative="", seed=1):
     """Images [N, 3, 28, 28] in [0, 1] for a list of prompts, the noise fixed by seed."""
     noise = np.random.default_rng(seed).standard_normal((len(prompts), *space.shape), dtype=np.float32)
@@ -134,99 +118,82 @@ if args.prompt:
     samples = generate([args.prompt] * args.n, args.negative, seed=args.seed)
     run.save("samples.npy", samples.astype(np.float32))
     td.images.save_image_grid(samples, run.path("grid.png"), nrow=min(8, args.n))
-    metrics = {"prompt": args.prompt, "negative": args.negative, "n": args.n, "guidance": args.guidance,
-               "checkpoint": args.checkpoint, "step": meta["step"]}
-    run.finish(metrics)
+    metrics = run.finish({"prompt": args.prompt, "negative": args.negative, "n": args.n, "guidance": args.guidance,
+                          "checkpoint": args.checkpoint, "step": meta["step"]})
 
 # %% [markdown]
-# ## The fixed prompts, each sample read back: its digit (the MNIST scorer on the brightest channel)
-# and its colour (the nearest palette colour)
+# ## The fixed prompts, each sample read back by the library's readers: its digit (the MNIST scorer
+# on the brightest channel; -1 with --no-score) and its colour (the nearest palette colour)
 
 # %%
 if not args.prompt:
     scorer = None if args.no_score else td.scorer.DigitScorer.load(data_dir=args.data_dir)
 
-    def read(rgb):
-        """(digits or None, colours) the library's readers see in images [N, 3, 28, 28]."""
-        return (None if scorer is None else scorer.predict(td.data.to_grey(rgb))), td.data.nearest_colour(rgb)
+    def read(prompts, negative="", seed=1):
+        """Sample the prompts; return (digits, colours) read from the images, int [N] each."""
+        rgb = generate(prompts, negative, seed)
+        return (np.full(len(rgb), -1) if scorer is None else scorer.predict(td.data.to_grey(rgb)),
+                td.data.nearest_colour(rgb))
 
-    def share(ok):
-        return None if ok is None else round(float(np.mean(ok)), 4)
-
-    held = td.data.held_out_mask()
-    pairs = [(d, c) for d in range(10) for c in range(len(COLOUR_NAMES))]
-    y = np.repeat(np.array(pairs), args.per_pair, axis=0)                 # [N, 2] digit, colour
-    digit, colour = read(generate([captions.describe(d, c) for d, c in y]))
-    ok_d, ok_c, is_held = (None if digit is None else digit == y[:, 0]), colour == y[:, 1], held[y[:, 0], y[:, 1]]
-    metrics = {"full": {part: {"digit": share(None if ok_d is None else ok_d[sel]), "colour": share(ok_c[sel]),
+    held, share = td.data.held_out_mask(), lambda ok: round(float(np.mean(ok)), 4)
+    pairs = np.array([(d, c) for d in range(10) for c in range(len(COLOUR_NAMES))])
+    y = np.repeat(pairs, args.per_pair, axis=0)                               # [N, 2] digit, colour
+    (digit, colour), is_held = read([captions.describe(d, c) for d, c in y]), held[y[:, 0], y[:, 1]]  # "a red seven"
+    metrics = {"full": {part: {"digit": share(digit[sel] == y[sel, 0]), "colour": share(colour[sel] == y[sel, 1]),
                                "n": int(sel.sum())} for part, sel in (("seen", ~is_held), ("held_out", is_held))}}
-
-    k = args.per_prompt                                 # partial prompts, and "a seven" without red
-    seven, red = read(generate(["a seven"] * k, seed=2)), read(generate(["something red"] * k, seed=3))
-    not_red = read(generate(["a seven"] * k, negative="red", seed=2))   # the same noise as "a seven"
-    metrics["partial"] = {
-        "a seven": {"sevens": share(None if seven[0] is None else seven[0] == 7),
-                    "colours": len(set(seven[1][seven[1] >= 0].tolist())), "red": share(seven[1] == 0)},
-        "something red": {"red": share(red[1] == 0), "digits": None if red[0] is None else len(set(red[0].tolist()))}}
-    metrics["negative"] = {"a seven, negative red": {"red": share(not_red[1] == 0),
-                                                     "sevens": share(None if not_red[0] is None else not_red[0] == 7)}}
-
-    seen = np.array([p for p in pairs if not held[p]])                   # paraphrases: same pairs, same noise
-    seen = np.repeat(seen, 2, axis=0)
+    k = args.per_prompt                                                       # partial and negative prompts
+    (d7, c7), (dr, cr) = read(["a seven"] * k, seed=2), read(["something red"] * k, seed=3)
+    dn, cn = read(["a seven"] * k, negative="red", seed=2)                    # the same noise as "a seven"
+    metrics["partial"] = {"a seven": dict(sevens=share(d7 == 7), colours=len(set(c7[c7 >= 0])), red=share(c7 == 0)),
+                          "something red": {"red": share(cr == 0), "digits": len(set(dr[dr >= 0]))}}
+    metrics["negative"] = {"prompt": "a seven", "negative": "red", "red": share(cn == 0), "sevens": share(dn == 7)}
+    seen = np.repeat(pairs[~held[pairs[:, 0], pairs[:, 1]]], 2, axis=0)      # paraphrases: same pairs, same noise
     metrics["paraphrases"] = {}
     for phrasing, form in captions.PARAPHRASES:
-        prompts = [captions.describe(d, c, phrasing=phrasing, numeral=form == "numeral") for d, c in seen]
-        d_, c_ = read(generate(prompts, seed=4))
-        right = (c_ == seen[:, 1]) if d_ is None else (d_ == seen[:, 0]) & (c_ == seen[:, 1])
-        metrics["paraphrases"][captions.describe(7, 0, phrasing=phrasing, numeral=form == "numeral")] = share(right)
+        d_, c_ = read([captions.describe(d, c, phrasing=phrasing, numeral=form == "numeral") for d, c in seen], seed=4)
+        name = captions.describe(7, 0, phrasing=phrasing, numeral=form == "numeral")
+        metrics["paraphrases"][name] = share((c_ == seen[:, 1]) & ((d_ == seen[:, 0]) | (scorer is None)))
 
-# %% [markdown]
-# ## Pictures: a grid with each prompt under its row, and what each latent pixel looked at
-
-# %%
+# %% Pictures: each prompt under its row; which word each latent pixel looked at (its latent noised to t = 0.4 T)
 if not args.prompt:
     shown = [("a red seven", ""), ("a yellow seven", ""), ("a blue four", ""), ("the number 4 in blue", ""),
              ("a seven", ""), ("a seven", "red"), ("something red", ""), ("a thin green two", ""),
              ("a bold green two", ""), ("3 in magenta", "")]
     rows = [generate([p] * 10, negative=neg, seed=5) for p, neg in shown]
-    names = [f"{p!r}" + (f", negative {neg!r}" if neg else "") + (" (held-out pair)" if p in (
-        "a yellow seven", "a blue four", "the number 4 in blue") else "") for p, neg in shown]
+    names = [f"{p!r}" + (f", negative {neg!r}" if neg else "") + (" (a held-out pair)" if i in (1, 2, 3) else "")
+             for i, (p, neg) in enumerate(shown)]
     td.images.plot_image_rows(rows, run.path("grid.png"), row_captions=names,
                               title=f"DDIM {args.sample_steps} steps, guidance w = {args.guidance:g}")
-    ink = {w: float(td.data.to_grey(rows[i]).sum(axis=(1, 2)).mean()) for i, w in ((7, "thin"), (8, "bold"))}
-    metrics["weight"] = {"ink_thin": round(ink["thin"], 1), "ink_bold": round(ink["bold"], 1)}
-    picked = (0, 6, 8, 9)                               # the first sample of four rows, back in latents
+    metrics["ink"] = {shown[i][0]: float(rows[i].max(axis=1).sum(axis=(1, 2)).mean()) for i in (7, 8)}  # thin, bold
+    picked = (0, 6, 8, 9)                                                     # one sample of four rows
     prompts, images = [shown[i][0] for i in picked], np.stack([rows[i][0] for i in picked])
-    codes, t = space.posterior(images * 2 - 1)[0] * space.scale_factor, np.full(len(picked), 400)
+    codes, t = space.posterior(images * 2 - 1)[0] * space.scale_factor, np.full(len(picked), 2 * args.T // 5)
     maps = model.attention_maps(diffusion.q_sample(codes, t, rng=np.random.default_rng(0)), t, tokenizer(prompts))[0]
     td.images.plot_attention_maps(images, maps.reshape(len(picked), 7, 7, -1), [tokenizer.tokens(p) for p in prompts],
                                   run.path("attention.png"))
     run.save("samples.npy", np.concatenate(rows).astype(np.float32))
 
-# %% The table, and the targets
+# %% The numbers, each beside its target
 if not args.prompt:
-    full, part, neg = metrics["full"], metrics["partial"], metrics["negative"]["a seven, negative red"]
+    full, part, neg, para = (metrics[k] for k in ("full", "partial", "negative", "paraphrases"))
     metrics.update(steps=trainer.step, train_seconds=round(train_seconds, 1), vae_train_seconds=round(vae_seconds, 1),
                    train_cpu_seconds=round(run.train_cpu_seconds, 1), parameters=model.num_parameters(),
-                   scale_factor=space.scale_factor, guidance=args.guidance, final_loss=float(np.mean(trainer.losses[-100:])))
-    canonical = metrics["paraphrases"]["a red seven"]
-    gap = max(abs(v - canonical) for v in metrics["paraphrases"].values())
-    for name, value in metrics["paraphrases"].items():
-        print(f"  paraphrase {name!r:28} digit and colour right: {value:.1%}")
-    R.target(f"training: VAE {vae_seconds:.0f} s + UNet {train_seconds:.0f} s wall", "<= 900 s on 2 idle cores",
+                   scale_factor=space.scale_factor, guidance=args.guidance, loss=float(np.mean(trainer.losses[-100:])),
+                   digit_reader="none (--no-score)" if scorer is None else "td.scorer.DigitScorer")
+    gap = max(abs(v - para["a red seven"]) for v in para.values())
+    print("\n".join(f"  paraphrase {name!r:24} digit and colour right: {v:.1%}" for name, v in para.items()))
+    R.target(f"training: VAE {vae_seconds:.0f} s + UNet {train_seconds:.0f} s", "<= 900 s on 2 idle cores",
              vae_seconds + train_seconds <= 900)
-    R.target(f"full prompts, colour as asked: seen {full['seen']['colour']:.1%}, held out "
-             f"{full['held_out']['colour']:.1%}", ">= 95%", min(full['seen']['colour'], full['held_out']['colour']) >= .95)
-    if scorer is not None:
-        R.target(f"full prompts, digit as asked: seen pairs {full['seen']['digit']:.1%}", ">= 90%",
-                 full["seen"]["digit"] >= 0.9)
-        R.target(f"full prompts, digit as asked: held-out pairs {full['held_out']['digit']:.1%}", ">= 80%",
-                 full["held_out"]["digit"] >= 0.8)
-        R.target(f"'a seven': {part['a seven']['sevens']:.0%} sevens in {part['a seven']['colours']} colours",
-                 ">= 90% in >= 4", part["a seven"]["sevens"] >= 0.9 and part["a seven"]["colours"] >= 4)
-        R.target(f"'something red': {part['something red']['red']:.0%} red, {part['something red']['digits']} digits",
-                 ">= 95%, >= 6 digits", part["something red"]["red"] >= 0.95 and part["something red"]["digits"] >= 6)
-        R.target(f"'a seven', negative 'red': {neg['red']:.0%} red ('a seven' alone: {part['a seven']['red']:.0%}), "
-                 f"{neg['sevens']:.0%} sevens", "<= 2% red, >= 90% sevens", neg["red"] <= 0.02 and neg["sevens"] >= 0.9)
-    R.target(f"paraphrases: largest gap to 'a red seven' ({canonical:.1%}) {gap:.1%}", "<= 5 points", gap <= 0.05)
+    R.target(f"colour as asked: seen {full['seen']['colour']:.1%}, held out {full['held_out']['colour']:.1%}",
+             ">= 95%", min(full["seen"]["colour"], full["held_out"]["colour"]) >= 0.95)
+    R.target(f"digit as asked: seen pairs {full['seen']['digit']:.1%}, held out {full['held_out']['digit']:.1%}",
+             ">= 90%, >= 80%", full["seen"]["digit"] >= 0.9 and full["held_out"]["digit"] >= 0.8)
+    R.target(f"'a seven': {part['a seven']['sevens']:.0%} sevens in {part['a seven']['colours']} colours",
+             ">= 90% in >= 4", part["a seven"]["sevens"] >= 0.9 and part["a seven"]["colours"] >= 4)
+    R.target(f"'something red': {part['something red']['red']:.0%} red, {part['something red']['digits']} digits",
+             ">= 95%, >= 6 digits", part["something red"]["red"] >= 0.95 and part["something red"]["digits"] >= 6)
+    R.target(f"'a seven', negative 'red': {neg['red']:.0%} red ('a seven' alone {part['a seven']['red']:.0%}), "
+             f"{neg['sevens']:.0%} sevens", "<= 2% red, >= 90% sevens", neg["red"] <= 0.02 and neg["sevens"] >= 0.9)
+    R.target(f"paraphrases: largest gap to 'a red seven' ({para['a red seven']:.1%}) {gap:.1%}", "<= 5 points",
+             gap <= 0.05)
     run.finish(metrics)

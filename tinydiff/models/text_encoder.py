@@ -30,7 +30,13 @@ from ..engine import Tensor
 
 
 def layer_norm(norm: nn.GroupNorm, h: Tensor) -> Tensor:
-    """LayerNorm over the last axis of h [B, L, D]: ``norm`` = GroupNorm(1, D) on each token."""
+    """LayerNorm over the last axis of h [B, L, D]: ``norm`` = GroupNorm(1, D) on each token.
+
+    >>> h = td.Tensor(np.arange(12.0).reshape(1, 3, 4))
+    >>> y = td.models.text_encoder.layer_norm(td.nn.GroupNorm(1, 4, dtype=np.float64), h).data
+    >>> y.mean(axis=-1).round(6).tolist(), y.std(axis=-1).round(3).tolist()     # each token: mean 0, std 1
+    ([[0.0, 0.0, 0.0]], [[1.0, 1.0, 1.0]])
+    """
     B, L, D = h.shape
     return norm(h.reshape(B * L, D)).reshape(B, L, D)
 
@@ -58,7 +64,12 @@ class TokenSelfAttention(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One pre-norm transformer layer: h [B, L, D], mask [B, L] -> [B, L, D] (formulas above)."""
+    """One pre-norm transformer layer: h [B, L, D], mask [B, L] -> [B, L, D] (formulas above).
+
+    >>> layer = td.models.EncoderLayer(8, rng=np.random.default_rng(0))
+    >>> layer(td.Tensor(np.ones((2, 3, 8), np.float32)), np.array([[True, False, False]] * 2)).shape
+    (2, 3, 8)
+    """
 
     def __init__(self, dim: int, *, rng=None, dtype=np.float32):
         super().__init__()
