@@ -110,8 +110,10 @@ def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=Non
                 ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=9)
             if i == 0 and col_labels:
                 ax.set_title(col_labels[j], fontsize=9)
-            if j == 0 and row_captions:
-                ax.set_xlabel(row_captions[i], loc="left", fontsize=9)
+            if j == 0 and row_captions:                 # under the row, left-aligned, wider than one cell:
+                ax.set_xlabel(" ", fontsize=9)           # the label only reserves the line's height, and the
+                ax.text(0, -0.06, row_captions[i], transform=ax.transAxes, ha="left", va="top",
+                        fontsize=9).set_in_layout(False)   # text, left out of the layout, may run on to the right
     if title:
         fig.suptitle(title, fontsize=11)
     if path is not None:
