@@ -157,8 +157,8 @@ if not args.prompt:
 # %% Pictures: each prompt under its row; which word each latent pixel looked at (its latent noised to t = 0.4 T)
 if not args.prompt:
     shown = [("a red seven", ""), ("a yellow seven", ""), ("a blue four", ""), ("the number 4 in blue", ""),
-             ("a seven", ""), ("a seven", "red"), ("something red", ""), ("a thin green two", ""),
-             ("a bold green two", ""), ("3 in magenta", "")]
+             ("a seven", ""), ("a seven", "red"), ("something red", ""), ("a thin cyan two", ""),
+             ("a bold cyan two", ""), ("3 in magenta", "")]
     rows = [generate([p] * 10, negative=neg, seed=5) for p, neg in shown]
     names = [f"{p!r}" + (f", negative {neg!r}" if neg else "") + (" (a held-out pair)" if i in (1, 2, 3) else "")
              for i, (p, neg) in enumerate(shown)]
