@@ -177,13 +177,13 @@ if not args.prompt:
 if not args.prompt:
     full, part, neg, para = (metrics[k] for k in ("full", "partial", "negative", "paraphrases"))
     metrics.update(steps=trainer.step, train_seconds=round(train_seconds, 1), vae_train_seconds=round(vae_seconds, 1),
-                   train_cpu_seconds=round(run.train_cpu_seconds, 1), parameters=model.num_parameters(),
-                   scale_factor=space.scale_factor, guidance=args.guidance, loss=float(np.mean(trainer.losses[-100:])),
-                   digit_reader="none (--no-score)" if scorer is None else "td.scorer.DigitScorer")
+                   train_cpu_seconds=round(run.train_cpu_seconds, 1), scale_factor=space.scale_factor,
+                   guidance=args.guidance, loss=float(np.mean(trainer.losses[-100:])), digit_reader=scorer is not None)
     gap = max(abs(v - para["a red seven"]) for v in para.values())
     print("\n".join(f"  paraphrase {name!r:24} digit and colour right: {v:.1%}" for name, v in para.items()))
-    R.target(f"training: VAE {vae_seconds:.0f} s + UNet {train_seconds:.0f} s", "<= 900 s on 2 idle cores",
-             vae_seconds + train_seconds <= 900)
+    if run.saved is None:                               # (a resumed run's time is its first session's)
+        R.target(f"training: VAE {vae_seconds:.0f} s + UNet {train_seconds:.0f} s", "<= 900 s on 2 idle cores",
+                 vae_seconds + train_seconds <= 900)
     R.target(f"colour as asked: seen {full['seen']['colour']:.1%}, held out {full['held_out']['colour']:.1%}",
              ">= 95%", min(full["seen"]["colour"], full["held_out"]["colour"]) >= 0.95)
     R.target(f"digit as asked: seen pairs {full['seen']['digit']:.1%}, held out {full['held_out']['digit']:.1%}",
