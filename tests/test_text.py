@@ -5,7 +5,6 @@ caption grammar (three attributes, held-out pairs never captioned); the 3-channe
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
-from hypothesis.extra import numpy as hnp
 
 import tinydiff as td
 from tinydiff.data import captions
