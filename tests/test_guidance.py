@@ -71,7 +71,7 @@ def test_bad_guidance_arguments():
     with pytest.raises(ValueError, match="null_labels"):
         ClassifierFreeGuidance(lambda x, t: x, 1.0)
     with pytest.raises(ValueError, match="scale"):
-        ClassifierFreeGuidance(LabelModel(), -1.0)
+        ClassifierFreeGuidance(LabelModel(), -1.5)
     with pytest.raises(ValueError, match="one scale per attribute"):
         ClassifierFreeGuidance(LabelModel(null=(5, 3)), (1.0, 2.0, 3.0))
 

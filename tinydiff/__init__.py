@@ -56,7 +56,7 @@ from .engine import Tensor, concat, no_grad, stack, tensor, where
 from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, export, fast, flags, folder,  # noqa: E402
                forward, functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models,
                nn, objectives, optim, oracles, progress, recipes, respacing, resume, reverse, runs, runtime, samplers,
-               schedules, scorer, train, viz)
+               schedules, scorer, text, train, viz)
 from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
@@ -82,7 +82,7 @@ __all__ = [
     "nn", "optim", "functional", "models", "data", "viz", "images", "metrics", "oracles", "progress", "gradcheck",
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
     "checks", "runs", "flags", "folder", "resume", "recipes", "runtime", "parallel", "fast", "scorer", "elbo",
-    "latent", "editing", "export", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
+    "latent", "text", "editing", "export", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

@@ -12,6 +12,16 @@ w = 0 is the conditional model itself; larger w pushes samples toward what makes
 likely (in score terms: grad log p(x_t | y) + w grad log p(y | x_t), an implicit classifier).
 ``ClassifierFreeGuidance(model, w)`` is itself a model, so every sampler takes it.
 
+**Negative prompts** (Stable Diffusion's practice): replace the null condition by something
+to steer away from, ``ClassifierFreeGuidance(model, w, negative=ids)``:
+
+    eps_w = eps(x_t, t, neg) + (1 + w) (eps(x_t, t, y) - eps(x_t, t, neg))
+
+The unconditional pass is a special negative (the empty prompt), and the formula is the same
+``joint_guidance`` with eps(neg) in place of eps(null): the guided step moves toward what
+makes y likely *and* away from what makes neg likely. (Stable Diffusion's ``guidance_scale``
+is the weight 1 + w: 7.5 there is w = 6.5 here.) w = -1 is the model asked for neg alone.
+
 With several attributes (a digit and a colour) there are two ways to guide:
 
     joint     eps(null, null) + (1 + w) (eps(d, c) - eps(null, null))           one scale w
@@ -81,6 +91,8 @@ class ClassifierFreeGuidance:
         model: a conditional model called as model(x_t, t, y=labels), e.g. UNet(num_classes=10).
         scale: w (a float: joint guidance) or one w per attribute (a tuple: composed guidance).
         null_labels: the null label of each attribute; default ``model.null_labels``.
+        negative: labels [n] or [B, n] to use instead of the null labels in the unconditional
+            pass (joint guidance only): a negative prompt's token ids for a TextUNet.
     Returns an ndarray [B, C_out, ...] (sampling needs no graph). y=None calls the model
     unguided (nothing to guide toward).
 
@@ -91,7 +103,7 @@ class ClassifierFreeGuidance:
     [[3.0, 3.0]]
     """
 
-    def __init__(self, model, scale, null_labels=None):
+    def __init__(self, model, scale, null_labels=None, negative=None):
         null = getattr(model, "null_labels", None) if null_labels is None else null_labels
         if null is None or len(np.atleast_1d(null)) == 0:
             raise ValueError("null_labels: the model has no null label (is it conditional?); pass "
@@ -100,17 +112,23 @@ class ClassifierFreeGuidance:
         self.null = np.atleast_1d(np.asarray(null, dtype=np.int64))
         self.composed = isinstance(scale, (tuple, list, np.ndarray))
         self.scales = np.atleast_1d(np.asarray(scale, dtype=np.float64))
-        if not np.all(np.isfinite(self.scales)) or np.any(self.scales < 0):
-            raise ValueError(f"scale: expected guidance scales w >= 0 (0 = no guidance), got {scale!r}")
+        if not np.all(np.isfinite(self.scales)) or np.any(self.scales < -1):
+            raise ValueError(f"scale: expected guidance scales w >= -1 (0 = no guidance, -1 = the unconditional "
+                             f"model), got {scale!r}")
         if self.composed and len(self.scales) != len(self.null):
             raise ValueError(f"scale: composed guidance needs one scale per attribute ({len(self.null)}), "
                              f"got {scale!r}")
+        self.negative = None if negative is None else np.asarray(unwrap(negative))
+        if self.negative is not None and (self.composed or self.negative.dtype.kind not in "iu" or
+                                          self.negative.shape[-1:] != self.null.shape):
+            raise ValueError(f"negative: expected integer labels [{len(self.null)}] or [B, {len(self.null)}] with "
+                             f"one guidance scale, got {self.negative.dtype} {self.negative.shape} and scale {scale!r}")
 
     def __call__(self, x_t, t, y=None, **model_kwargs):
         if y is None:
             return unwrap(self.model(x_t, t, **model_kwargs))
         y = _as_matrix(y, len(self.null))                           # [B, n]
-        null = np.broadcast_to(self.null, y.shape)
+        null = np.broadcast_to(self.null if self.negative is None else self.negative, y.shape)   # or neg
         C = x_t.shape[1]
         if self.composed:
             return self._composed(x_t, t, y, null, model_kwargs)
@@ -118,7 +136,7 @@ class ClassifierFreeGuidance:
         if w == 0:                                                  # w = 0: the conditional model, exactly
             return unwrap(self.model(x_t, t, y=y, **model_kwargs))
         out = self._batched(x_t, t, [y, null], model_kwargs)        # [2, B, C_out, ...], one forward pass
-        eps_cond, eps_null = out[0, :, :C], out[1, :, :C]           # eps(x_t, t, y), eps(x_t, t, null)
+        eps_cond, eps_null = out[0, :, :C], out[1, :, :C]           # eps(x_t, t, y), eps(x_t, t, null or neg)
         guided = out[0].copy()                                      # variance channels (if any): the conditional pass's
         # Ho & Salimans 2022, eq. 6: eps_w = (1 + w) eps(x_t, y) - w eps(x_t, null), written as
         guided[:, :C] = eps_null + (1 + w) * (eps_cond - eps_null)  # (joint_guidance with weight 1 + w)

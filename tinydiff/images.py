@@ -75,9 +75,10 @@ def save_image_grid(images, path, nrow: int = 10, scale: int = 3) -> np.ndarray:
 
 
 def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=None, cell: float = 0.9,
-                    dpi: int = 110, marked=(), mark_colour="0.45"):
+                    dpi: int = 110, marked=(), mark_colour="0.45", row_captions=None):
     """One row of images per entry of ``rows`` (each [n, H, W] or [n, C, H, W] in [0, 1]),
-    labelled on the left by row_labels and on top by col_labels. Returns the matplotlib
+    labelled on the left by row_labels, on top by col_labels and under each row by
+    row_captions (e.g. the prompt that made it). Returns the matplotlib
     Figure, saved to ``path`` (.png, .pdf or .svg) if given. ``marked``: (row, column) cells
     drawn with a frame in ``mark_colour`` (say what it means in the title).
 
@@ -91,7 +92,7 @@ def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=Non
     rows = [_as_hwc(r) for r in rows]
     n_rows, n_cols = len(rows), max(len(r) for r in rows)
     fig = _figure((cell * n_cols + (1.3 if row_labels else 0.2), cell * n_rows + (0.9 if title else 0.3)
-                   + (0.3 if col_labels else 0)), dpi)
+                   + (0.3 if col_labels else 0) + (0.3 * n_rows if row_captions else 0)), dpi)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     marked = {(int(i), int(j)) for i, j in marked}
     for i, row in enumerate(rows):
@@ -109,8 +110,49 @@ def plot_image_rows(rows, path=None, row_labels=None, col_labels=None, title=Non
                 ax.set_ylabel(row_labels[i], rotation=0, ha="right", va="center", fontsize=9)
             if i == 0 and col_labels:
                 ax.set_title(col_labels[j], fontsize=9)
+            if j == 0 and row_captions:                 # under the row, left-aligned, wider than one cell:
+                ax.set_xlabel(" ", fontsize=9)           # the label only reserves the line's height, and the
+                ax.text(0, -0.06, row_captions[i], transform=ax.transAxes, ha="left", va="top",
+                        fontsize=9).set_in_layout(False)   # text, left out of the layout, may run on to the right
     if title:
         fig.suptitle(title, fontsize=11)
+    if path is not None:
+        from .viz import save
+        save(fig, path)
+    return fig
+
+
+def plot_attention_maps(images, maps, tokens, path=None, cell: float = 0.9, dpi: int = 110):
+    """Which token each position of a small grid attended to: one row per image, the image and
+    then one map per token (weights in [0, 1], brighter = more), the token under its map.
+
+    images: [n, 3 or 1, H, W] or [n, H, W] in [0, 1]; maps: [n, h, w, L] attention weights
+    (each position's weights over the L tokens sum to 1); tokens: n lists of token strings
+    (the first len(tokens[i]) of the L maps are drawn; padding is left out). Returns the Figure.
+
+    >>> fig = td.images.plot_attention_maps(np.zeros((2, 3, 8, 8)), np.full((2, 2, 2, 3), 1 / 3),
+    ...                                     [["<start>", "red"], ["<start>", "a", "seven"]])
+    >>> len(fig.axes)                                                  # 2 rows x (image + 3 tokens)
+    8
+    """
+    from .viz import figure as _figure
+    images, maps = _as_hwc(images), np.asarray(maps)
+    n_cols = 1 + max(len(t) for t in tokens)
+    fig = _figure((cell * n_cols + 0.2, (cell + 0.3) * len(images) + 0.5), dpi)
+    axes = fig.subplots(len(images), n_cols, squeeze=False)
+    for i, (image, words) in enumerate(zip(images, tokens)):
+        for j, ax in enumerate(axes[i]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.imshow(image, interpolation="nearest", vmin=0, vmax=1, cmap="gray")
+                ax.set_xlabel("sample", fontsize=9)
+            elif j <= len(words):
+                ax.imshow(maps[i, :, :, j - 1], interpolation="nearest", vmin=0, vmax=1, cmap="magma")
+                ax.set_xlabel(words[j - 1], fontsize=9)
+            else:
+                ax.set_axis_off()
+    fig.suptitle("cross-attention: how much of each word every latent pixel took (0 black, 1 bright)", fontsize=10)
     if path is not None:
         from .viz import save
         save(fig, path)

@@ -12,6 +12,7 @@
     vae_model, vae_trainer       the VAE of examples/vae.py and its Trainer (the ELBO as the loss)
     save_vae, load_vae           a trained VAE's weights in one .npz: what latent diffusion freezes
     train_vae(path, images)      train that VAE and save it, resuming a killed training
+    text_model(config)           examples/text_to_image.py's latent diffusion and TextUNet
 
 The trained scorer that reads generated digits is ``td.scorer.DigitScorer.load()``. The
 lessons that use these (docs/mnist.md, docs/editing.md, docs/vae-and-latent.md) show what
@@ -30,7 +31,7 @@ from .checkpoint import flatten_state, load_checkpoint, save_checkpoint, unflatt
 from .data import load_mnist, to_model_space
 from .elbo import ELBOLoss
 from .flags import RunError, positive_int
-from .models import VAE, UNet
+from .models import VAE, TextUNet, UNet
 from .objectives import DiffusionLoss, make_diffusion
 from .resume import load_trained, train_within_budget
 from .schedules import cosine_beta_schedule, linear_beta_schedule
@@ -157,7 +158,7 @@ __all__ = ["MNIST_DEFAULTS", "mnist_betas", "mnist_model", "mnist_trainer", "loa
 # examples/vae.py's default run (docs/vae-and-latent.md): an 8-d latent, 1,500 steps. Latent
 # diffusion freezes one with latent (4, 7, 7).
 VAE_DEFAULTS = dict(latent=(8,), channels=(16, 64), decoder="discretized", kl_weight=1.0, seed=0, steps=1500,
-                    batch=64, lr=2e-3, ema=0.999)
+                    batch=64, lr=2e-3, ema=0.999, in_channels=1)
 
 
 def parse_latent(text) -> tuple:
@@ -198,14 +199,15 @@ def _vae_settings(config=None, **overrides) -> SimpleNamespace:
 
 
 def vae_model(config=None, **overrides):
-    """examples/vae.py's VAE (``models.VAE(latent, channels, decoder)``, weights from
-    ``default_rng(seed)``); missing settings are VAE_DEFAULTS'.
+    """examples/vae.py's VAE (``models.VAE(latent, channels, decoder, in_channels=...)``, weights
+    from ``default_rng(seed)``); missing settings are VAE_DEFAULTS' (in_channels 1: grey digits).
 
     >>> td.recipes.vae_model(latent=(4, 7, 7)).latent_shape
     (4, 7, 7)
     """
     s = _vae_settings(config, **overrides)
-    return VAE(tuple(s.latent), tuple(s.channels), decoder=s.decoder, rng=np.random.default_rng(s.seed))
+    return VAE(tuple(s.latent), tuple(s.channels), decoder=s.decoder, in_channels=s.in_channels,
+               rng=np.random.default_rng(s.seed))
 
 
 def vae_trainer(vae, images, settings=None, **trainer_options) -> Trainer:
@@ -234,7 +236,7 @@ def save_vae(path, vae) -> None:
     >>> path = os.path.join(tempfile.mkdtemp(), "vae.npz")
     >>> td.recipes.save_vae(path, td.recipes.vae_model(latent=(3,), channels=(8, 8)))
     >>> sorted(td.load_checkpoint(path)[1]["vae"])
-    ['channels', 'decoder', 'latent_shape', 'num_groups']
+    ['channels', 'decoder', 'in_channels', 'latent_shape', 'num_groups']
     """
     save_checkpoint(path, flatten_state({"model": vae.state_dict()}), {"vae": vae.config})
 
@@ -289,3 +291,31 @@ def train_vae(path, images, settings=None, log=print) -> float:
 
 __all__ += ["VAE_DEFAULTS", "parse_latent", "parse_channels", "vae_model", "vae_trainer", "save_vae", "load_vae",
             "train_vae"]
+
+
+# ---------------------------------------------------------------- text to image (examples/text_to_image.py)
+TEXT_DEFAULTS = dict(T=1000, width=64, text_dim=64, text_layers=2, conditioning="both", seed=0)
+
+
+def text_model(config=None, **overrides):
+    """(diffusion, model) of examples/text_to_image.py: a v-predicting diffusion (cosine schedule,
+    min-SNR weighting) on 4 x 7 x 7 latents and a ``TextUNet`` (one level, AdaGN, the tokenizer's
+    vocabulary; ``conditioning`` "both" adds the pooled prompt to the time embedding, "cross" does
+    not). Missing settings are TEXT_DEFAULTS'.
+
+    >>> diffusion, model = td.recipes.text_model(width=16, text_dim=16)
+    >>> model(np.zeros((1, 4, 7, 7), np.float32), np.array([3]), y=td.text.Tokenizer()(["a red seven"])).shape
+    (1, 4, 7, 7)
+    """
+    from .text import Tokenizer
+    given = config if isinstance(config, dict) else vars(config) if config is not None else {}
+    s = SimpleNamespace(**{**TEXT_DEFAULTS, **{k: v for k, v in given.items() if k in TEXT_DEFAULTS}, **overrides})
+    tokenizer = Tokenizer()
+    diffusion = make_diffusion("eps", mnist_betas(s.T, "cosine"), model_mean_type="v", mse_weighting="min_snr")
+    model = TextUNet(tokenizer.vocab_size, tokenizer.length, in_channels=4, base_channels=s.width, text_dim=s.text_dim,
+                     text_layers=s.text_layers, pooled=s.conditioning == "both", scale_shift=True,
+                     rng=np.random.default_rng(s.seed))
+    return diffusion, model
+
+
+__all__ += ["TEXT_DEFAULTS", "text_model"]

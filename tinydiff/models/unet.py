@@ -229,7 +229,8 @@ class UNet(nn.Module):
                              f"null label), got values in [{y.min()}, {y.max()}]")
         return y.astype(np.int64, copy=False)
 
-    def forward(self, x, t, y=None) -> Tensor:
+    def check_input(self, x, t):
+        """(x as a Tensor of the model's dtype [B, in_channels, H, W], t as int [B]), or a clear error."""
         if np.asarray(x.data if isinstance(x, Tensor) else x).dtype.kind != "f":
             raise TypeError(f"x: expected float images in [-1, 1], got dtype {np.asarray(x).dtype} "
                             "(data.to_model_space scales 8-bit digits)")
@@ -242,22 +243,29 @@ class UNet(nn.Module):
             raise ValueError(f"x: height and width must divide by {factor} for {self.levels} levels, "
                              f"got {x.shape[2]} x {x.shape[3]}")
         check_timesteps(t, x.shape[0])
-        emb_act = nn.silu(self.embed(t, y))                                 # [B, E], shared by every block
+        return x, t
 
+    def forward(self, x, t, y=None) -> Tensor:
+        x, t = self.check_input(x, t)
+        return self.denoise(x, nn.silu(self.embed(t, y)))                 # SiLU(temb) [B, E], shared by every block
+
+    def denoise(self, x: Tensor, emb_act: Tensor, context=()) -> Tensor:
+        """The encoder, the middle and the decoder on x [B, in_channels, H, W], every residual
+        block given emb_act [B, E]. ``context`` (e.g. a prompt's token states and mask) goes to
+        every attention block: ``block(h, *context)`` (td.models.TextUNet's cross-attention)."""
         h = self.conv_in(x)
         skips, attn = [], iter(self.down_attn)
         for i in range(self.levels - 1):                                    # encoder
             h = self.down_blocks[i](h, emb_act)
             if i in self.attention_levels:
-                h = next(attn)(h)
+                h = next(attn)(h, *context)
             skips.append(h)
             h = self.downsamples[i](h)
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act)), emb_act)
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act), *context), emb_act)
         attn = iter(self.up_attn)
         for k, i in enumerate(reversed(range(self.levels - 1))):            # decoder, coarse to fine
             h = self.upsamples[k](h)                                        # nearest x2, then the conv
             h = self.up_blocks[k](concat([h, skips.pop()], axis=1), emb_act)   # the skip connection
             if i in self.attention_levels:
-                h = next(attn)(h)
+                h = next(attn)(h, *context)
         return self.out_conv(self.out_norm(h))                              # [B, out_channels, H, W]
-

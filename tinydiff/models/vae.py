@@ -24,10 +24,11 @@ Seen from diffusion (Ho et al. 2020, sec. 2): a VAE is a hierarchical latent mod
 step whose encoder is learned; a diffusion model fixes its encoder to the forward process
 q(x_t | x_{t-1}) and takes a thousand small steps, each decoded by the same network.
 
-Layers (c0, c1 = ``channels``; k latent channels or d latent values):
+Layers (c0, c1 = ``channels``; k latent channels or d latent values; C = ``in_channels``,
+1 for MNIST, 3 for coloured digits):
 
-    encoder   x [B, 1, 28, 28]
-              Conv3x3(1 -> c0), GroupNorm, SiLU                   [B, c0, 28, 28]
+    encoder   x [B, C, 28, 28]
+              Conv3x3(C -> c0), GroupNorm, SiLU                   [B, c0, 28, 28]
               Conv3x3 stride 2 (c0 -> c1), GroupNorm, SiLU        [B, c1, 14, 14]
               Conv3x3 stride 2 (c1 -> c1), GroupNorm, SiLU        [B, c1, 7, 7]
               Conv3x3 (c1 -> c1), GroupNorm, SiLU                 [B, c1, 7, 7]
@@ -37,7 +38,7 @@ Layers (c0, c1 = ``channels``; k latent channels or d latent values):
               GroupNorm, SiLU, Conv3x3 (c1 -> c1), GroupNorm, SiLU                [B, c1, 7, 7]
               Upsample x2, Conv3x3 (c1 -> c0), GroupNorm, SiLU                    [B, c0, 14, 14]
               Upsample x2, Conv3x3 (c0 -> c0), GroupNorm, SiLU                    [B, c0, 28, 28]
-              Conv3x3 (c0 -> 1 or 2)       logits, or mean and log sigma^2        [B, 1|2, 28, 28]
+              Conv3x3 (c0 -> C or 2C)      logits, or mean and log sigma^2        [B, C|2C, 28, 28]
 
 Images are in model space, x in [-1, 1] (``tinydiff.data.to_model_space``), as for the
 diffusion models. The same layers as the UNet (``tinydiff.nn``); no new derivative.
@@ -54,7 +55,7 @@ DECODERS = ("discretized", "bernoulli")
 
 
 class VAE(nn.Module):
-    """q_phi(z | x) and p_theta(x | z) for 1 x 28 x 28 digits.
+    """q_phi(z | x) and p_theta(x | z) for C x 28 x 28 digits (C = in_channels: 1, or 3 for colour).
 
     Args:
         latent_shape: (d,) for a flat latent (2 for a map of the latent space, 16 for
@@ -62,7 +63,8 @@ class VAE(nn.Module):
         channels: (c0, c1), the widths at 28 x 28 and at 14 x 14 / 7 x 7.
         decoder: "discretized" (a Gaussian over each pixel's 8-bit bin: a likelihood of the
             digit, bits/dim comparable with diffusion) or "bernoulli" (one logit per pixel).
-        num_groups: GroupNorm groups. rng: Generator for the initial weights; dtype: float32
+        num_groups: GroupNorm groups. in_channels: image channels (1 for MNIST, 3 for
+            ``td.data.ColoredMNIST``; every channel gets its own mean and variance). rng: Generator for the initial weights; dtype: float32
             (float64 for gradient checks).
 
     ``encode(x) -> (mu, log sigma^2)``, ``decode(z) -> decoder output``,
@@ -77,7 +79,7 @@ class VAE(nn.Module):
     """
 
     def __init__(self, latent_shape=(16,), channels=(32, 64), decoder: str = "discretized",
-                 num_groups: int = 8, *, rng=None, dtype=np.float32):
+                 num_groups: int = 8, in_channels: int = 1, *, rng=None, dtype=np.float32):
         super().__init__()
         rng = check_rng(rng, allow_none=True)
         self.latent_shape = tuple(check_positive_int(n, "latent_shape entry") for n in latent_shape)
@@ -90,11 +92,12 @@ class VAE(nn.Module):
         if c0 % num_groups or c1 % num_groups:
             raise ValueError(f"num_groups={num_groups} must divide both channels {tuple(channels)}")
         self.decoder, self.channels, self.num_groups = decoder, (c0, c1), num_groups
+        self.in_channels = C = check_positive_int(in_channels, "in_channels")
         self.spatial = len(self.latent_shape) == 3
         kw = dict(rng=rng, dtype=dtype)
 
         # encoder: four 3x3 convolutions, each followed by GroupNorm and SiLU
-        self.enc_convs = nn.ModuleList([nn.Conv2d(1, c0, 3, padding=1, **kw),                  # 28
+        self.enc_convs = nn.ModuleList([nn.Conv2d(C, c0, 3, padding=1, **kw),                  # 28
                                         nn.Conv2d(c0, c1, 3, stride=2, padding=1, **kw),       # 28 -> 14
                                         nn.Conv2d(c1, c1, 3, stride=2, padding=1, **kw),       # 14 -> 7
                                         nn.Conv2d(c1, c1, 3, padding=1, **kw)])                # 7
@@ -113,15 +116,15 @@ class VAE(nn.Module):
                                         nn.UpsampleConv(c1, c0, 3, padding=1, **kw),           # 7 -> 14
                                         nn.UpsampleConv(c0, c0, 3, padding=1, **kw)])          # 14 -> 28
         self.dec_norms = nn.ModuleList([nn.GroupNormSiLU(num_groups, c, dtype=dtype) for c in (c1, c0, c0)])
-        self.dec_out = nn.Conv2d(c0, 2 if decoder == "discretized" else 1, 3, padding=1, **kw)
+        self.dec_out = nn.Conv2d(c0, 2 * C if decoder == "discretized" else C, 3, padding=1, **kw)
 
     # ------------------------------------------------------------------ q(z | x)
     def encode(self, x):
-        """q_phi(z | x) = N(mu, diag exp(log_variance)): x [B, 1, 28, 28] in [-1, 1] ->
+        """q_phi(z | x) = N(mu, diag exp(log_variance)): x [B, C, 28, 28] in [-1, 1] ->
         (mu, log_variance), each [B, *latent_shape] (Tensors)."""
         x = nn.to_tensor(x, self.dec_out.weight.dtype)
-        if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-            raise ValueError(f"x: expected digits [B, 1, 28, 28] in [-1, 1], got shape {x.shape}")
+        if x.ndim != 4 or x.shape[1:] != (self.in_channels, 28, 28):
+            raise ValueError(f"x: expected digits [B, {self.in_channels}, 28, 28] in [-1, 1], got shape {x.shape}")
         h = x
         for conv, norm in zip(self.enc_convs, self.enc_norms):
             h = norm(conv(h))                                                 # ends at [B, c1, 7, 7]
@@ -133,8 +136,8 @@ class VAE(nn.Module):
 
     # ------------------------------------------------------------------ p(x | z)
     def decode(self, z) -> Tensor:
-        """The decoder's output for z [B, *latent_shape]: [B, 1, 28, 28] Bernoulli logits, or
-        [B, 2, 28, 28] = (mean, log_variance) of the discretized Gaussian. See decoder_params."""
+        """The decoder's output for z [B, *latent_shape]: [B, C, 28, 28] Bernoulli logits, or
+        [B, 2C, 28, 28] = (mean, log_variance) of the discretized Gaussian. See decoder_params."""
         z = nn.to_tensor(z, self.dec_out.weight.dtype)
         if tuple(z.shape[1:]) != self.latent_shape:
             raise ValueError(f"z: expected latents [B, {', '.join(map(str, self.latent_shape))}], got shape {z.shape}")
@@ -144,17 +147,18 @@ class VAE(nn.Module):
         h = self.dec_norm_in(h)
         for conv, norm in zip(self.dec_convs, self.dec_norms):
             h = norm(conv(h))                                                 # 7, 14, 28
-        return self.dec_out(h)                                                # [B, 1 or 2, 28, 28]
+        return self.dec_out(h)                                                # [B, C or 2C, 28, 28]
 
     def decoder_params(self, output) -> dict:
-        """Name the decoder output's channels: {"logits": [B, 1, 28, 28]} (Bernoulli), or
-        {"mean", "log_variance"}, each [B, 1, 28, 28] (discretized Gaussian, data space [-1, 1])."""
+        """Name the decoder output's channels: {"logits": [B, C, 28, 28]} (Bernoulli), or
+        {"mean", "log_variance"}, each [B, C, 28, 28] (discretized Gaussian, data space [-1, 1])."""
         if self.decoder == "bernoulli":
             return {"logits": output}
-        return {"mean": output[:, :1], "log_variance": output[:, 1:]}
+        C = self.in_channels
+        return {"mean": output[:, :C], "log_variance": output[:, C:]}
 
     def generate(self, z) -> np.ndarray:
-        """The mean of p(x | z) as an image in [-1, 1], ndarray [B, 1, 28, 28]: what the figures
+        """The mean of p(x | z) as an image in [-1, 1], ndarray [B, C, 28, 28]: what the figures
         show for prior samples and reconstructions (a draw from p(x | z) adds independent pixel
         noise, which no reader wants to see). Bernoulli: 2 sigmoid(logits) - 1."""
         with no_grad():
@@ -167,7 +171,7 @@ class VAE(nn.Module):
     def config(self) -> dict:
         """The constructor arguments (JSON-able): VAE(**vae.config) rebuilds the architecture."""
         return {"latent_shape": list(self.latent_shape), "channels": list(self.channels),
-                "decoder": self.decoder, "num_groups": self.num_groups}
+                "decoder": self.decoder, "num_groups": self.num_groups, "in_channels": self.in_channels}
 
     def forward(self, x):
         """(mu, log_variance) of q(z | x); the ELBO (tinydiff.elbo) draws z and decodes."""
