@@ -22,4 +22,5 @@ def _installed(name: str) -> bool:
         return False
 
 
-collect_ignore = [] if _installed("torch") else ["tinydiff/export/torch_models.py", "tinydiff/export/torch_diffusion.py"]
+collect_ignore = [] if _installed("torch") else ["tinydiff/export/torch_models.py", "tinydiff/export/torch_text.py",
+                                                 "tinydiff/export/torch_diffusion.py"]

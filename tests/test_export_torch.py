@@ -61,8 +61,39 @@ CONFIGS = {
                                          time_dim=12, emb_dim=24), images()),
     "unet_one_level": (unet(channel_mults=(2,)), images(size=4)),
 }
+TEXT = dict(vocab_size=td.text.Tokenizer().vocab_size, context_length=td.text.Tokenizer().length)
+
+
+def prompts(rng):
+    """Token ids [3, L] of real prompts: padded to different lengths, one of them empty."""
+    ids = td.text.Tokenizer()(["a red seven", "7 in bold blue", ""])
+    return ids[rng.permutation(3)]
+
+
+def text_unet(**kw):
+    """A TextUNet whose cross-attention projections are not zero (as they start in training), so
+    the words reach the output and every cross-attention weight gets a gradient to compare."""
+    def make(dtype, rng):
+        model = td.models.TextUNet(**TEXT, **{"base_channels": 8, "num_groups": 4, "zero_init_out": False, **kw},
+                                   rng=rng, dtype=dtype)
+        for block in model.cross_attention_blocks():
+            block.proj.weight.data[...] = 0.2 * rng.standard_normal(block.proj.weight.shape)
+        return model
+    return make
+
+
+CONFIGS.update({
+    "text_unet_pooled_one_level": (text_unet(in_channels=3, channel_mults=(1,), text_dim=8),
+                                   images(channels=3, size=7, labels=prompts)),
+    "text_unet_cross_only_two_levels": (text_unet(in_channels=2, channel_mults=(1, 2), text_dim=12, text_layers=1,
+                                                  pooled=False, attention_levels=(0,), scale_shift=True),
+                                        images(channels=2, size=8, labels=prompts)),
+    "text_unet_empty_prompt_by_default": (text_unet(in_channels=3, channel_mults=(1,), text_dim=8),
+                                          images(channels=3, size=7)),
+})
 VAES = {"vae_flat_discretized": dict(latent_shape=(6,), channels=(8, 16)),
-        "vae_spatial_bernoulli": dict(latent_shape=(3, 7, 7), channels=(8, 8), decoder="bernoulli", num_groups=4)}
+        "vae_spatial_bernoulli": dict(latent_shape=(3, 7, 7), channels=(8, 8), decoder="bernoulli", num_groups=4),
+        "vae_colour_spatial_discretized": dict(latent_shape=(3, 7, 7), channels=(8, 8), num_groups=4, in_channels=3)}
 
 
 def to_torch_inputs(args, kwargs):
@@ -120,14 +151,16 @@ def test_vae_twin_encodes_and_decodes_as_tinydiff(name, dtype):
     model = td.models.VAE(**VAES[name], rng=np.random.default_rng(0), dtype=dtype)
     twin = td.export.to_torch(model)
     rng = np.random.default_rng(1)
-    check_forward_and_gradients(model, twin, (rng.standard_normal((2, 1, 28, 28)).astype(dtype),), {}, dtype, "encode")
+    check_forward_and_gradients(model, twin, (rng.standard_normal((2, model.in_channels, 28, 28)).astype(dtype),), {}, dtype,
+                               "encode")
     z = rng.standard_normal((2, *model.latent_shape)).astype(dtype)
     check_forward_and_gradients(model, twin, (z,), {}, dtype, "decode")
     assert rel_err(model.generate(z), twin.generate(torch.from_numpy(z)).numpy()) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name", ["toy_mlp", "forward_residual", "unet_tuple_labels", "unet_attention_three_levels"])
+@pytest.mark.parametrize("name", ["toy_mlp", "forward_residual", "unet_tuple_labels", "unet_attention_three_levels",
+                                  "text_unet_cross_only_two_levels"])
 def test_round_trip_is_bit_identical(name, dtype):
     build, _ = CONFIGS[name]
     model, other = build(dtype, np.random.default_rng(0)), build(dtype, np.random.default_rng(5))
@@ -161,6 +194,18 @@ def test_from_torch_refuses_another_configuration_and_loads_nothing():
     with pytest.raises(ValueError, match="unexpected keys: label_emb.0.weight"):
         td.export.from_torch(other, model)
     assert all(np.array_equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_text_encoder_twin_equals_tinydiff(dtype):
+    model = td.models.TextEncoder(**{"vocab_size": TEXT["vocab_size"], "length": TEXT["context_length"]}, dim=8,
+                                  rng=np.random.default_rng(0), dtype=dtype)
+    twin = td.export.to_torch(model)
+    ids = prompts(np.random.default_rng(1))
+    ours, mask = model(ids)
+    theirs, their_mask = twin(torch.from_numpy(ids))
+    assert np.array_equal(mask, their_mask.numpy())
+    assert rel_err(ours.data, theirs.detach().numpy()) < TOL[dtype]
 
 
 def test_unregistered_models_are_refused_by_name():

@@ -188,6 +188,21 @@ def test_astype_float64_casts_everything_and_forward_follows():
         net.astype(np.int32)
 
 
+def test_astype_recomputes_the_time_embedding_table_in_the_new_dtype():
+    """A UNet built in float32 and cast to float64 equals one built in float64 with the same
+    weights: the sinusoidal table is recomputed, not float32 values cast up (which differ by ~1e-8)."""
+    import tinydiff as td
+    built32 = td.models.UNet(base_channels=8, channel_mults=(1, 2), zero_init_out=False, rng=np.random.default_rng(0))
+    t = np.array([3, 500, 999])
+    built32.embed(t)                                         # fills the float32 table first
+    cast = built32.astype(np.float64)
+    built64 = td.models.UNet(base_channels=8, channel_mults=(1, 2), zero_init_out=False, rng=np.random.default_rng(0),
+                             dtype=np.float64)
+    built64.load_state_dict(cast.state_dict())
+    assert cast.time_pos(t).dtype == np.float64
+    np.testing.assert_array_equal(cast.embed(t).data, built64.embed(t).data)
+
+
 @pytest.mark.parametrize("make", [
     lambda **kw: Linear(3, 2, **kw), lambda **kw: Conv2d(2, 3, 3, **kw), lambda **kw: Embedding(4, 3, **kw),
     lambda **kw: GroupNorm(2, 4, **kw), lambda **kw: SelfAttention2d(4, num_groups=2, **kw)])

@@ -8,10 +8,11 @@
                       save_export / load_export: weights and config in one .safetensors file
     torch_models.py   the PyTorch twins (ToyMLP, UNet, VAE, ForwardResidual): plain PyTorch,
                       no tinydiff import, to read beside tinydiff/models/
+    torch_text.py     the twins of the text models (TextEncoder, TextUNet with cross-attention)
     torch_diffusion.py  the diffusion's tables and q_sample in PyTorch, from the exported config
 
 Importing this package needs NumPy only; PyTorch is imported when a function needs it
-(``to_torch``; the two torch_*.py files import it at their top).
+(``to_torch``; the torch_*.py files import it at their top).
 """
 from .config import diffusion_config, diffusion_from_config, export_config, load_export, save_export
 from .convert import build, describe, from_torch, register, to_torch

@@ -16,7 +16,7 @@ Adding a model is one registered function that reads its constructor arguments b
     def _my_model(model):
         return dict(channels=model.channels, ...)
 
-plus its twin in ``torch_models.MODELS``. Lookup is by exact class, so a subclass is never
+plus its twin in ``torch_models.MODELS`` (the text models' twins are in ``torch_text.py``). Lookup is by exact class, so a subclass is never
 silently exported as its parent. PyTorch is imported by ``to_torch`` (and by ``from_torch``
 when handed torch tensors), never when this module is imported.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models import VAE, ForwardResidual, ToyMLP, UNet
+from ..models import VAE, ForwardResidual, TextEncoder, TextUNet, ToyMLP, UNet
 
 EXPORTERS = {}          # tinydiff model class -> function(model) -> its constructor arguments (JSON types)
 
@@ -33,7 +33,7 @@ def register(cls):
     """Decorator: ``@register(UNet)`` over a function ``model -> dict of constructor arguments``.
 
     >>> sorted(cls.__name__ for cls in td.export.convert.EXPORTERS)           # the models registered so far
-    ['ForwardResidual', 'ToyMLP', 'UNet', 'VAE']
+    ['ForwardResidual', 'TextEncoder', 'TextUNet', 'ToyMLP', 'UNet', 'VAE']
     """
     def add(arguments):
         EXPORTERS[cls] = arguments
@@ -70,6 +70,20 @@ def _unet(model):
                 time_dim=model.time_pos.dim, emb_dim=model.time_embed[0].out_features,
                 num_groups=model.out_norm.num_groups, dropout=model.mid_block1.dropout.p,
                 scale_shift=model.scale_shift)
+
+
+@register(TextEncoder)
+def _text_encoder(model):
+    return dict(vocab_size=model.vocab_size, length=model.length, dim=model.dim, layers=len(model.layers),
+                pad_id=model.pad_id)
+
+
+@register(TextUNet)
+def _text_unet(model):
+    args = {k: v for k, v in _unet(model).items() if k != "num_classes"}    # a TextUNet has no class labels
+    encoder = model.text_encoder
+    return dict(args, vocab_size=encoder.vocab_size, context_length=model.context_length, text_dim=encoder.dim,
+                text_layers=len(encoder.layers), pooled=model.pooled)
 
 
 @register(VAE)

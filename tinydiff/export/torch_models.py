@@ -185,27 +185,31 @@ class UNet(nn.Module):
         return emb
 
     def forward(self, x, t, y=None):
-        emb_act = F.silu(self.embed(t, y))                                   # [B, E], shared by every block
+        return self.denoise(x, F.silu(self.embed(t, y)))                    # SiLU(temb) [B, E], shared by every block
+
+    def denoise(self, x, emb_act, context=()):
+        """The encoder, the middle and the decoder; ``context`` goes to every attention block
+        (a prompt's token states and mask for torch_text.TextUNet)."""
         h, skips, attn = self.conv_in(x), [], iter(self.down_attn)
         for i in range(self.levels - 1):                                     # encoder
             h = self.down_blocks[i](h, emb_act)
             if i in self.attention_levels:
-                h = next(attn)(h)
+                h = next(attn)(h, *context)
             skips.append(h)
             h = self.downsamples[i](h)
-        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act)), emb_act)
+        h = self.mid_block2(self.mid_attn(self.mid_block1(h, emb_act), *context), emb_act)
         attn = iter(self.up_attn)
         for k, i in enumerate(reversed(range(self.levels - 1))):             # decoder, coarse to fine
             h = self.upsamples[k](h)
             h = self.up_blocks[k](torch.cat([h, skips.pop()], dim=1), emb_act)   # the skip connection
             if i in self.attention_levels:
-                h = next(attn)(h)
+                h = next(attn)(h, *context)
         return self.out_conv(F.silu(self.out_norm(h)))                       # [B, out_channels, H, W]
 
 
 # ---------------------------------------------------------------------- VAE
 class VAE(nn.Module):
-    """q(z | x) and p(x | z) for 1 x 28 x 28 digits (tinydiff/models/vae.py): ``encode(x) -> (mu,
+    """q(z | x) and p(x | z) for C x 28 x 28 digits (tinydiff/models/vae.py): ``encode(x) -> (mu,
     log_variance)``, ``decode(z)``, ``decoder_params(output)``, ``generate(z)``.
 
     >>> import torch
@@ -216,11 +220,12 @@ class VAE(nn.Module):
     (torch.Size([2, 16]), torch.Size([2, 1, 28, 28]))
     """
 
-    def __init__(self, latent_shape=(16,), channels=(32, 64), decoder="discretized", num_groups=8):
+    def __init__(self, latent_shape=(16,), channels=(32, 64), decoder="discretized", num_groups=8, in_channels=1):
         super().__init__()
         (c0, c1), self.latent_shape, self.decoder = channels, tuple(latent_shape), decoder
+        self.in_channels = C = in_channels
         self.c1, self.spatial = c1, len(self.latent_shape) == 3
-        self.enc_convs = nn.ModuleList([nn.Conv2d(1, c0, 3, padding=1), nn.Conv2d(c0, c1, 3, stride=2, padding=1),
+        self.enc_convs = nn.ModuleList([nn.Conv2d(C, c0, 3, padding=1), nn.Conv2d(c0, c1, 3, stride=2, padding=1),
                                         nn.Conv2d(c1, c1, 3, stride=2, padding=1), nn.Conv2d(c1, c1, 3, padding=1)])
         self.enc_norms = nn.ModuleList([nn.GroupNorm(num_groups, c) for c in (c0, c1, c1, c1)])
         n = self.latent_shape[0]
@@ -232,10 +237,10 @@ class VAE(nn.Module):
         self.dec_convs = nn.ModuleList([nn.Conv2d(c1, c1, 3, padding=1), UpsampleConv(c1, c0, 3, padding=1),
                                         UpsampleConv(c0, c0, 3, padding=1)])
         self.dec_norms = nn.ModuleList([nn.GroupNorm(num_groups, c) for c in (c1, c0, c0)])
-        self.dec_out = nn.Conv2d(c0, 2 if decoder == "discretized" else 1, 3, padding=1)
+        self.dec_out = nn.Conv2d(c0, 2 * C if decoder == "discretized" else C, 3, padding=1)
 
     def encode(self, x):
-        h = x                                                                # [B, 1, 28, 28]
+        h = x                                                                # [B, C, 28, 28]
         for conv, norm in zip(self.enc_convs, self.enc_norms):
             h = F.silu(norm(conv(h)))                                        # ends at [B, c1, 7, 7]
         out = self.enc_head(h if self.spatial else h.flatten(1))             # [B, 2k, 7, 7] or [B, 2d]
@@ -247,12 +252,13 @@ class VAE(nn.Module):
         h = F.silu(self.dec_norm_in(h if self.spatial else h.reshape(len(z), self.c1, 7, 7)))
         for conv, norm in zip(self.dec_convs, self.dec_norms):
             h = F.silu(norm(conv(h)))                                        # 7, 14, 28
-        return self.dec_out(h)                                               # [B, 1 or 2, 28, 28]
+        return self.dec_out(h)                                               # [B, C or 2C, 28, 28]
 
     def decoder_params(self, output):
         if self.decoder == "bernoulli":
             return {"logits": output}
-        return {"mean": output[:, :1], "log_variance": output[:, 1:]}
+        C = self.in_channels
+        return {"mean": output[:, :C], "log_variance": output[:, C:]}
 
     def generate(self, z):
         with torch.no_grad():
@@ -298,6 +304,11 @@ class ForwardResidual(nn.Module):
 MODELS = {"ToyMLP": ToyMLP, "UNet": UNet, "VAE": VAE, "ForwardResidual": ForwardResidual}
 
 
+def _text_models():
+    from . import torch_text                     # the text twins subclass UNet above
+    return {"TextUNet": torch_text.TextUNet, "TextEncoder": torch_text.TextEncoder}
+
+
 def build(spec):
     """The module a spec describes: {"class": "UNet", "args": {constructor arguments}}, the "model"
     entry of an exported config. An argument that is itself a spec (ForwardResidual's net) is built first.
@@ -306,7 +317,8 @@ def build(spec):
     >>> type(build({"class": "UNet", "args": {"base_channels": 8, "channel_mults": [1, 2]}})).__name__
     'UNet'
     """
-    if spec["class"] not in MODELS:
-        raise ValueError(f"model class {spec['class']!r}: expected one of {sorted(MODELS)}")
+    models = {**MODELS, **_text_models()}
+    if spec["class"] not in models:
+        raise ValueError(f"model class {spec['class']!r}: expected one of {sorted(models)}")
     args = {k: build(v) if isinstance(v, dict) and "class" in v else v for k, v in spec["args"].items()}
-    return MODELS[spec["class"]](**args)
+    return models[spec["class"]](**args)

@@ -359,5 +359,10 @@ class SinusoidalEmbedding(Module):
             self._table = timestep_embedding(np.arange(size), self.dim, self.max_period, self.dtype)
         return self._table[t]
 
+    def cast_cache(self, dtype) -> None:
+        """``model.astype(dtype)``: embeddings in the new dtype, the table recomputed."""
+        self.dtype = check_dtype(dtype)
+        self._table = np.zeros((0, self.dim), dtype=self.dtype)
+
     def extra_repr(self):
         return f"dim={self.dim}, max_period={self.max_period}"

@@ -170,12 +170,19 @@ class Module:
 
     def astype(self, dtype) -> "Module":
         """Cast every parameter to ``dtype`` in place, e.g. ``model.astype(np.float64)``
-        before a gradient check. Gradients are dropped. Returns the module."""
+        before a gradient check. Gradients are dropped; a layer that computes arrays of its own
+        dtype (``SinusoidalEmbedding``) follows through ``cast_cache``. Returns the module."""
         dtype = check_dtype(dtype)
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None
+        for m in self.modules():
+            m.cast_cache(dtype)
         return self
+
+    def cast_cache(self, dtype) -> None:
+        """Called by ``astype`` on every submodule: a layer holding arrays that are not
+        parameters (a lookup table) recomputes them in ``dtype``. Nothing to do by default."""
 
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters()))
