@@ -67,3 +67,21 @@ def test_thread_count_settings(monkeypatch):
         parallel._default_threads()
     with pytest.raises(ValueError, match="set_num_threads"):
         parallel.set_num_threads(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_any_thread_count_same_bits(dtype):
+    """A bias gradient over the pixels: the same bits on 1, 3 and 4 threads (explicit counts),
+    and the plain sum up to rounding."""
+    a = np.random.default_rng(0).standard_normal((5000, 7)).astype(dtype)
+    results = []
+    for threads in (1, 3, 4):
+        previous = parallel.set_num_threads(threads)
+        try:
+            results.append(parallel.column_sums(a, budget=4096))
+        finally:
+            parallel.set_num_threads(previous)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    np.testing.assert_allclose(results[0], a.sum(axis=0), rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-3)
+    assert results[0].dtype == dtype
