@@ -5,14 +5,17 @@ it, parameter by parameter, with ``Adam._update`` (tinydiff/optim.py: read it fi
 same NumPy operations in the same order on the same float32 (or float64) values, so the
 result is bit for bit the plain one; tests/test_optim.py holds it to that in both dtypes.
 
-Why it is faster. The plain step makes ~12 NumPy passes per parameter array: a UNet has
-~50 of them, most small, so a step is ~600 short calls on one core. Here the optimizer's
-moments m and v live in ONE flat array each (the per-parameter state entries are views
-into them, so ``state_dict`` and checkpoints are unchanged), the gradients are copied into
-one flat buffer, and the range of all parameter entries is cut into chunks that the threads
-of ``parallel.py`` take whole: per chunk, the twelve passes run on one long block, and each
-parameter is touched twice (its gradient copied in, its update subtracted). Every element
-gets the same operations as in the plain step, so chunks can fall anywhere.
+Why it is faster. The plain step makes ~13 NumPy passes per parameter array, one array
+after another on one core. Here the optimizer's moments m and v live in ONE flat array each
+(the per-parameter state entries are views into them, so ``state_dict`` and checkpoints are
+unchanged), and the range of all parameter entries is cut into blocks of at most ``BLOCK``
+entries that the threads of ``parallel.py`` take whole: per block, each parameter piece's
+gradient is copied into a flat buffer, the thirteen passes run on the block (its five arrays
+stay in the L2 cache), and the update is subtracted from the parameter pieces. Every element
+gets the same operations as in the plain step, so blocks can fall anywhere. On one thread
+this is no faster than the plain loop (measured, one core: 2.8 vs 2.5 ms for the 583,713
+MNIST-UNET parameters, whose arrays are cache-sized already); what it buys is the split
+over the cores.
 
 It takes over only the common case: every parameter with a gradient has C-contiguous data of
 one dtype and the same step count (they were all updated together so far). Anything else
@@ -26,6 +29,8 @@ import math
 import numpy as np
 
 from .parallel import parallel_for
+
+BLOCK = 1 << 16          # most entries per block: the five arrays of one block fit in the L2 cache
 
 
 class _Flat:
@@ -89,7 +94,7 @@ def adam_step(opt) -> bool:
                 yield k, a - offsets[k], b - offsets[k], a, b
             k += 1
 
-    def work(lo, hi):
+    def block(lo, hi):
         # the same operations, in the same order, as Adam._update
         g, m, v, tmp = flat.g[lo:hi], flat.m[lo:hi], flat.v[lo:hi], flat.tmp[lo:hi]
         for k, a, b, fa, fb in pieces(lo, hi):
@@ -115,5 +120,12 @@ def adam_step(opt) -> bool:
             p = params[k].data.reshape(-1)[a:b]
             p -= flat.tmp[fa:fb]
 
-    parallel_for(work, offsets[-1], work=12 * offsets[-1])
+    n = offsets[-1]
+    size = min(BLOCK, max(1 << 12, -(-n // 8)))                # and at least ~8 blocks to share out
+
+    def work(lo, hi):                                            # blocks lo..hi-1, each small enough for L2
+        for i in range(lo, hi):
+            block(i * size, min(n, (i + 1) * size))
+
+    parallel_for(work, -(-n // size), work=12 * n)
     return True
