@@ -46,6 +46,8 @@ need constants like 4 and 5, and lose more precision.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .parallel import batch_slices, parallel_slices
@@ -402,7 +404,19 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
     Th, Tw = tiles(H, W)
     dx = np.empty((Bn, H, W, C), dy.dtype) if need_dx else None
     slices = batch_chunks(Bn, 16 * Th * Tw * max(C, O) * dy.itemsize)
-    partial_dU = {}                                                      # per slice, summed in order below
+    partial_dU = {}                                                      # per slice, until added in order
+    dU = np.zeros((16, C, O), dy.dtype) if need_dw else None
+    order = [lo for lo, _ in slices]
+    summed = [0]                                                         # slices order[:summed[0]] are in dU
+    lock = threading.Lock()
+
+    def add_ready():
+        """Add the finished partials to dU in slice order, as soon as all before them are in:
+        the same sum, in the same order, on any thread count, with only a few partials alive."""
+        with lock:
+            while summed[0] < len(order) and order[summed[0]] in partial_dU:
+                np.add(dU, partial_dU.pop(order[summed[0]]), out=dU)
+                summed[0] += 1
 
     def run(lo, hi):
         dM = np.empty((16, Tw, Th, hi - lo, O), dy.dtype)
@@ -415,11 +429,13 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
             if blocks is None:
                 partial_dU[lo] = np.matmul(Vt, dM)                        # [16, C, O]
             else:
-                part = partial_dU[lo] = np.zeros((16, C, O), dy.dtype)
+                part = np.zeros((16, C, O), dy.dtype)
                 for xi, ranges in enumerate(blocks):
                     for a, b in ranges:
                         np.matmul(Vt[xi], dM[xi, :, a:b], out=part[xi, :, a:b])
+                partial_dU[lo] = part                                     # complete: may be added now
             del V, Vt
+            add_ready()
         if need_dx:
             if blocks is None:
                 dV = np.matmul(dM, U.transpose(0, 2, 1))                  # [16, tiles, C]
@@ -431,9 +447,8 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
             input_transform_adjoint(dV.reshape(16, Tw, Th, hi - lo, C), dx[lo:hi])
 
     parallel_slices(run, slices)
-    dU = None
     if need_dw:
-        dU = np.zeros((16, C, O), dy.dtype)
-        for lo, _ in slices:                                             # a fixed order: same sum on any thread count
-            dU += partial_dU[lo]
+        add_ready()
+        if summed[0] != len(order):
+            raise RuntimeError(f"winograd backward: {len(order) - summed[0]} slices' weight gradients are missing")
     return dx, (None if dU is None else weight_transform_adjoint(dU))
