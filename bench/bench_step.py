@@ -125,12 +125,17 @@ def main(argv=None):
     parser.add_argument("--untuned", action="store_true",
                         help="do not call tinydiff.runtime.tune_process (as the Trainer does): OpenBLAS's "
                              "default thread count, glibc's default malloc")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both frameworks, wall time (default: the machine's cores)")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each and CPU time instead of wall time: a ratio that another "
                              "process on the machine barely disturbs")
     args = parser.parse_args(argv)
     tuning = "untuned" if args.untuned else td.runtime.tune_process(convolutions=False)   # as the Trainer tunes ToyMLP
     global CLOCK
+    if args.threads is not None:
+        td.parallel.set_num_threads(args.threads)
+        td.runtime.set_blas_threads(args.threads)                   # OpenBLAS splits ToyMLP's GEMMs
     if args.cpu_time:
         CLOCK = time.process_time
         td.parallel.set_num_threads(1)
@@ -139,6 +144,7 @@ def main(argv=None):
     betas = np.linspace(1e-4, 0.02, T)
     ab = np.cumprod(1 - betas).astype(np.float32)
     results = {"numpy": np.__version__, "process": tuning, "blas_threads": td.runtime.get_blas_threads(),
+               "tinydiff_threads": td.parallel.get_num_threads(),
                "rounds": args.rounds, "reps_per_round": args.reps,
                "clock": "process CPU time, 1 thread" if args.cpu_time else "wall", "runs": []}
     torch = None
@@ -147,6 +153,8 @@ def main(argv=None):
             import torch
             if args.cpu_time:
                 torch.set_num_threads(1)
+            elif args.threads is not None:
+                torch.set_num_threads(args.threads)
         except ImportError:
             results["torch"] = "not installed: only tinydiff was timed"
     for batch in args.batches:

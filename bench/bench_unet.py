@@ -375,6 +375,9 @@ def main(argv=None):
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread each and CPU time instead of wall time: a ratio that another "
                              "process on the machine barely disturbs")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both frameworks, wall time (default: the machine's cores); "
+                             "more than the machine has runs the many-core code path oversubscribed")
     parser.add_argument("--untuned", action="store_true",
                         help="do not call tinydiff.runtime.tune_process (as the Trainer does): OpenBLAS's "
                              "default thread count, glibc's default malloc")
@@ -386,6 +389,9 @@ def main(argv=None):
     tuning = "untuned" if args.untuned else td.runtime.tune_process()      # as the Trainer does
     global CLOCK
     threads = os.cpu_count()
+    if args.threads is not None:
+        threads = args.threads
+        td.parallel.set_num_threads(threads)
     if args.cpu_time:
         CLOCK, threads = time.process_time, 1
         td.parallel.set_num_threads(1)

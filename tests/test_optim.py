@@ -284,3 +284,81 @@ def test_cosine_decay_after_warmup_by_hand():
     assert restored.lr_at(8) == pytest.approx(0.05) and restored.decay_steps == 12
     with pytest.raises(ValueError, match="decay_steps"):
         LinearWarmup(opt, 4, decay_steps=2)
+
+
+# ---------------------------------------------------------------- the fast step (tinydiff/fast/adam.py)
+def adam_trajectory(make, dtype, path, threads=1, steps=4, skip=None):
+    """Parameters after each step of ``make(params)``, on the fast or the plain path; ``skip``:
+    a parameter index that gets no gradient at step 1 (its step count falls behind)."""
+    import contextlib
+
+    import tinydiff as td
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4, 3, 3), (7,), (1,), (5, 6), (300,)]
+    ps = [Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
+    opt = make(ps)
+    previous = td.parallel.set_num_threads(threads)
+    out = []
+    try:
+        for step in range(steps):
+            for i, p in enumerate(ps):
+                p.grad = None if (i == skip and step == 1) else rng.standard_normal(p.shape).astype(dtype)
+            with td.plain() if path == "plain" else contextlib.nullcontext():
+                opt.step()
+            out.append([p.data.copy() for p in ps] + [s.get("exp_avg_sq", np.zeros(0)).copy() for s in opt.state])
+    finally:
+        td.parallel.set_num_threads(previous)
+    return out, opt
+
+
+MAKERS = [lambda ps: Adam(ps, lr=0.01), lambda ps: Adam(ps, lr=0.01, weight_decay=0.1),
+          lambda ps: AdamW(ps, lr=0.01, weight_decay=0.1)]
+
+
+@pytest.mark.skipif(not __import__("tinydiff").fast.enabled(), reason="TINYDIFF_PLAIN=1: no fast path")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("make", MAKERS)
+@pytest.mark.parametrize("skip", [None, 2])
+def test_fast_adam_equals_the_plain_step_bit_for_bit(make, dtype, skip, monkeypatch):
+    """The fast step over one flat buffer, on 1 and on 4 threads (an explicit count, whatever the
+    machine has), gives exactly the plain per-parameter step's numbers, float32 and float64; with
+    a parameter that missed a step it hands over to the plain step."""
+    import tinydiff as td
+    monkeypatch.setattr(td.parallel, "MIN_WORK", 0)             # thread even these small arrays
+    plain, _ = adam_trajectory(make, dtype, "plain", skip=skip)
+    for threads in (1, 4):
+        fast, opt = adam_trajectory(make, dtype, "fast", threads=threads, skip=skip)
+        for a, b in zip(fast, plain):
+            for u, v in zip(a, b):
+                assert u.dtype == v.dtype == dtype
+                np.testing.assert_array_equal(u, v)
+        assert [s["step"] for s in opt.state] == [4, 4, 3 if skip == 2 else 4, 4, 4]
+
+
+@pytest.mark.skipif(not __import__("tinydiff").fast.enabled(), reason="TINYDIFF_PLAIN=1: no fast path")
+def test_fast_adam_state_dict_views_and_reload(tmp_path):
+    """The flat moments stay visible per parameter: state_dict, load_state_dict and further fast
+    steps agree with the plain path."""
+    import tinydiff as td
+    rng = np.random.default_rng(1)
+    ps = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in [(4, 3), (5,)]]
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in ps] for _ in range(4)]
+    opt = AdamW(ps, lr=0.01)
+    for gs in grads[:2]:
+        for p, g in zip(ps, gs):
+            p.grad = g
+        opt.step()
+    assert opt._flat.m.size == 17 and opt.state[0]["exp_avg"].base is opt._flat.m
+    state = opt.state_dict()
+    clones = [Parameter(p.data.copy()) for p in ps]
+    opt2 = AdamW(clones, lr=0.01)
+    opt2.load_state_dict(state)
+    for gs in grads[2:]:
+        for p, q, g in zip(ps, clones, gs):
+            p.grad, q.grad = g, g.copy()
+        opt.step()
+        with td.plain():
+            opt2.step()
+    for p, q in zip(ps, clones):
+        np.testing.assert_array_equal(p.data, q.data)
+    np.testing.assert_array_equal(opt.state[1]["exp_avg"], opt2.state[1]["exp_avg"])

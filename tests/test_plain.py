@@ -137,7 +137,7 @@ def test_vae_plain_equals_fast_in_float64(latent_shape):
 def fast_functions():
     """(module, name, function) for every function defined in the tinydiff.fast package, wherever
     it is bound in the package (re-exports and imports included), except the switch itself."""
-    modules = [fast, fast.conv, fast.winograd, fast.norm, fast.fused, fast.parallel]
+    modules = [fast, fast.conv, fast.winograd, fast.norm, fast.fused, fast.parallel, fast.adam]
     for module in modules:
         for name, obj in vars(module).items():
             ours = inspect.isfunction(obj) and obj.__module__.startswith("tinydiff.fast")
@@ -147,7 +147,7 @@ def fast_functions():
 
 def one_training_step_of_each_model():
     """Forward and backward of a small MNIST UNet (conv, phase conv, GroupNorm(+SiLU), attention,
-    Linear, SiLU), a VAE and a ToyMLP, in float32."""
+    Linear, SiLU), a VAE and a ToyMLP, in float32, then one Adam step of all their parameters."""
     rng = np.random.default_rng(0)
     unet = td.models.UNet(base_channels=8, channel_mults=(1, 2, 2), num_classes=10, attention_levels=(1,),
                           zero_init_out=False, rng=rng)
@@ -157,7 +157,9 @@ def one_training_step_of_each_model():
     (vae.decode(vae.encode(x)[0]) ** 2).mean().backward()
     mlp = td.models.ToyMLP(hidden=16, rng=rng)
     (mlp(rng.standard_normal((5, 2)).astype(np.float32), np.arange(5)) ** 2).mean().backward()
-    return [p.grad for m in (unet, vae, mlp) for p in m.parameters()]
+    params = [p for m in (unet, vae, mlp) for p in m.parameters()]
+    td.optim.Adam(params, lr=1e-3).step()
+    return [p.grad for p in params]
 
 
 @needs_fast_path
@@ -195,5 +197,5 @@ def test_fast_path_calls_the_fast_kernels(monkeypatch):
     one_training_step_of_each_model()
     for kernel in ("conv.conv2d", "conv.upsample_conv2d", "norm.group_norm", "norm.group_norm_silu",
                    "fused.linear", "fused.silu", "winograd.conv3x3_forward", "winograd.conv3x3_backward",
-                   "parallel.parallel_slices"):
+                   "parallel.parallel_slices", "parallel.column_sums", "adam.adam_step"):
         assert f"tinydiff.fast.{kernel}" in called, kernel

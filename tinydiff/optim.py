@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from . import fast
 from .engine import Tensor
 from .nn.module import Module
 
@@ -164,6 +165,13 @@ class Adam(Optimizer):
             raise ValueError(f"betas must lie in [0, 1), got {betas!r}")
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def step(self) -> None:
+        """One update of every parameter that has a gradient; on the fast path all at once
+        (``tinydiff/fast/adam.py``: the same numbers, one flat buffer split over the threads)."""
+        if fast.enabled() and fast.adam_step(self):
+            return
+        super().step()
 
     def _update(self, p, g, state):
         b1, b2, t = self.beta1, self.beta2, state["step"]

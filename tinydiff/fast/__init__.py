@@ -19,6 +19,7 @@ in float64, values and gradients:
     group_norm_silu   norm.py       silu(group_norm(x))                              tests/test_norm_fast.py
     linear            fused.py      x @ W.T + b                                      tests/test_layers.py
     silu              fused.py      x * sigmoid(x)                                   tests/test_layers.py
+    adam_step         adam.py       Optimizer.step with Adam._update, per parameter  tests/test_optim.py
     (thread pool)     parallel.py   threaded == one thread, bit for bit (td.parallel) tests/test_parallel.py
 
 **One switch.** The fast path is the default. ``td.plain()`` (a context manager) or the
@@ -39,7 +40,8 @@ import contextlib
 import os
 import threading
 
-from . import conv, fused, norm, parallel, winograd  # noqa: F401
+from . import adam, conv, fused, norm, parallel, winograd  # noqa: F401
+from .adam import adam_step
 from .conv import conv2d, upsample_conv2d
 from .fused import linear, silu
 from .norm import group_norm, group_norm_silu
@@ -99,4 +101,5 @@ def plain():
 
 
 __all__ = ["enabled", "plain", "conv2d", "upsample_conv2d", "group_norm", "group_norm_silu", "linear", "silu",
-           "conv", "winograd", "norm", "fused", "parallel"]
+           "adam_step",
+           "conv", "winograd", "norm", "fused", "parallel", "adam"]

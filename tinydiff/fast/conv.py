@@ -21,7 +21,7 @@ Why it is faster, in the order it matters for a UNet on a CPU:
    im2col of dy and one GEMM, instead of a GEMM into a [N, C*kh*kw] dcols array (9x the
    size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
 4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
-   dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
+   dropped slice by slice (~1 MiB each, ``winograd.batch_chunks``), remade in backward
    rather than kept, and whole slices go to the cores (``parallel.py``).
 5. **Upsample x2 + 3x3 conv as phase convolutions** (``upsample_conv2d``, at the end of this file).
 
@@ -37,7 +37,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..engine import Tensor
 from . import winograd
-from .parallel import parallel_for, parallel_slices
+from .parallel import column_sums, parallel_for, parallel_slices
 
 WINOGRAD_MIN_CHANNELS = 8       # below this the transforms' short inner loops cost more than they save
 
@@ -292,7 +292,7 @@ def _patches(x, kernel, size, stride, padding):
 def _bias_grad(gd, bias):
     if bias is None or not bias.requires_grad:
         return None
-    return gd.reshape(-1, gd.shape[-1]).sum(axis=0)
+    return column_sums(gd.reshape(-1, gd.shape[-1]))         # threaded BLAS sums over the pixels
 
 
 def _input_grad(gd, w, w_mat, x_shape, kernel, stride, padding):
@@ -340,6 +340,12 @@ PHASE_ROWS = np.array([[[1, 0, 0], [0, 1, 1], [0, 0, 0]],      # R[a, u, p]: ker
                        [[0, 0, 0], [1, 1, 0], [0, 0, 1]]], dtype=float)
 
 
+def _kron_r(dtype) -> np.ndarray:
+    """R (x) R: [(a, u, b, v), (p, q)] = R[a, u, p] R[b, v, q], a [36, 9] matrix."""
+    R = PHASE_ROWS.astype(dtype)
+    return np.einsum("aup,bvq->aubvpq", R, R).reshape(36, 9)
+
+
 def phase_blocks(O: int) -> list:
     """Where the phase kernels' Winograd weights U[xi] can be nonzero: for tile position
     xi = 4i + j, the (lo, hi) ranges of the 4*O columns [a, b, o]. A phase with a = 0 has
@@ -368,9 +374,10 @@ def phase_weight(w: np.ndarray) -> np.ndarray:
     ((4, 1, 3, 3), [[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 0.0]])
     """
     O, C = w.shape[:2]
-    R = PHASE_ROWS.astype(w.dtype)
-    # optimize=True: two small BLAS products instead of one loop over all indices (9x faster)
-    return np.einsum("aup,bvq,ocpq->abocuv", R, R, w, optimize=True).reshape(4 * O, C, 3, 3)
+    # one GEMM of the 9 taps with R (x) R [(a, u, b, v), (p, q)], then [a, b, o, c, u, v] order
+    taps = np.ascontiguousarray(w.transpose(2, 3, 0, 1)).reshape(9, O * C)
+    w4 = (_kron_r(w.dtype) @ taps).reshape(2, 3, 2, 3, O, C)
+    return np.ascontiguousarray(w4.transpose(0, 2, 4, 5, 1, 3)).reshape(4 * O, C, 3, 3)
 
 
 def phase_weight_adjoint(dw4: np.ndarray) -> np.ndarray:
@@ -385,8 +392,9 @@ def phase_weight_adjoint(dw4: np.ndarray) -> np.ndarray:
     ((2, 3, 3, 3), True)
     """
     O4, C = dw4.shape[:2]
-    R = PHASE_ROWS.astype(dw4.dtype)
-    return np.einsum("aup,bvq,abocuv->ocpq", R, R, dw4.reshape(2, 2, O4 // 4, C, 3, 3), optimize=True)
+    d = np.ascontiguousarray(dw4.reshape(2, 2, O4 // 4, C, 3, 3).transpose(0, 4, 1, 5, 2, 3))   # [a, u, b, v, o, c]
+    taps = _kron_r(dw4.dtype).T @ d.reshape(36, -1)                              # [(p, q), (o, c)]
+    return np.ascontiguousarray(taps.reshape(3, 3, O4 // 4, C).transpose(2, 3, 0, 1))
 
 
 def _shuffle(src: np.ndarray, dst: np.ndarray, to_phases: bool) -> None:

@@ -24,7 +24,7 @@ channels, the 16 tile positions xi become 16 independent matrix products
 that is 16 multiplies per 4 outputs per channel pair instead of 36. The transforms
 B^T . B and A^T . A are only additions: a few NumPy passes over arrays 4x the size of
 the activations, each over a few long contiguous blocks (the memory layout below). They
-are done in batch slices of ~2 MiB that stay in the processor's cache from the transform
+are done in batch slices of ~1 MiB that stay in the processor's cache from the transform
 to the GEMM and back, whole slices per core (``parallel.parallel_slices``); the
 transformed input V is recomputed per slice in backward rather than kept, so it never
 costs a training step 4x its activations.
@@ -46,6 +46,8 @@ need constants like 4 and 5, and lose more precision.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .parallel import batch_slices, parallel_slices
@@ -62,6 +64,19 @@ def tiles(H: int, W: int) -> tuple:
     return (H + 1) // 2, (W + 1) // 2
 
 
+_KRON = {}
+
+
+def _kron_g(dtype) -> np.ndarray:
+    """K [16, 9] with K[4i + j, 3p + q] = G[i, p] G[j, q]: G g G^T as one matrix acting on the 9
+    kernel taps, so that a whole layer's weight transform is one small GEMM."""
+    dtype = np.dtype(dtype)
+    if dtype not in _KRON:
+        g = G.astype(dtype)
+        _KRON[dtype] = np.einsum("ip,jq->ijpq", g, g).reshape(16, 9)
+    return _KRON[dtype]
+
+
 def weight_transform(w: np.ndarray) -> np.ndarray:
     """U = G g G^T for every (out, in) pair: w [O, C, 3, 3] -> U [16, C, O] (xi = 4*row + col).
 
@@ -72,11 +87,10 @@ def weight_transform(w: np.ndarray) -> np.ndarray:
     ((16, 1, 1), [1.0, 1.5, 0.5, 1.0])
     """
     O, C = w.shape[:2]
-    # optimize=True contracts one factor at a time (BLAS products); without it einsum runs one
-    # loop over every index combination, 4-10x slower: 2.4 vs 0.6 ms for the [256, 64] phase
-    # weights, paid by every layer on every step (as is the adjoint below, 5.2 vs 0.4 ms).
-    u = np.einsum("ip,ocpq,jq->ijco", G.astype(w.dtype), w, G.astype(w.dtype), optimize=True)
-    return np.ascontiguousarray(u.reshape(16, C, O))
+    # One GEMM of the 9 taps, [16, 9] @ [9, C*O], written straight into U's [16, C, O] layout
+    # (every layer pays this on every step; an einsum with its path search took ~10x longer).
+    taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(9, C * O)
+    return (_kron_g(w.dtype) @ taps).reshape(16, C, O)
 
 
 def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
@@ -89,8 +103,8 @@ def weight_transform_adjoint(du: np.ndarray) -> np.ndarray:
     ((2, 3, 3, 3), True)
     """
     C, O = du.shape[1:]
-    g = G.astype(du.dtype)
-    return np.einsum("ip,ijco,jq->ocpq", g, du.reshape(4, 4, C, O), g, optimize=True)
+    taps = _kron_g(du.dtype).T @ du.reshape(16, C * O)                 # [9, C*O]
+    return np.ascontiguousarray(taps.reshape(3, 3, C, O).transpose(3, 2, 0, 1))
 
 
 # ---------------------------------------------------------------------- the four transforms
@@ -296,7 +310,7 @@ def output_transform_adjoint(dy: np.ndarray, dM: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------- the convolution
-CHUNK_BYTES = 2 << 20       # largest transformed block (V, dV or M) held at once: fits in L2
+CHUNK_BYTES = 1 << 20       # largest transformed block (V, dV or M) held at once: half of L2
 
 
 def batch_chunks(Bn: int, bytes_per_example: int) -> list:
@@ -305,13 +319,16 @@ def batch_chunks(Bn: int, bytes_per_example: int) -> list:
     The 16 transformed tiles are 4x the size of the image, so a whole batch of them would
     dominate the memory of a training step; in slices they stay small, are recomputed in
     backward instead of kept, and are read by the GEMM while still in the processor's
-    cache. The transforms are bound by memory traffic: on this machine (1 MiB L2 per
-    core) slices of 2 MiB make a 32-channel 28x28 convolution's forward + backward 30 ms
-    single-threaded, against 43 ms with 24 MiB slices.
+    cache. The transforms are bound by memory traffic: slices of 2 MiB made a 32-channel
+    28x28 convolution's forward + backward 30 ms single-threaded, against 43 ms with 24 MiB
+    slices; on the 2-core machine of docs/speed.md (2 MiB of L2 per core), shared with
+    other work, 1 MiB slices made the whole MNIST-UNET training step 2-3% faster than 2 MiB
+    on one thread and on two, and they give the 7x7 layers four slices instead of two to
+    share between the cores.
 
     >>> td.fast.winograd.batch_chunks(10, 3 << 19)               # 1.5 MiB per example: one at a time
     [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
-    >>> td.fast.winograd.batch_chunks(10, 1 << 19)               # 0.5 MiB: four per slice
+    >>> td.fast.winograd.batch_chunks(10, 1 << 18)               # 0.25 MiB: four per slice
     [(0, 4), (4, 8), (8, 10)]
     """
     return batch_slices(Bn, bytes_per_example, CHUNK_BYTES)
@@ -387,7 +404,19 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
     Th, Tw = tiles(H, W)
     dx = np.empty((Bn, H, W, C), dy.dtype) if need_dx else None
     slices = batch_chunks(Bn, 16 * Th * Tw * max(C, O) * dy.itemsize)
-    partial_dU = {}                                                      # per slice, summed in order below
+    partial_dU = {}                                                      # per slice, until added in order
+    dU = np.zeros((16, C, O), dy.dtype) if need_dw else None
+    order = [lo for lo, _ in slices]
+    summed = [0]                                                         # slices order[:summed[0]] are in dU
+    lock = threading.Lock()
+
+    def add_ready():
+        """Add the finished partials to dU in slice order, as soon as all before them are in:
+        the same sum, in the same order, on any thread count, with only a few partials alive."""
+        with lock:
+            while summed[0] < len(order) and order[summed[0]] in partial_dU:
+                np.add(dU, partial_dU.pop(order[summed[0]]), out=dU)
+                summed[0] += 1
 
     def run(lo, hi):
         dM = np.empty((16, Tw, Th, hi - lo, O), dy.dtype)
@@ -400,11 +429,13 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
             if blocks is None:
                 partial_dU[lo] = np.matmul(Vt, dM)                        # [16, C, O]
             else:
-                part = partial_dU[lo] = np.zeros((16, C, O), dy.dtype)
+                part = np.zeros((16, C, O), dy.dtype)
                 for xi, ranges in enumerate(blocks):
                     for a, b in ranges:
                         np.matmul(Vt[xi], dM[xi, :, a:b], out=part[xi, :, a:b])
+                partial_dU[lo] = part                                     # complete: may be added now
             del V, Vt
+            add_ready()
         if need_dx:
             if blocks is None:
                 dV = np.matmul(dM, U.transpose(0, 2, 1))                  # [16, tiles, C]
@@ -416,9 +447,8 @@ def conv3x3_backward(dy: np.ndarray, x: np.ndarray, U: np.ndarray, need_dx: bool
             input_transform_adjoint(dV.reshape(16, Tw, Th, hi - lo, C), dx[lo:hi])
 
     parallel_slices(run, slices)
-    dU = None
     if need_dw:
-        dU = np.zeros((16, C, O), dy.dtype)
-        for lo, _ in slices:                                             # a fixed order: same sum on any thread count
-            dU += partial_dU[lo]
+        add_ready()
+        if summed[0] != len(order):
+            raise RuntimeError(f"winograd backward: {len(order) - summed[0]} slices' weight gradients are missing")
     return dx, (None if dU is None else weight_transform_adjoint(dU))
