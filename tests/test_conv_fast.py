@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 import tinydiff as td
 from tinydiff import Tensor
 from tinydiff.fast import winograd
-from tinydiff.fast.conv import kernel_for, phase_blocks, phase_weight, phase_weight_adjoint
+from tinydiff.fast.conv import kernel_for
+from tinydiff.fast.upsample import phase_blocks, phase_weight, phase_weight_adjoint
 from tinydiff.nn import Conv2d, UpsampleConv, conv2d, upsample_nearest
 
 needs_fast_path = pytest.mark.skipif(not td.fast.enabled(), reason="TINYDIFF_PLAIN=1 is set: the fast path is off")

@@ -195,7 +195,7 @@ def test_fast_path_calls_the_fast_kernels(monkeypatch):
     for module, name, fn in fast_functions():
         monkeypatch.setattr(module, name, recording(fn))
     one_training_step_of_each_model()
-    for kernel in ("conv.conv2d", "conv.upsample_conv2d", "norm.group_norm", "norm.group_norm_silu",
+    for kernel in ("conv.conv2d", "upsample.upsample_conv2d", "norm.group_norm", "norm.group_norm_silu",
                    "fused.linear", "fused.silu", "winograd.conv3x3_forward", "winograd.conv3x3_backward",
                    "parallel.parallel_slices", "parallel.column_sums", "adam.adam_step"):
         assert f"tinydiff.fast.{kernel}" in called, kernel

@@ -13,7 +13,7 @@ in float64, values and gradients:
 
     kernel            module        must equal (tinydiff.nn, the plain path)        test
     conv2d            conv.py       conv2d: im2col + one GEMM                        tests/test_conv_fast.py
-    upsample_conv2d   conv.py       conv2d(upsample_nearest(x, 2), ...)              tests/test_conv_fast.py
+    upsample_conv2d   upsample.py   conv2d(upsample_nearest(x, 2), ...)              tests/test_conv_fast.py
       (3x3 layers)    winograd.py   conv2d, via Winograd F(2x2, 3x3)                 tests/test_conv_fast.py
     group_norm        norm.py       group_norm, composed                             tests/test_norm_fast.py
     group_norm_silu   norm.py       silu(group_norm(x))                              tests/test_norm_fast.py
@@ -40,9 +40,10 @@ import contextlib
 import os
 import threading
 
-from . import adam, conv, fused, norm, parallel, winograd  # noqa: F401
+from . import adam, conv, fused, norm, parallel, upsample, winograd  # noqa: F401
 from .adam import adam_step
-from .conv import conv2d, upsample_conv2d
+from .conv import conv2d
+from .upsample import upsample_conv2d
 from .fused import linear, silu
 from .norm import group_norm, group_norm_silu
 
