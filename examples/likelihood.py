@@ -1,0 +1,189 @@
+"""Exact likelihoods: a diffusion model read as an ODE, checked against the true density.
+
+The lesson of docs/likelihood.md. The chain of a GaussianDiffusion is one SDE in continuous
+time (td.sde, Song et al. 2021), and its probability-flow ODE maps data to noise without
+noise of its own; integrating the divergence of that ODE along the path gives log p(x)
+exactly (td.likelihood: the instantaneous change of variables). On the 8-mode mixture we
+know the truth, so the lesson prints three numbers in bits per point:
+
+* the ODE driven by the exact score (td.oracles) -- it must give back the true NLL,
+* the ODE driven by a trained ToyMLP (hybrid objective), exact divergence,
+* the variational bound of the same network (calc_bpd_loop) -- above its ODE NLL,
+
+and draws energy.png: the mixture's energy E(x) = -log p(x) + log Z, its score -grad E (no Z
+needed), and the ODE's paths from data to noise. With --mnist-checkpoint it also reports, for a
+trained examples/mnist.py run, the bound term by term and the ODE NLL (Hutchinson's estimator,
+uniform dequantization) on the first --mnist-digits test digits.
+
+    python examples/likelihood.py                           # the toy lesson, a few minutes on 2 cores
+    python examples/likelihood.py --mnist-checkpoint out/mnist/checkpoint.npz --out out/likelihood-mnist
+
+Writes energy.png, flow.png and metrics.json to --out (default out/likelihood).
+"""
+# %%
+import math
+
+import numpy as np
+
+import tinydiff as td
+
+# %% Settings
+run, R = td.Run("likelihood", __doc__), td.runs
+run.run_flag("steps", 4000, "training steps of the toy model", type=R.positive_int)
+run.run_flag("batch", 512, "batch size", type=R.positive_int)
+run.run_flag("seed", 0, "seed of every random draw", type=R.nonnegative_int)
+run.eval_flag("points", 1000, "held-out points for the trained model's bound and ODE NLL", type=R.positive_int)
+run.eval_flag("oracle_points", 20000, "points for the exact-score ODE (cheap: closed form)", type=R.positive_int)
+run.eval_flag("rtol", 1e-5, "RK45 relative tolerance (atol the same)", type=R.positive_float)
+run.eval_flag("mnist_checkpoint", None, "a trained examples/mnist.py run: also its bound and ODE NLL", type=str)
+run.eval_flag("mnist_digits", 500, "MNIST test digits for the bound and the ODE NLL", type=R.positive_int)
+run.eval_flag("mnist_solver", "heun", "MNIST ODE solver: heun or rk4 on --mnist-ode-steps trained steps, or rk45",
+              choices=["heun", "rk4", "rk45"])
+run.eval_flag("mnist_ode_steps", 100, "MNIST fixed-step solver steps", type=R.positive_int)
+td.recipes.mnist_flags(run)
+args = run.parse()
+
+# %% [markdown]
+# ## The truth check: the ODE driven by the exact score
+# The 8-mode mixture (std 0.1) has entropy 3 + log2(2 pi e 0.01) = 0.450 bits: no model can do
+# better on average. `oracle.score_at` is grad log q_t in closed form at any real t, and
+# `score_divergence_at` its divergence, so only the solver and the start at t_min can err.
+# %%
+data = td.data.make_dataset("8gaussians")
+diffusion = td.make_diffusion("hybrid", td.linear_beta_schedule(1000), decoder_nll="continuous")
+sde = td.sde.VPSDE(diffusion)                                  # beta(t) matching the 1,000 steps; t_min = 1/T
+oracle = td.oracles.GaussianMixtureOracle(data.means, data.std, data.weights, diffusion)
+exact_score = lambda x, t: oracle.score_at(x, sde.alpha_bar(t))                      # noqa: E731
+exact_div = lambda x, t: oracle.score_divergence_at(x, sde.alpha_bar(t))             # noqa: E731
+rng = np.random.default_rng(args.seed + 1)
+x_many = data.sample(args.oracle_points, rng, dtype=np.float64)
+true_bits = -data.log_prob(x_many) / math.log(2)                    # exact -log2 p of these points
+metrics = {"true_nll_bits": float(data.entropy_bits()), "t_min": sde.t_min, "rtol": args.rtol, "atol": args.rtol}
+print(f"true NLL (entropy): {metrics['true_nll_bits']:.4f} bits per point")
+for tol in (1e-2, 1e-3, args.rtol):                                 # tightening moves it to the truth
+    out = td.likelihood.ode_log_likelihood(sde, exact_score, x_many, score_divergence=exact_div, rtol=tol, atol=tol)
+    gap = -out["log_prob"] / math.log(2) - true_bits                  # the same points: no sampling noise
+    metrics[f"oracle_tol_{tol:g}"] = {"ode_nll_bits": float(np.mean(-out["log_prob"]) / math.log(2)),
+                                      "gap_to_exact_bits": float(gap.mean()), "nfe": out["nfe"]}
+    print(f"  exact score, rtol = atol = {tol:g}: ODE NLL {np.mean(-out['log_prob']) / math.log(2):.4f} "
+          f"(points' own {true_bits.mean():.4f}; gap {gap.mean():+.5f}) in {out['nfe']} calls")
+metrics["oracle_ode_nll_bits"] = metrics[f"oracle_tol_{args.rtol:g}"]["ode_nll_bits"]
+metrics["oracle_nfe"] = metrics[f"oracle_tol_{args.rtol:g}"]["nfe"]
+metrics["oracle_points_true_nll_bits"] = float(true_bits.mean())
+metrics["oracle_points_stderr"] = float(true_bits.std(ddof=1) / math.sqrt(len(true_bits)))
+
+# %% [markdown]
+# ## A trained model: its bound and its ODE NLL on the same held-out points
+# ToyMLP with a learned variance (hybrid objective): the bound needs the variance, the ODE only
+# the score -eps / sigma(t). Its divergence is exact here: 2 backward passes per call.
+# %%
+model = td.models.ToyMLP(heads=2, rng=np.random.default_rng(args.seed))
+run.start(model)
+trainer = td.Trainer(model, td.DiffusionLoss(diffusion), data, batch_size=args.batch, lr=2e-3,
+                     warmup_steps=min(200, args.steps // 10), ema_decay=0.995, lr_decay_steps=args.steps,
+                     seed=args.seed, log_every=max(1, args.steps // 10), checkpoint_path=run.checkpoint,
+                     checkpoint_every=args.checkpoint_every or max(1, args.steps // 4), config=run.config)
+run.train(trainer, warmup=200)
+held_out = data.sample(args.points, rng)
+points_bits = -data.log_prob(held_out) / math.log(2)
+with trainer.ema.average_parameters(model):
+    with td.no_grad():
+        bound = diffusion.calc_bpd_loop(model, held_out, rng=rng, progress=td.Progress(1000, "bound"))
+    out = td.likelihood.ode_log_likelihood(sde, td.sde.score_fn(sde, model), held_out, model=model,
+                                           rtol=args.rtol, atol=args.rtol, progress=td.Progress(0, "ODE NLL"))
+ode_bits = -out["log_prob"] / math.log(2)
+bound_bits = bound["total_bits"].astype(np.float64)
+se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v)))         # noqa: E731  (standard error of a mean)
+metrics.update(model_ode_nll_bits=float(ode_bits.mean()), model_ode_nll_stderr=se(ode_bits),
+               model_ode_nfe=out["nfe"], bound_bits=float(bound_bits.mean()), bound_stderr=se(bound_bits),
+               points_true_nll_bits=float(points_bits.mean()), ode_minus_true_bits=float((ode_bits - points_bits).mean()),
+               ode_minus_true_stderr=se(ode_bits - points_bits), bound_minus_ode_bits=float((bound_bits - ode_bits).mean()),
+               bound_minus_ode_stderr=se(bound_bits - ode_bits), points=args.points, steps=trainer.step)
+
+# %% [markdown]
+# ## Energy and the normaliser, and the flow
+# p(x) = exp(-E(x)) / Z with E(x) = -log sum_k exp(-|x - m_k|^2 / 2 s^2): Z = 8 (2 pi s^2) here, but
+# for a network's energy it is an integral nobody can do. The score -grad E(x) = grad log p(x)
+# does not contain Z, which is why diffusion models learn scores.
+# %%
+lims = ((-3.0, 3.0), (-3.0, 3.0))
+grid, arrows = td.viz.grid_points(lims, 200), td.viz.grid_points(lims, 21)
+energy = -np.logaddexp.reduce(-np.sum((grid[:, None] - data.means) ** 2, -1) / (2 * data.std ** 2), axis=1)
+log_z_grid = math.log(np.sum(np.exp(-energy)) * (6.0 / 199) ** 2)   # Z by brute force on the 200 x 200 grid
+score0 = exact_score(arrows, 1e-6)                                   # -grad E, the score of the data
+fig = td.viz.figure((12.0, 4.2), dpi=100)
+axes = fig.subplots(1, 3)
+im = axes[0].imshow(np.minimum(energy, 40).reshape(200, 200), origin="lower", extent=(-3, 3, -3, 3), cmap="viridis")
+fig.colorbar(im, ax=axes[0], fraction=0.046)
+axes[0].set_title(f"energy E(x) (capped at 40); log Z = {log_z_grid:.3f}\n(closed form {math.log(8 * 2 * math.pi * 0.01):.3f})",
+                  fontsize=10)
+length = np.minimum(np.linalg.norm(score0, axis=1, keepdims=True), 40)
+axes[1].imshow(np.exp(-energy).reshape(200, 200), origin="lower", extent=(-3, 3, -3, 3), cmap="Greys", alpha=0.6)
+axes[1].quiver(*arrows.T, *(score0 / np.maximum(np.linalg.norm(score0, axis=1, keepdims=True), 1e-12) * length).T,
+               color="#c44e52", angles="xy", scale_units="xy", scale=40 / 0.28, width=0.006)
+axes[1].set_title("score $-\\nabla E(x)$ = $\\nabla \\log p(x)$: no Z in it\n(arrows capped at length 40)", fontsize=10)
+paths = td.ode.solve_fixed(lambda t, y: td.sde.ode_drift(sde, exact_score, y, t), held_out[:200].astype(np.float64),
+                           td.sde.time_grid(sde, 100, ascending=True), "rk4")["states"]
+paths = np.stack(paths)                                              # [101, 200, 2]: data -> noise
+for k in range(paths.shape[1]):
+    axes[2].plot(paths[:, k, 0], paths[:, k, 1], color="#4c72b0", alpha=0.25, linewidth=0.7)
+axes[2].scatter(*paths[0].T, s=4, color="k", label="data x(t_min)")
+axes[2].scatter(*paths[-1].T, s=4, color="#dd8452", label="x(1) ~ N(0, I)")
+axes[2].legend(fontsize=8, loc="lower right")
+axes[2].set_title("probability-flow ODE: paths from data to noise", fontsize=10)
+for ax in axes:
+    ax.set(xlim=lims[0], ylim=lims[1], aspect="equal", xticks=[], yticks=[])
+td.viz.save(fig, run.path("energy.png"))
+metrics["log_z_grid"], metrics["log_z_closed_form"] = log_z_grid, math.log(8 * 2 * math.pi * 0.01)
+
+# %% [markdown]
+# ## MNIST (optional): the bound term by term and the ODE NLL on the same test digits
+# The ODE NLL uses uniform dequantization, z = (x + u) / 128 - 1, and Hutchinson's estimator
+# with one Rademacher probe per digit: bits/dim = -log2 p(z) / 784 + 7 (td.likelihood).
+# %%
+if args.mnist_checkpoint:
+    mnist_diffusion, mnist_model, meta = td.recipes.load_mnist_run(args.mnist_checkpoint)
+    images, labels = td.recipes.mnist_digits(args, "test", limit=args.mnist_digits, model_space=False)
+    images = images[:, None].astype(np.int64)                       # [N, 1, 28, 28] in 0..255
+    conditional = not meta["config"].get("unconditional", False)
+    msde, mrng, parts = td.sde.VPSDE(mnist_diffusion), np.random.default_rng(args.seed + 2), []
+    for i in range(0, len(images), 100):
+        kw = {"y": labels[i:i + 100]} if conditional else {}
+        with td.no_grad():
+            b = mnist_diffusion.calc_bpd_loop(mnist_model, td.data.to_model_space(images[i:i + 100, 0]),
+                                              rng=mrng, num_timesteps=100, model_kwargs=kw or None)
+        bpd, o = td.likelihood.dequantized_bits_per_dim(
+            msde, td.sde.score_fn(msde, mnist_model, kw), images[i:i + 100], mrng, divergence="hutchinson",
+            model=mnist_model, method=args.mnist_solver, steps=args.mnist_ode_steps, rtol=args.rtol, atol=args.rtol,
+            progress=td.Progress(0, f"ODE NLL, digits {i + 1}-{min(i + 100, len(images))}"))
+        parts.append((b, bpd, o["nfe"]))
+    total = np.concatenate([p[0]["total_bpd"] for p in parts]).astype(np.float64)
+    vb = np.concatenate([p[0]["vb"] for p in parts]).astype(np.float64)
+    ode_bpd = np.concatenate([p[1] for p in parts])
+    metrics["mnist"] = {"checkpoint": args.mnist_checkpoint, "steps": meta.get("step"), "digits": len(images),
+                        "bound_bits_per_dim": float(total.mean()), "bound_stderr": se(total),
+                        "decoder_L_0": float(vb[:, 0].mean()),
+                        "kl_terms": float((vb[:, 1:] * parts[0][0]["weights"][1:]).sum(axis=1).mean()),
+                        "prior_L_T": float(np.concatenate([p[0]["prior_bpd"] for p in parts]).mean()),
+                        "ode_bits_per_dim": float(ode_bpd.mean()), "ode_stderr": se(ode_bpd),
+                        "ode_solver": args.mnist_solver, "ode_nfe_per_batch": [p[2] for p in parts],
+                        "ode_convention": "uniform dequantization z = (x + u) / 128 - 1, Hutchinson (1 Rademacher "
+                                          "probe per digit), t_min = 1/T, prior N(0, I) at t = 1"}
+    m = metrics["mnist"]
+    print(f"MNIST, {m['digits']} test digits: bound {m['bound_bits_per_dim']:.3f} +- {m['bound_stderr']:.3f} bits/dim "
+          f"(L_0 {m['decoder_L_0']:.3f}, KL terms {m['kl_terms']:.3f}, L_T {m['prior_L_T']:.4f}); ODE NLL "
+          f"{m['ode_bits_per_dim']:.3f} +- {m['ode_stderr']:.3f} ({args.mnist_solver}, {m['ode_nfe_per_batch'][0]} calls)")
+
+# %% The three numbers, each beside its target
+m = metrics
+print(f"bits per point: truth {m['true_nll_bits']:.3f} | exact-score ODE {m['oracle_ode_nll_bits']:.3f} | model ODE "
+      f"{m['model_ode_nll_bits']:.3f} +- {m['model_ode_nll_stderr']:.3f} | model bound {m['bound_bits']:.3f} +- "
+      f"{m['bound_stderr']:.3f}")
+R.target(f"exact-score ODE {m['oracle_ode_nll_bits']:.4f} vs truth {m['true_nll_bits']:.4f} "
+         f"({m['oracle_nfe']} calls at rtol {args.rtol:g})", "within 0.02 bits",
+         abs(m["oracle_ode_nll_bits"] - m["true_nll_bits"]) <= 0.02)
+R.target(f"model ODE minus the points' true NLL {m['ode_minus_true_bits']:+.4f} (stderr {m['ode_minus_true_stderr']:.4f})",
+         "not below -1 stderr", m["ode_minus_true_bits"] >= -m["ode_minus_true_stderr"])
+R.target(f"bound minus ODE {m['bound_minus_ode_bits']:+.4f} (stderr {m['bound_minus_ode_stderr']:.4f})", ">= 0 "
+         "within 2 stderr", m["bound_minus_ode_bits"] >= -2 * m["bound_minus_ode_stderr"])
+run.finish(metrics)
