@@ -109,14 +109,14 @@ metrics.update(model_ode_nll_bits=float(ode_bits.mean()), model_ode_nll_stderr=s
 lims = ((-3.0, 3.0), (-3.0, 3.0))
 grid, arrows = td.viz.grid_points(lims, 200), td.viz.grid_points(lims, 21)
 energy = -np.logaddexp.reduce(-np.sum((grid[:, None] - data.means) ** 2, -1) / (2 * data.std ** 2), axis=1)
-log_z_grid = math.log(np.sum(np.exp(-energy)) * (6.0 / 199) ** 2)   # Z by brute force on the 200 x 200 grid
+log_z_grid = math.log(np.sum(np.exp(-energy)) * (6.0 / 200) ** 2)   # Z by brute force: cells of side 6/200
 score0 = exact_score(arrows, 1e-6)                                   # -grad E, the score of the data
 fig = td.viz.figure((12.0, 4.2), dpi=100)
 axes = fig.subplots(1, 3)
-im = axes[0].imshow(np.minimum(energy, 40).reshape(200, 200), origin="lower", extent=(-3, 3, -3, 3), cmap="viridis")
-fig.colorbar(im, ax=axes[0], fraction=0.046)
-axes[0].set_title(f"energy E(x) (capped at 40); log Z = {log_z_grid:.3f}\n(closed form {math.log(8 * 2 * math.pi * 0.01):.3f})",
-                  fontsize=10)
+im = axes[0].imshow(np.log10(1 + energy).reshape(200, 200), origin="lower", extent=(-3, 3, -3, 3), cmap="viridis")
+fig.colorbar(im, ax=axes[0], fraction=0.046, label="log10(1 + E)")
+axes[0].set_title(f"energy E(x); Z = integral of exp(-E): log Z = {log_z_grid:.3f}\n(on the grid; closed form "
+                  f"{math.log(8 * 2 * math.pi * 0.01):.3f})", fontsize=10)
 length = np.minimum(np.linalg.norm(score0, axis=1, keepdims=True), 40)
 axes[1].imshow(np.exp(-energy).reshape(200, 200), origin="lower", extent=(-3, 3, -3, 3), cmap="Greys", alpha=0.6)
 axes[1].quiver(*arrows.T, *(score0 / np.maximum(np.linalg.norm(score0, axis=1, keepdims=True), 1e-12) * length).T,
@@ -184,6 +184,6 @@ R.target(f"exact-score ODE {m['oracle_ode_nll_bits']:.4f} vs truth {m['true_nll_
          abs(m["oracle_ode_nll_bits"] - m["true_nll_bits"]) <= 0.02)
 R.target(f"model ODE minus the points' true NLL {m['ode_minus_true_bits']:+.4f} (stderr {m['ode_minus_true_stderr']:.4f})",
          "not below -1 stderr", m["ode_minus_true_bits"] >= -m["ode_minus_true_stderr"])
-R.target(f"bound minus ODE {m['bound_minus_ode_bits']:+.4f} (stderr {m['bound_minus_ode_stderr']:.4f})", ">= 0 "
-         "within 2 stderr", m["bound_minus_ode_bits"] >= -2 * m["bound_minus_ode_stderr"])
+print(f"bound minus ODE NLL {m['bound_minus_ode_bits']:+.4f} +- {m['bound_minus_ode_stderr']:.4f} (two models: the chain "
+      "with its variances, and the ODE of its score; docs/likelihood.md)")
 run.finish(metrics)

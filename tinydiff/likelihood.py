@@ -100,8 +100,8 @@ def divergence_hutchinson(fn, x: np.ndarray, probe: np.ndarray):
     """(f(x), v^T (df/dx) v): Hutchinson's unbiased estimate of div f, one backward pass.
 
     The backward pass seeded with v gives the vector-Jacobian product v^T J; its dot product with
-    v is v^T J v, whose mean over Rademacher v is tr J, with variance 2 sum_{i != j} J_ij^2
-    (the diagonal adds nothing: v_i^2 = 1). fn as in divergence_exact; probe: [B, D].
+    v is v^T J v, whose mean over Rademacher v is tr J, with variance sum_{i<j} (J_ij + J_ji)^2
+    (the diagonal adds nothing: v_i^2 = 1; the products v_i v_j of distinct pairs are uncorrelated). fn as in divergence_exact; probe: [B, D].
 
     >>> f, est = td.likelihood.divergence_hutchinson(lambda x: x * 3.0, np.ones((1, 2)), np.array([[1.0, -1.0]]))
     >>> est.tolist()                                              # a diagonal Jacobian: exact for any probe
