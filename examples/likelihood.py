@@ -31,6 +31,7 @@ import tinydiff as td
 run, R = td.Run("likelihood", __doc__), td.runs
 run.run_flag("steps", 4000, "training steps of the toy model", type=R.positive_int)
 run.run_flag("batch", 512, "batch size", type=R.positive_int)
+run.run_flag("T", 1000, "diffusion steps (linear betas 0.1 / T .. 20 / T: DDPM's for T = 1000)", type=R.positive_int)
 run.run_flag("seed", 0, "seed of every random draw", type=R.nonnegative_int)
 run.eval_flag("points", 1000, "held-out points for the trained model's bound and ODE NLL", type=R.positive_int)
 run.eval_flag("oracle_points", 20000, "points for the exact-score ODE (cheap: closed form)", type=R.positive_int)
@@ -50,8 +51,9 @@ args = run.parse()
 # `score_divergence_at` its divergence, so only the solver and the start at t_min can err.
 # %%
 data = td.data.make_dataset("8gaussians")
-diffusion = td.make_diffusion("hybrid", td.linear_beta_schedule(1000), decoder_nll="continuous")
-sde = td.sde.VPSDE(diffusion)                                  # beta(t) matching the 1,000 steps; t_min = 1/T
+betas = td.linear_beta_schedule(args.T, 0.1 / args.T, 20 / args.T)             # DDPM's 1e-4 .. 0.02 at T = 1000
+diffusion = td.make_diffusion("hybrid", betas, decoder_nll="continuous")
+sde = td.sde.VPSDE(diffusion)                                  # beta(t) matching the T steps; t_min = 1/T
 oracle = td.oracles.GaussianMixtureOracle(data.means, data.std, data.weights, diffusion)
 exact_score = lambda x, t: oracle.score_at(x, sde.alpha_bar(t))                      # noqa: E731
 exact_div = lambda x, t: oracle.score_divergence_at(x, sde.alpha_bar(t))             # noqa: E731
@@ -88,7 +90,7 @@ held_out = data.sample(args.points, rng)
 points_bits = -data.log_prob(held_out) / math.log(2)
 with trainer.ema.average_parameters(model):
     with td.no_grad():
-        bound = diffusion.calc_bpd_loop(model, held_out, rng=rng, progress=td.Progress(1000, "bound"))
+        bound = diffusion.calc_bpd_loop(model, held_out, rng=rng, progress=td.Progress(args.T, "bound"))
     out = td.likelihood.ode_log_likelihood(sde, td.sde.score_fn(sde, model), held_out, model=model,
                                            rtol=args.rtol, atol=args.rtol, progress=td.Progress(0, "ODE NLL"))
 ode_bits = -out["log_prob"] / math.log(2)
@@ -144,7 +146,7 @@ metrics["log_z_grid"], metrics["log_z_closed_form"] = log_z_grid, math.log(8 * 2
 if args.mnist_checkpoint:
     mnist_diffusion, mnist_model, meta = td.recipes.load_mnist_run(args.mnist_checkpoint)
     images, labels = td.recipes.mnist_digits(args, "test", limit=args.mnist_digits, model_space=False)
-    images = images[:, None].astype(np.int64)                       # [N, 1, 28, 28] in 0..255
+    images = images[:, None]                                        # uint8 [N, 1, 28, 28]
     conditional = not meta["config"].get("unconditional", False)
     msde, mrng, parts = td.sde.VPSDE(mnist_diffusion), np.random.default_rng(args.seed + 2), []
     for i in range(0, len(images), 100):
