@@ -45,7 +45,7 @@ def test_tiny_mnist_checkpoint_gets_its_bound_and_ode_nll(tmp_path):
                                 "--objective", "hybrid", "--n-samples", "10", "--sample-steps", "3", "--bpd-digits", "0",
                                 "--no-download", "--no-score", "--data-dir", str(MNIST_DIR), "--out", str(tmp_path / "m")])
     metrics = run(TINY + ["--mnist-checkpoint", str(tmp_path / "m" / "checkpoint.npz"), "--mnist-digits", "4",
-                          "--mnist-ode-steps", "3", "--data-dir", str(MNIST_DIR), "--no-download",
+                          "--mnist-solver", "heun", "--mnist-ode-steps", "3", "--data-dir", str(MNIST_DIR), "--no-download",
                           "--out", str(tmp_path / "run")])
     m = metrics["mnist"]
     assert m["digits"] == 4 and m["ode_nfe_per_batch"] == [6]              # Heun: 2 calls a step, 3 steps
