@@ -10,10 +10,9 @@ know the truth, so the lesson prints three numbers in bits per point:
 * the ODE driven by a trained ToyMLP (hybrid objective), exact divergence,
 * the variational bound of the same network (calc_bpd_loop) -- above its ODE NLL,
 
-and draws energy.png: the mixture's energy E(x) = -log p(x) + log Z, its score -grad E (no Z
-needed), and the ODE's paths from data to noise. With --mnist-checkpoint it also reports, for a
-trained examples/mnist.py run, the bound term by term and the ODE NLL (Hutchinson's estimator,
-uniform dequantization) on the first --mnist-digits test digits.
+and draws energy.png: the energy E(x) = -log p(x) + log Z, its score -grad E (no Z needed), and
+the ODE's paths. --mnist-checkpoint adds, for an examples/mnist.py run, the bound term by term
+and the ODE NLL (Hutchinson, uniform dequantization) on the first --mnist-digits test digits.
 
     python examples/likelihood.py                           # the toy lesson, a few minutes on 2 cores
     python examples/likelihood.py --mnist-checkpoint out/mnist/checkpoint.npz --out out/likelihood-mnist
@@ -71,10 +70,9 @@ for tol in (1e-2, 1e-3, args.rtol):                                 # tightening
                                       "gap_to_exact_bits": float(gap.mean()), "nfe": out["nfe"]}
     print(f"  exact score, rtol = atol = {tol:g}: ODE NLL {np.mean(-out['log_prob']) / math.log(2):.4f} "
           f"(points' own {true_bits.mean():.4f}; gap {gap.mean():+.5f}) in {out['nfe']} calls")
-metrics["oracle_ode_nll_bits"] = metrics[f"oracle_tol_{args.rtol:g}"]["ode_nll_bits"]
-metrics["oracle_nfe"] = metrics[f"oracle_tol_{args.rtol:g}"]["nfe"]
-metrics["oracle_points_true_nll_bits"] = float(true_bits.mean())
-metrics["oracle_points_stderr"] = float(true_bits.std(ddof=1) / math.sqrt(len(true_bits)))
+se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v)))         # noqa: E731  (standard error of a mean)
+metrics.update(oracle_ode_nll_bits=metrics[f"oracle_tol_{args.rtol:g}"]["ode_nll_bits"], oracle_points_stderr=se(true_bits),
+               oracle_nfe=metrics[f"oracle_tol_{args.rtol:g}"]["nfe"], oracle_points_true_nll_bits=float(true_bits.mean()))
 
 # %% [markdown]
 # ## A trained model: its bound and its ODE NLL on the same held-out points
@@ -95,9 +93,7 @@ with trainer.ema.average_parameters(model):
         bound = diffusion.calc_bpd_loop(model, held_out, rng=rng, progress=td.Progress(args.T, "bound"))
     out = td.likelihood.ode_log_likelihood(sde, td.sde.score_fn(sde, model), held_out, model=model,
                                            rtol=args.rtol, atol=args.rtol, progress=td.Progress(0, "ODE NLL"))
-ode_bits = -out["log_prob"] / math.log(2)
-bound_bits = bound["total_bits"].astype(np.float64)
-se = lambda v: float(np.std(v, ddof=1) / math.sqrt(len(v)))         # noqa: E731  (standard error of a mean)
+ode_bits, bound_bits = -out["log_prob"] / math.log(2), bound["total_bits"].astype(np.float64)
 metrics.update(model_ode_nll_bits=float(ode_bits.mean()), model_ode_nll_stderr=se(ode_bits),
                model_ode_nfe=out["nfe"], bound_bits=float(bound_bits.mean()), bound_stderr=se(bound_bits),
                points_true_nll_bits=float(points_bits.mean()), ode_minus_true_bits=float((ode_bits - points_bits).mean()),
@@ -166,12 +162,17 @@ if args.mnist_checkpoint:
             model=mnist_model, method=args.mnist_solver, steps=args.mnist_ode_steps, rtol=args.mnist_rtol,
             atol=args.mnist_rtol, progress=td.Progress(0, f"ODE NLL, digits {i + 1}-{j}"))
         ode_parts.append((bpd, o["nfe"]))
+    # the decoder's floor: L_0 with a perfect mean (x_0 itself) at the two ends of the learned variance at t = 1
+    x0 = td.data.to_model_space(images[:, 0]).astype(np.float64)
+    floor = {name: float(-td.discretized_gaussian_log_likelihood(x0, means=x0, log_scales=np.full(x0.shape, lv / 2))
+                         .mean() / math.log(2)) for name, lv in (("beta_tilde", mnist_diffusion.posterior_log_variance_clipped[0]),
+                                                                 ("beta", mnist_diffusion.log_betas[0]))}
     total = np.concatenate([p["total_bpd"] for p in parts]).astype(np.float64)
     vb = np.concatenate([p["vb"] for p in parts]).astype(np.float64)
     ode_bpd = np.concatenate([p[0] for p in ode_parts])
     metrics["mnist"] = {"checkpoint": args.mnist_checkpoint, "steps": meta.get("step"), "digits": len(images),
                         "bound_bits_per_dim": float(total.mean()), "bound_stderr": se(total),
-                        "decoder_L_0": float(vb[:, 0].mean()),
+                        "decoder_L_0": float(vb[:, 0].mean()), "decoder_floor_perfect_mean": floor,
                         "kl_terms": float((vb[:, 1:] * parts[0]["weights"][1:]).sum(axis=1).mean()),
                         "prior_L_T": float(np.concatenate([p["prior_bpd"] for p in parts]).mean()),
                         "ode_digits": len(ode_bpd), "ode_bits_per_dim": float(ode_bpd.mean()), "ode_stderr": se(ode_bpd),
