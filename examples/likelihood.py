@@ -127,14 +127,14 @@ paths = td.ode.solve_fixed(lambda t, y: td.sde.ode_drift(sde, exact_score, y, t)
 paths = np.stack(paths)                                              # [101, 200, 2]: data -> noise
 for k in range(paths.shape[1]):
     axes[2].plot(paths[:, k, 0], paths[:, k, 1], color="#4c72b0", alpha=0.25, linewidth=0.7)
-axes[2].scatter(*paths[0].T, s=4, color="k", label="data x(t_min)")
-axes[2].scatter(*paths[-1].T, s=4, color="#dd8452", label="x(1) ~ N(0, I)")
+for end, color, name in ((0, "k", "data x(t_min)"), (-1, "#dd8452", "x(1) ~ N(0, I)")):
+    axes[2].scatter(*paths[end].T, s=4, color=color, label=name)
 axes[2].legend(fontsize=8, loc="lower right")
 axes[2].set_title("probability-flow ODE: paths from data to noise", fontsize=10)
 for ax in axes:
     ax.set(xlim=lims[0], ylim=lims[1], aspect="equal", xticks=[], yticks=[])
 td.viz.save(fig, run.path("energy.png"))
-metrics["log_z_grid"], metrics["log_z_closed_form"] = log_z_grid, math.log(8 * 2 * math.pi * 0.01)
+metrics.update(log_z_grid=log_z_grid, log_z_closed_form=math.log(8 * 2 * math.pi * 0.01))
 
 # %% [markdown]
 # ## MNIST (optional): the bound term by term and the ODE NLL on the same test digits
@@ -143,27 +143,26 @@ metrics["log_z_grid"], metrics["log_z_closed_form"] = log_z_grid, math.log(8 * 2
 # %%
 if args.mnist_checkpoint:
     mnist_diffusion, mnist_model, meta = td.recipes.load_mnist_run(args.mnist_checkpoint)
-    images, labels = td.recipes.mnist_digits(args, "test", limit=args.mnist_digits, model_space=False)
-    images = images[:, None]                                        # uint8 [N, 1, 28, 28]
+    images, labels = td.recipes.mnist_digits(args, "test", limit=args.mnist_digits, model_space=False)  # uint8 [N, 28, 28]
     conditional = not meta["config"].get("unconditional", False)
     msde, mrng, parts, ode_parts = td.sde.VPSDE(mnist_diffusion), np.random.default_rng(args.seed + 2), [], []
     td.runtime.tune_process(convolutions=True)                       # the UNet's kernels own the cores
     for i in range(0, len(images), 100):
         kw = {"y": labels[i:i + 100]} if conditional else {}
         with td.no_grad():
-            parts.append(mnist_diffusion.calc_bpd_loop(mnist_model, td.data.to_model_space(images[i:i + 100, 0]),
+            parts.append(mnist_diffusion.calc_bpd_loop(mnist_model, td.data.to_model_space(images[i:i + 100]),
                                                        rng=mrng, num_timesteps=100, model_kwargs=kw or None))
     n_ode = min(args.mnist_ode_digits, len(images))
     for i in range(0, n_ode, 100):
         j = min(i + 100, n_ode)
         kw = {"y": labels[i:j]} if conditional else {}
         bpd, o = td.likelihood.dequantized_bits_per_dim(
-            msde, td.sde.score_fn(msde, mnist_model, kw), images[i:j], mrng, divergence="hutchinson",
+            msde, td.sde.score_fn(msde, mnist_model, kw), images[i:j, None], mrng, divergence="hutchinson",
             model=mnist_model, method=args.mnist_solver, steps=args.mnist_ode_steps, rtol=args.mnist_rtol,
             atol=args.mnist_rtol, progress=td.Progress(0, f"ODE NLL, digits {i + 1}-{j}"))
         ode_parts.append((bpd, o["nfe"]))
     # the decoder's floor: L_0 with a perfect mean (x_0 itself) at the two ends of the learned variance at t = 1
-    x0 = td.data.to_model_space(images[:, 0]).astype(np.float64)
+    x0 = td.data.to_model_space(images).astype(np.float64)
     floor = {name: float(-td.discretized_gaussian_log_likelihood(x0, means=x0, log_scales=np.full(x0.shape, lv / 2))
                          .mean() / math.log(2)) for name, lv in (("beta_tilde", mnist_diffusion.posterior_log_variance_clipped[0]),
                                                                  ("beta", mnist_diffusion.log_betas[0]))}
