@@ -53,6 +53,8 @@ def test_bad_times_are_refused():
         VPSDE(linear(), t_min=0.0)
     with pytest.raises(TypeError, match="GaussianDiffusion"):
         VPSDE("linear")
+    with pytest.raises(ValueError, match="respaced"):
+        VPSDE(td.respace(linear(), 10))
     with pytest.raises(ValueError, match="steps"):
         time_grid(VPSDE(linear()), 0)
     with pytest.raises(ValueError, match="hutchinson"):

@@ -64,6 +64,9 @@ class VPSDE:
     def __init__(self, diffusion: GaussianDiffusion, t_min: float | None = None, t_max: float = 1.0):
         if not isinstance(diffusion, GaussianDiffusion):
             raise TypeError(f"diffusion: expected a GaussianDiffusion, got {type(diffusion).__name__}")
+        if not np.array_equal(diffusion.timestep_map, np.arange(diffusion.num_timesteps)):
+            raise ValueError("diffusion: expected the chain the model was trained on, got a respaced one "
+                             f"({diffusion.num_timesteps} kept steps); the SDE is built from all T steps")
         self.diffusion = diffusion
         self.T = diffusion.num_timesteps
         self.t_min = 1.0 / self.T if t_min is None else float(t_min)
