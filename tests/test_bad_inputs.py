@@ -187,7 +187,7 @@ CATALOGUE = [
     ("guidance for a model without a null label", lambda: ClassifierFreeGuidance(MLP, 2.0),
      r"null_labels: the model has no null label"),
     ("an unknown sampler", lambda: sample(D, MLP, (4, 2), RNG(0), sampler="euler"),
-     r"sampler: expected one of \['ddim', 'ddpm', 'langevin'\], got 'euler'"),
+     r"sampler: expected one of \['ddim', 'ddpm', 'langevin', 'ode', 'sde'\], got 'euler'"),
     ("DDIM eta above 1", lambda: ddim_sample_loop(D, MLP, (4, 2), RNG(0), eta=2.0),
      r"eta: expected a value in \[0, 1\], got 2.0"),
     ("a Langevin step too large", lambda: langevin_sample_loop(D, MLP, (4, 2), RNG(0), step_lr=1e-3),

@@ -31,6 +31,8 @@ few names a diffusion model is built from sit at the top.
                     td.ddim_sample_loop (td.ddim), td.langevin_sample_loop (td.langevin), td.sample,
                     td.respace, td.space_timesteps (td.respacing)
     guidance        td.ClassifierFreeGuidance, td.drop_labels
+    continuous time td.sde (the VP SDE of a diffusion; reverse-SDE and probability-flow ODE samplers),
+                    td.ode (Euler, Heun, RK4, adaptive RK45), td.likelihood (exact log p through the ODE)
     editing         td.editing: sdedit, inpaint (RePaint), ddim_invert
     training        td.Trainer, td.Progress; checkpoints td.save_checkpoint, td.load_checkpoint
     runs            td.Run: an example's flags, output folder, resume or refusal, lock and files
@@ -53,10 +55,10 @@ __version__ = "0.1.0"        # before the submodules: tinydiff.scorer records it
 from . import interop  # noqa: F401, E402  (installs NumPy's dispatch hooks on Tensor)
 from .engine import Tensor, concat, no_grad, stack, tensor, where
 
-from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, export, fast, flags, folder,  # noqa: E402
-               forward, functional, gaussian, gradcheck, guidance, images, langevin, latent, losses, metrics, models,
-               nn, objectives, optim, oracles, progress, recipes, respacing, resume, reverse, runs, runtime, samplers,
-               schedules, scorer, text, train, viz)
+from . import (bound, checkpoint, checks, data, ddim, diffusion, editing, elbo, export, fast, flags,  # noqa: E402
+               folder, forward, functional, gaussian, gradcheck, guidance, images, langevin, latent, likelihood,
+               losses, metrics, models, nn, objectives, ode, optim, oracles, progress, recipes, respacing, resume,
+               reverse, runs, runtime, samplers, schedules, scorer, sde, text, train, viz)
 from .fast import parallel, plain  # noqa: E402  (td.parallel: the fast kernels' thread pool)
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .diffusion import GaussianDiffusion  # noqa: E402
@@ -83,6 +85,7 @@ __all__ = [
     "schedules", "gaussian", "diffusion", "objectives", "samplers", "guidance", "train", "checkpoint",
     "checks", "runs", "flags", "folder", "resume", "recipes", "runtime", "parallel", "fast", "scorer", "elbo",
     "latent", "text", "editing", "export", "forward", "reverse", "losses", "bound", "respacing", "ddim", "langevin",
+    "sde", "ode", "likelihood",
     # schedules
     "linear_beta_schedule", "cosine_beta_schedule", "logsnr_beta_schedule", "betas_for_alpha_bar", "extract",
     # the diffusion: q, p, the losses and the bound

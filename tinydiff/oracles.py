@@ -228,6 +228,32 @@ class GaussianMixtureOracle:
         s = np.sum((r / v)[..., None] * (centres - x[:, None, :]), axis=1)        # [B, D]
         return self._out(s, x_t)
 
+    def score_at(self, x, alpha_bar) -> np.ndarray:
+        """grad log q(x) at any real ab (not only a step of the chain; tinydiff/sde.py's
+        continuous time): the same sum as `score`. x: [B, *S]; alpha_bar: a float or [B]."""
+        v_x = np.asarray(x, dtype=np.float64).reshape(len(x), self.dim)
+        ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (len(v_x),))
+        log_joint = self._log_joint(v_x, ab)
+        r = np.exp(log_joint - _logsumexp(log_joint, axis=1)[:, None])          # q(k | x), [B, K]
+        centres, v = noisy_mixture(self.means, self.stds, ab)
+        return self._out(np.sum((r / v)[..., None] * (centres - v_x[:, None, :]), axis=1), x)
+
+    def score_divergence_at(self, x, alpha_bar) -> np.ndarray:
+        """div score = tr Hessian of log q(x) at a real ab, float64 [B]:
+
+            tr H = sum_k q(k|x) (|u_k|^2 - D / v_k) - |score|^2,    u_k = (sqrt(ab) m_k - x) / v_k
+
+        (the Hessian of log sum_k w_k N_k is E_k[H_k + u_k u_k^T] - score score^T, H_k = -I / v_k).
+        The exact divergence the probability-flow ODE of the oracle needs (tinydiff/likelihood.py)."""
+        v_x = np.asarray(x, dtype=np.float64).reshape(len(x), self.dim)
+        ab = np.broadcast_to(np.asarray(alpha_bar, dtype=np.float64), (len(v_x),))
+        log_joint = self._log_joint(v_x, ab)
+        r = np.exp(log_joint - _logsumexp(log_joint, axis=1)[:, None])
+        centres, v = noisy_mixture(self.means, self.stds, ab)
+        u = (centres - v_x[:, None, :]) / v[..., None]                            # [B, K, D]
+        score = np.sum(r[..., None] * u, axis=1)
+        return np.sum(r * (np.sum(u ** 2, axis=-1) - self.dim / v), axis=1) - np.sum(score ** 2, axis=1)
+
     def eps(self, x_t, t) -> np.ndarray:
         """The MSE-optimal noise prediction eps*(x_t, t) = E[eps | x_t] = -sqrt(1 - ab_t) score.
 

@@ -28,6 +28,8 @@ eta; n_steps_each, step_lr); sample(..., sampler="ddim") picks one by name.
                            deterministic map from noise to data, eta = 1 is DDPM (ddim.py).
     langevin_sample_loop   annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1) with
                            the score read off the eps-prediction (langevin.py).
+    sde_sample_loop        the reverse SDE by Euler-Maruyama, and ode_sample_loop the probability-
+                           flow ODE (Song et al. 2021, eq. 6 and 13; sde.py).
 
 Timesteps are 0-based (tinydiff/schedules.py). Every loop runs over the chain, never over
 the batch; noise comes from an explicit numpy.random.Generator; model calls run under
@@ -48,6 +50,7 @@ from .langevin import check_langevin_step_lr, langevin_noise_level, langevin_sam
 from .respacing import respace, respaced_betas, space_timesteps  # noqa: F401
 from .reverse import p_sample
 from .schedules import extract
+from .sde import ode_sample_loop, sde_sample_loop
 
 
 def ddpm_step(diffusion, model, x_t, t, rng=None, noise=None, model_kwargs=None):
@@ -127,11 +130,13 @@ def ddpm_sample_loop(diffusion, model, shape, rng, *, steps=None, model_kwargs=N
     return (x, np.stack(trajectory)) if return_trajectory else x
 
 
-SAMPLERS = {"ddpm": ddpm_sample_loop, "ddim": ddim_sample_loop, "langevin": langevin_sample_loop}
+SAMPLERS = {"ddpm": ddpm_sample_loop, "ddim": ddim_sample_loop, "langevin": langevin_sample_loop,
+            "sde": sde_sample_loop, "ode": ode_sample_loop}
 
 
 def sample(diffusion, model, shape, rng, sampler: str = "ddpm", **kwargs):
-    """Run the sampler called ``sampler`` ("ddpm", "ddim" or "langevin") with ``kwargs``:
+    """Run the sampler called ``sampler`` ("ddpm", "ddim", "langevin", or the continuous-time "sde" and
+    "ode" of tinydiff/sde.py) with ``kwargs``:
     sample(d, model, (16, 1, 28, 28), rng, sampler="ddim", steps=50, guidance=3.0,
     model_kwargs={"y": labels}).
 
