@@ -325,6 +325,7 @@ def test_fast_adam_equals_the_plain_step_bit_for_bit(make, dtype, skip, monkeypa
     a parameter that missed a step it hands over to the plain step."""
     import tinydiff as td
     monkeypatch.setattr(td.parallel, "MIN_WORK", 0)             # thread even these small arrays
+    monkeypatch.setattr(td.fast.adam, "MIN_PARAMETERS", 0)      # and fuse them
     plain, _ = adam_trajectory(make, dtype, "plain", skip=skip)
     for threads in (1, 4):
         fast, opt = adam_trajectory(make, dtype, "fast", threads=threads, skip=skip)
@@ -336,10 +337,11 @@ def test_fast_adam_equals_the_plain_step_bit_for_bit(make, dtype, skip, monkeypa
 
 
 @pytest.mark.skipif(not __import__("tinydiff").fast.enabled(), reason="TINYDIFF_PLAIN=1: no fast path")
-def test_fast_adam_state_dict_views_and_reload(tmp_path):
+def test_fast_adam_state_dict_views_and_reload(tmp_path, monkeypatch):
     """The flat moments stay visible per parameter: state_dict, load_state_dict and further fast
     steps agree with the plain path."""
     import tinydiff as td
+    monkeypatch.setattr(td.fast.adam, "MIN_PARAMETERS", 0)
     rng = np.random.default_rng(1)
     ps = [Parameter(rng.standard_normal(s).astype(np.float32)) for s in [(4, 3), (5,)]]
     grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in ps] for _ in range(4)]

@@ -18,8 +18,13 @@ MNIST-UNET parameters, whose arrays are cache-sized already); what it buys is th
 over the cores.
 
 It takes over only the common case: every parameter with a gradient has C-contiguous data of
-one dtype and the same step count (they were all updated together so far). Anything else
-(a parameter that skipped steps, mixed dtypes) returns False and the plain step runs.
+one dtype and the same step count (they were all updated together so far), and there are at
+least ``MIN_PARAMETERS`` of them. Anything else (a parameter that skipped steps, mixed dtypes,
+a small model) returns False and the plain step runs. The size limit is measured: one Adam
+step of a UNet on 2 idle cores, fused against plain, took 1.07 vs 0.84 ms at 147,665
+parameters (the MNIST lesson's), 1.78 vs 1.67 ms at 585,121 and 6.19 vs 6.64 ms at 2,329,409
+(``Adam.step`` timed 30 times after 3 warm-up steps, the better of two rounds); the 148k-
+parameter ToyMLP's training step was 10% slower with it (2.75 vs 2.49 ms at batch 256).
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import numpy as np
 from .parallel import parallel_for
 
 BLOCK = 1 << 16          # most entries per block: the five arrays of one block fit in the L2 cache
+MIN_PARAMETERS = 1 << 20  # fewer parameters in all: the plain step is as fast or faster (measured below)
 
 
 class _Flat:
@@ -60,15 +66,20 @@ def adam_step(opt) -> bool:
     Returns False, changing nothing, when the plain per-parameter step must run instead.
 
     >>> w = td.nn.Parameter(np.array([1.0, -1.0]))
-    >>> opt = td.optim.Adam([w], lr=0.1)
     >>> (w * w).sum().backward()
-    >>> td.fast.adam.adam_step(opt), w.data.round(6).tolist()      # the plain step's numbers
+    >>> td.fast.adam.adam_step(td.optim.Adam([w], lr=0.1))          # 2 parameters: the plain step's job
+    False
+    >>> w = td.nn.Parameter(np.tile([1.0, -1.0], td.fast.adam.MIN_PARAMETERS // 2))
+    >>> (w * w).sum().backward()
+    >>> td.fast.adam.adam_step(td.optim.Adam([w], lr=0.1)), w.data[:2].round(6).tolist()   # the plain step's numbers
     (True, [0.9, -0.9])
     """
     live = [(p, s) for p, s in zip(opt.params, opt.state) if p.grad is not None]
     if not live:
         return True
     params, states = [p for p, _ in live], [s for _, s in live]
+    if sum(p.data.size for p in params) < MIN_PARAMETERS:
+        return False
     dtype = params[0].data.dtype
     steps = {s.get("step", 0) for s in states}
     if (len(steps) != 1 or any(p.data.dtype != dtype or p.grad.dtype != dtype or not p.data.flags.c_contiguous

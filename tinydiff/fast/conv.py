@@ -21,7 +21,7 @@ Why it is faster, in the order it matters for a UNet on a CPU:
    im2col of dy and one GEMM, instead of a GEMM into a [N, C*kh*kw] dcols array (9x the
    size of x) followed by kh*kw strided scatter-adds (col2im). Stride > 1 keeps col2im.
 4. **Batch slices, both cores.** Patches (9x the image for 3x3) are made, multiplied and
-   dropped slice by slice (~1 MiB each, ``winograd.batch_chunks``), remade in backward
+   dropped slice by slice (~2 MiB each, ``winograd.batch_chunks``), remade in backward
    rather than kept, and whole slices go to the cores (``parallel.py``).
 5. **Upsample x2 + 3x3 conv as phase convolutions** (``upsample_conv2d`` in ``upsample.py``).
 

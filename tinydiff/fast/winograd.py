@@ -24,7 +24,7 @@ channels, the 16 tile positions xi become 16 independent matrix products
 that is 16 multiplies per 4 outputs per channel pair instead of 36. The transforms
 B^T . B and A^T . A are only additions: a few NumPy passes over arrays 4x the size of
 the activations, each over a few long contiguous blocks (the memory layout below). They
-are done in batch slices of ~1 MiB that stay in the processor's cache from the transform
+are done in batch slices of ~2 MiB that stay in the processor's cache from the transform
 to the GEMM and back, whole slices per core (``parallel.parallel_slices``); the
 transformed input V is recomputed per slice in backward rather than kept, so it never
 costs a training step 4x its activations.
@@ -310,7 +310,7 @@ def output_transform_adjoint(dy: np.ndarray, dM: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------- the convolution
-CHUNK_BYTES = 1 << 20       # largest transformed block (V, dV or M) held at once: half of L2
+CHUNK_BYTES = 2 << 20       # largest transformed block (V, dV or M) held at once: one core's L2
 
 
 def batch_chunks(Bn: int, bytes_per_example: int) -> list:
@@ -321,15 +321,14 @@ def batch_chunks(Bn: int, bytes_per_example: int) -> list:
     backward instead of kept, and are read by the GEMM while still in the processor's
     cache. The transforms are bound by memory traffic: slices of 2 MiB made a 32-channel
     28x28 convolution's forward + backward 30 ms single-threaded, against 43 ms with 24 MiB
-    slices; on the 2-core machine of docs/speed.md (2 MiB of L2 per core), shared with
-    other work, 1 MiB slices made the whole MNIST-UNET training step 2-3% faster than 2 MiB
-    on one thread and on two, and they give the 7x7 layers four slices instead of two to
-    share between the cores.
+    slices. On the 2-core machine of docs/speed.md (2 MiB of L2 per core), 1 MiB slices were
+    2-3% faster while other processes shared the cores, but on the idle machine, two threads,
+    they made the MNIST-UNET training step 7% slower (590 against 527-538 ms): 2 MiB it is.
 
     >>> td.fast.winograd.batch_chunks(10, 3 << 19)               # 1.5 MiB per example: one at a time
     [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (7, 8), (8, 9), (9, 10)]
-    >>> td.fast.winograd.batch_chunks(10, 1 << 18)               # 0.25 MiB: four per slice
-    [(0, 4), (4, 8), (8, 10)]
+    >>> td.fast.winograd.batch_chunks(10, 1 << 18)               # 0.25 MiB: eight per slice
+    [(0, 8), (8, 10)]
     """
     return batch_slices(Bn, bytes_per_example, CHUNK_BYTES)
 
