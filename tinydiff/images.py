@@ -152,7 +152,7 @@ def plot_attention_maps(images, maps, tokens, path=None, cell: float = 0.9, dpi:
                 ax.set_xlabel(words[j - 1], fontsize=9)
             else:
                 ax.set_axis_off()
-    fig.suptitle("cross-attention: how much of each word every latent pixel took (0 black, 1 bright)", fontsize=10)
+    fig.suptitle("cross-attention: how much of each word\nevery latent pixel took (0 black, 1 bright)", fontsize=10)
     if path is not None:
         from .viz import save
         save(fig, path)
