@@ -192,4 +192,5 @@ if lead:
         if score.get("accuracy") is not None:
             R.target(f"{100 * score['accuracy']:.1f}% read as the digit asked for", ">= 95%", score["accuracy"] >= 0.95)
     run.finish(metrics)
+dist.barrier()                      # every process leaves together: a rank that tore down gloo early could abort
 dist.destroy_process_group()
