@@ -130,15 +130,7 @@ def test_phase_convolution_matches_upsample_then_conv(B, C, O, H, W, seed):
     layer = UpsampleConv(C, O, 3, padding=1, rng=rng, dtype=np.float64)
     assert kernel_for(layer.weight.shape, layer.stride, layer.padding) == "winograd"
     g = rng.standard_normal((B, O, 2 * H, 2 * W))
-    results = []
-    for path in ("fast", "plain"):
-        layer.zero_grad()
-        xt = Tensor(x, requires_grad=True)
-        with td.plain() if path == "plain" else contextlib.nullcontext():
-            y = layer(xt)
-        y.backward(g)
-        results.append((y.data, xt.grad, layer.weight.grad, layer.bias.grad))
-    assert_same(*results)
+    assert_same(*(forward_backward(layer, x, g, path) for path in ("fast", "plain")))
 
 
 @settings(max_examples=15, deadline=None)
@@ -150,17 +142,22 @@ def test_upsample_conv_without_phases_matches_plain(C, O, kernel, stride, seed):
     rng = np.random.default_rng(seed)
     layer = UpsampleConv(C, O, kernel, stride=stride, padding=kernel // 2, rng=rng, dtype=np.float64)
     x = rng.standard_normal((2, C, 3, 4))
-    results = []
-    for path in ("fast", "plain"):
-        layer.zero_grad()
-        xt = Tensor(x, requires_grad=True)
-        with td.plain() if path == "plain" else contextlib.nullcontext():
-            y = layer(xt)
-            want = conv2d(upsample_nearest(Tensor(x), 2), layer.weight, layer.bias, stride, kernel // 2)
-        np.testing.assert_allclose(y.data, want.data, rtol=1e-10, atol=1e-10)
-        y.backward(np.ones(y.shape))
-        results.append((y.data, xt.grad, layer.weight.grad, layer.bias.grad))
+    with td.plain():
+        want = conv2d(upsample_nearest(Tensor(x), 2), layer.weight, layer.bias, stride, kernel // 2).data
+    results = [forward_backward(layer, x, np.ones(want.shape), path) for path in ("fast", "plain")]
+    for y, *_ in results:
+        np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
     assert_same(*results)
+
+
+def forward_backward(layer, x, g, path):
+    """(y, dx, dW, db) of ``layer`` on x with output gradient g, on the "fast" or the "plain" path."""
+    layer.zero_grad()
+    xt = Tensor(x, requires_grad=True)
+    with td.plain() if path == "plain" else contextlib.nullcontext():
+        y = layer(xt)
+        y.backward(g)
+    return y.data, xt.grad, layer.weight.grad, layer.bias.grad
 
 
 def test_upsample_conv_is_a_conv2d_with_the_same_parameters():
