@@ -48,6 +48,8 @@ run.run_flag("mults", "1,2,2", "UNet channel multiplier per level, comma-separat
 run.run_flag("T", 1000, "number of diffusion steps", type=R.positive_int)
 run.run_flag("schedule", "cosine", "noise schedule: cosine (Nichol & Dhariwal eq. 17) or DDPM's linear",
              choices=["cosine", "linear"])
+run.run_flag("cosine_s", 0.008, "the cosine schedule's offset s: smaller makes the first step, and the bound's "
+                                "decoder term, smaller", type=R.positive_float)
 run.run_flag("objective", "eps", "eps: L_simple, fixed variance (Ho et al. 2020); hybrid: plus a learned "
                                  "variance trained on the bound (Nichol & Dhariwal 2021)", choices=["eps", "hybrid"])
 run.run_flag("weighting", "min_snr", "per-timestep weight of the MSE: min_snr (Hang et al. 2023) or none (DDPM)",
@@ -69,7 +71,7 @@ def check(args):
         raise ValueError(f"--bpd-timesteps {args.bpd_timesteps}: the bound needs at least 2 (the decoder and one "
                          "stratum)")
     args.mults = R.unet_shape_flags(args.width, args.mults)           # "1,2,2" -> (1, 2, 2), or a ValueError
-    R.check_chain(td.recipes.mnist_betas(args.T, args.schedule), args)
+    R.check_chain(td.recipes.mnist_betas(args.T, args.schedule, args.cosine_s), args)
     for name in ("--guidance", "--label-dropout"):
         if args.unconditional and name in run.typed:
             raise ValueError(f"{name} with --unconditional: a model without labels has nothing to guide toward")

@@ -59,6 +59,19 @@ def test_resume_continues_a_finished_run(tmp_path):
     assert again["steps"] == first["steps"] == 12
 
 
+def test_cosine_offset_is_kept_by_the_checkpoint(tmp_path):
+    """--cosine-s sets the cosine schedule's offset; the run's checkpoint rebuilds that schedule,
+    and its first step (the decoder's noise at t = 1) is smaller than with the default offset."""
+    out = tmp_path / "run"
+    run(TINY + ["--objective", "hybrid", "--cosine-s", "5e-4", "--data-dir", str(MNIST_DIR), "--out", str(out)])
+    diffusion, _, meta = td.recipes.load_mnist_run(str(out / "checkpoint.npz"))
+    assert meta["config"]["cosine_s"] == 5e-4
+    np.testing.assert_array_equal(diffusion.betas, td.cosine_beta_schedule(50, s=5e-4))
+    assert diffusion.betas[0] < 0.7 * td.recipes.mnist_betas(50)[0]                  # 0.12x at T = 1000
+    with pytest.raises(ValueError, match="cosine_s.*got 1.5"):
+        td.recipes.mnist_betas(50, cosine_s=1.5)
+
+
 def test_minutes_budget_sets_the_step_count_and_never_overruns(tmp_path):
     """--minutes instead of --steps: the step count comes from the speed of the first steps, is
     saved, and training stops at the budget (here a few seconds) even if the estimate was high."""

@@ -38,7 +38,8 @@ from .schedules import cosine_beta_schedule, linear_beta_schedule
 from .train import Trainer
 
 # examples/mnist.py's default run (docs/mnist.md): 2,000 steps, ~98.8% read as the digit asked for.
-MNIST_DEFAULTS = dict(width=16, mults=(1, 2, 2), T=1000, schedule="cosine", objective="eps", weighting="min_snr",
+MNIST_DEFAULTS = dict(width=16, mults=(1, 2, 2), T=1000, schedule="cosine", cosine_s=0.008, objective="eps",
+                      weighting="min_snr",
                       unconditional=False, seed=0, steps=2000, batch=64, lr=2e-3, ema=0.999, label_dropout=0.1)
 
 
@@ -49,15 +50,22 @@ def _settings(config, **overrides) -> SimpleNamespace:
                               **overrides})
 
 
-def mnist_betas(T: int = 1000, schedule: str = "cosine") -> np.ndarray:
-    """The schedule of an MNIST run, float64 [T]: cosine (Nichol & Dhariwal 2021 eq. 17) or DDPM's linear.
+def mnist_betas(T: int = 1000, schedule: str = "cosine", cosine_s: float = 0.008) -> np.ndarray:
+    """The schedule of an MNIST run, float64 [T]: cosine (Nichol & Dhariwal 2021 eq. 17, offset
+    ``cosine_s``; their 0.008 by default) or DDPM's linear (which has no offset).
 
     >>> td.recipes.mnist_betas(1000).shape
     (1000,)
+    >>> float(np.sqrt(td.recipes.mnist_betas(1000, cosine_s=5e-4)[0])).__round__(4)   # sigma_1: a smaller first step
+    0.0022
     """
     if schedule not in ("cosine", "linear"):
         raise ValueError(f"schedule: expected 'cosine' or 'linear', got {schedule!r}")
-    return cosine_beta_schedule(T) if schedule == "cosine" else linear_beta_schedule(T)
+    if schedule == "linear":
+        return linear_beta_schedule(T)
+    if not 0 < cosine_s < 1:
+        raise ValueError(f"cosine_s: expected the cosine schedule's offset s in (0, 1), got {cosine_s!r}")
+    return cosine_beta_schedule(T, s=cosine_s)
 
 
 def mnist_model(config=None, **overrides):
@@ -73,7 +81,7 @@ def mnist_model(config=None, **overrides):
     (147665, 1000)
     """
     s = _settings(config, **overrides)
-    diffusion = make_diffusion(s.objective, mnist_betas(s.T, s.schedule), decoder_nll="discretized",
+    diffusion = make_diffusion(s.objective, mnist_betas(s.T, s.schedule, s.cosine_s), decoder_nll="discretized",
                                mse_weighting=s.weighting)
     model = UNet(base_channels=s.width, channel_mults=tuple(s.mults), num_classes=None if s.unconditional else 10,
                  learned_variance=diffusion.learned_variance, rng=np.random.default_rng(s.seed))
